@@ -1,0 +1,357 @@
+//! Arrow schemas of oxeye's tables.
+//!
+//! Column names are the public SQL contract of DESIGN.md. Besides the columns SQL users see,
+//! each table stores a few columns that exist only to keep OTLP conversion lossless:
+//! `*_typed` sidecars (see [`crate::attributes`]), dropped counts, schema URLs and flags.
+//!
+//! Storage types are chosen for size: ids are fixed-size binary (the query layer shows them as
+//! lowercase hex), strings that repeat are dictionary-encoded, timestamps are nanoseconds UTC.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
+
+/// Time zone of every timestamp column.
+pub const TIMEZONE: &str = "UTC";
+
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some(TIMEZONE.into()))
+}
+
+/// Dictionary-encoded text, for strings that repeat (service, span name, metric name, keys).
+pub fn dict_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+pub fn map_key_field() -> FieldRef {
+    Arc::new(Field::new("key", dict_type(), false))
+}
+
+pub fn map_value_field() -> FieldRef {
+    Arc::new(Field::new("value", DataType::Utf8, true))
+}
+
+/// `Map<key: dictionary text, value: text>`: every attribute as text, so that
+/// `attributes['http.request.method']` works in SQL. Non-string values are rendered as text here
+/// and kept exactly in the matching `*_typed` column.
+pub fn attributes_type() -> DataType {
+    DataType::Map(
+        Arc::new(Field::new(
+            "entries",
+            DataType::Struct(Fields::from(vec![map_key_field(), map_value_field()])),
+            false,
+        )),
+        false,
+    )
+}
+
+fn attrs(name: &str) -> Field {
+    Field::new(name, attributes_type(), false)
+}
+
+fn typed(name: &str) -> Field {
+    Field::new(name, DataType::Binary, true)
+}
+
+fn ts(name: &str, nullable: bool) -> Field {
+    Field::new(name, timestamp_type(), nullable)
+}
+
+fn dict(name: &str, nullable: bool) -> Field {
+    Field::new(name, dict_type(), nullable)
+}
+
+fn text(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+fn u32f(name: &str) -> Field {
+    Field::new(name, DataType::UInt32, false)
+}
+
+fn list_of(name: &str, item: DataType, nullable: bool) -> Field {
+    Field::new(
+        name,
+        DataType::List(Arc::new(Field::new("item", item, false))),
+        nullable,
+    )
+}
+
+/// Resource and scope columns, shared by every table, in this order.
+pub(crate) fn resource_scope_fields() -> Vec<Field> {
+    vec![
+        dict("service_name", false),
+        attrs("resource_attributes"),
+        typed("resource_attributes_typed"),
+        u32f("resource_dropped_attributes_count"),
+        dict("resource_schema_url", false),
+        Field::new("resource_entity_refs", DataType::Binary, true),
+        dict("scope_name", false),
+        dict("scope_version", false),
+        attrs("scope_attributes"),
+        typed("scope_attributes_typed"),
+        u32f("scope_dropped_attributes_count"),
+        dict("scope_schema_url", false),
+    ]
+}
+
+pub fn event_fields() -> Fields {
+    Fields::from(vec![
+        ts("time", false),
+        text("name", false),
+        attrs("attributes"),
+        typed("attributes_typed"),
+        u32f("dropped_attributes_count"),
+    ])
+}
+
+pub fn link_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("trace_id", DataType::Binary, false),
+        Field::new("span_id", DataType::Binary, false),
+        text("trace_state", false),
+        attrs("attributes"),
+        typed("attributes_typed"),
+        u32f("dropped_attributes_count"),
+        u32f("flags"),
+    ])
+}
+
+/// Exemplars of a metric point: `value` is the point value as a double, `value_int` keeps an
+/// integer exemplar exactly.
+pub fn exemplar_fields() -> Fields {
+    Fields::from(vec![
+        ts("time", false),
+        Field::new("value", DataType::Float64, true),
+        Field::new("value_int", DataType::Int64, true),
+        Field::new("span_id", DataType::Binary, false),
+        Field::new("trace_id", DataType::Binary, false),
+        attrs("filtered_attributes"),
+        typed("filtered_attributes_typed"),
+    ])
+}
+
+pub fn quantile_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("quantile", DataType::Float64, false),
+        Field::new("value", DataType::Float64, false),
+    ])
+}
+
+fn with_resource(mut fields: Vec<Field>) -> SchemaRef {
+    fields.extend(resource_scope_fields());
+    Arc::new(Schema::new(fields))
+}
+
+static SPANS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    with_resource(vec![
+        Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+        Field::new("span_id", DataType::FixedSizeBinary(8), false),
+        Field::new("parent_span_id", DataType::FixedSizeBinary(8), true),
+        text("trace_state", false),
+        dict("name", false),
+        dict("kind", false),
+        ts("start_time", false),
+        ts("end_time", false),
+        Field::new("duration_ns", DataType::Int64, false),
+        dict("status_code", false),
+        text("status_message", false),
+        attrs("attributes"),
+        typed("attributes_typed"),
+        Field::new(
+            "events",
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(event_fields()),
+                false,
+            ))),
+            false,
+        ),
+        Field::new(
+            "links",
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(link_fields()),
+                false,
+            ))),
+            false,
+        ),
+        u32f("flags"),
+        u32f("dropped_attributes_count"),
+        u32f("dropped_events_count"),
+        u32f("dropped_links_count"),
+    ])
+});
+
+static LOGS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    with_resource(vec![
+        // `time` is the record's time, or its observed time when the record had none
+        // (`time_unset` then says so), so that every log sits at a meaningful instant.
+        ts("time", false),
+        ts("observed_time", false),
+        Field::new("time_unset", DataType::Boolean, false),
+        Field::new("severity_number", DataType::Int32, false),
+        dict("severity_text", false),
+        text("body", true),
+        typed("body_typed"),
+        Field::new("trace_id", DataType::FixedSizeBinary(16), true),
+        Field::new("span_id", DataType::FixedSizeBinary(8), true),
+        attrs("attributes"),
+        typed("attributes_typed"),
+        u32f("flags"),
+        u32f("dropped_attributes_count"),
+        dict("event_name", false),
+    ])
+});
+
+/// Columns every metric table starts with.
+fn metric_head() -> Vec<Field> {
+    vec![
+        ts("time", false),
+        ts("start_time", false),
+        dict("name", false),
+        dict("description", false),
+        dict("unit", false),
+        attrs("attributes"),
+        typed("attributes_typed"),
+        u32f("flags"),
+        list_of("exemplars", DataType::Struct(exemplar_fields()), false),
+        attrs("metadata"),
+        typed("metadata_typed"),
+    ]
+}
+
+static METRICS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = metric_head();
+    fields.extend([
+        dict("type", false),
+        Field::new("is_monotonic", DataType::Boolean, true),
+        dict("temporality", true),
+        Field::new("value", DataType::Float64, true),
+        // Set when the point was an integer, which `value` (a double) may not hold exactly.
+        Field::new("value_int", DataType::Int64, true),
+    ]);
+    with_resource(fields)
+});
+
+static HISTOGRAMS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = metric_head();
+    fields.extend([
+        dict("temporality", false),
+        Field::new("count", DataType::UInt64, false),
+        Field::new("sum", DataType::Float64, true),
+        Field::new("min", DataType::Float64, true),
+        Field::new("max", DataType::Float64, true),
+        list_of("bucket_counts", DataType::UInt64, false),
+        list_of("explicit_bounds", DataType::Float64, false),
+    ]);
+    with_resource(fields)
+});
+
+static EXP_HISTOGRAMS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = metric_head();
+    fields.extend([
+        dict("temporality", false),
+        Field::new("count", DataType::UInt64, false),
+        Field::new("sum", DataType::Float64, true),
+        Field::new("min", DataType::Float64, true),
+        Field::new("max", DataType::Float64, true),
+        Field::new("scale", DataType::Int32, false),
+        Field::new("zero_count", DataType::UInt64, false),
+        Field::new("zero_threshold", DataType::Float64, false),
+        // Offsets are null when the point had no bucket message on that side.
+        Field::new("positive_offset", DataType::Int32, true),
+        list_of("positive_bucket_counts", DataType::UInt64, false),
+        Field::new("negative_offset", DataType::Int32, true),
+        list_of("negative_bucket_counts", DataType::UInt64, false),
+    ]);
+    with_resource(fields)
+});
+
+static SUMMARIES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = metric_head();
+    fields.extend([
+        Field::new("count", DataType::UInt64, false),
+        Field::new("sum", DataType::Float64, false),
+        list_of(
+            "quantile_values",
+            DataType::Struct(quantile_fields()),
+            false,
+        ),
+    ]);
+    with_resource(fields)
+});
+
+pub fn spans() -> SchemaRef {
+    SPANS.clone()
+}
+pub fn logs() -> SchemaRef {
+    LOGS.clone()
+}
+pub fn metrics() -> SchemaRef {
+    METRICS.clone()
+}
+pub fn histograms() -> SchemaRef {
+    HISTOGRAMS.clone()
+}
+pub fn exp_histograms() -> SchemaRef {
+    EXP_HISTOGRAMS.clone()
+}
+pub fn summaries() -> SchemaRef {
+    SUMMARIES.clone()
+}
+
+/// Columns that exist for lossless storage only; the SQL layer hides them.
+pub fn is_storage_only_column(name: &str) -> bool {
+    name.ends_with("_typed") || name == "resource_entity_refs" || name == "time_unset"
+}
+
+#[cfg(test)]
+mod tests {
+
+    use crate::Signal;
+
+    #[test]
+    fn contract_columns_exist() {
+        let expect: &[(Signal, &[&str])] = &[
+            (
+                Signal::Spans,
+                &[
+                    "trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind",
+                    "service_name", "start_time", "end_time", "duration_ns", "status_code",
+                    "status_message", "attributes", "resource_attributes", "scope_name",
+                    "scope_version", "events", "links",
+                ],
+            ),
+            (
+                Signal::Logs,
+                &[
+                    "time", "observed_time", "severity_number", "severity_text", "body",
+                    "trace_id", "span_id", "service_name", "attributes", "resource_attributes",
+                    "scope_name",
+                ],
+            ),
+            (
+                Signal::Metrics,
+                &[
+                    "time", "start_time", "name", "description", "unit", "type", "is_monotonic",
+                    "temporality", "service_name", "attributes", "resource_attributes", "value",
+                ],
+            ),
+            (
+                Signal::Histograms,
+                &[
+                    "time", "start_time", "name", "unit", "service_name", "attributes",
+                    "resource_attributes", "count", "sum", "min", "max", "bucket_counts",
+                    "explicit_bounds", "temporality",
+                ],
+            ),
+        ];
+        for (signal, columns) in expect {
+            let schema = signal.schema();
+            for c in *columns {
+                assert!(schema.field_with_name(c).is_ok(), "{signal} lacks {c}");
+            }
+        }
+    }
+}

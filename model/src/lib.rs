@@ -25,6 +25,7 @@ mod util;
 
 pub use error::ModelError;
 pub use signal::{Signal, SignalBatch};
+pub use util::DictReader;
 
 /// The OTLP protobuf types (opentelemetry-proto's tonic build), re-exported so every crate uses
 /// the same version.

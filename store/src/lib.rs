@@ -1,1 +1,338 @@
-//! placeholder
+//! oxeye store: where acknowledged telemetry lives.
+//!
+//! This crate owns the shard engine: the write-ahead log (durability before acknowledgement,
+//! group commit), memtables (unflushed rows, visible to queries at once), immutable Parquet
+//! segments with a tantivy index each, the catalog that says which segments exist, compaction,
+//! retention and the disk-space guard, and the read API the query layer scans through.
+//!
+//! It must not parse SQL or know about HTTP; it speaks Arrow batches in, Arrow batches out. The
+//! pure parts (WAL record format, segment sorting and encoding, index building, catalog changes)
+//! are plain functions tested without a running store; `Store` wires them to threads, tasks,
+//! files and object storage.
+
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod index;
+mod maintenance;
+pub mod memtable;
+pub mod metrics;
+pub mod scan;
+pub mod segment;
+pub mod shard;
+pub mod storage;
+#[cfg(test)]
+mod test_support;
+pub mod wal;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use futures::stream::{BoxStream, StreamExt};
+use oxeye_model::Signal;
+use oxeye_model::ingest::Ingest;
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use catalog::{CatalogState, FileMetastore, Metastore};
+pub use config::StoreConfig;
+pub use error::StoreError;
+pub use index::{IndexPredicate, TextQuery};
+pub use scan::{ScanPart, ScanPlan, ScanRequest, ScanStats};
+pub use segment::{SegmentMeta, SegmentRef};
+pub use storage::Storage;
+
+use crate::memtable::ReadState;
+use crate::metrics::{SignalLabels, StoreMetrics};
+use crate::scan::Caches;
+use crate::shard::{ShardHandle, ShardSink};
+
+/// Memory for opened segment indexes.
+const INDEX_CACHE_BYTES: usize = 512 * 1024 * 1024;
+/// Parquet footers kept open.
+const FOOTER_CACHE_ENTRIES: usize = 4096;
+/// Delay clients are told to wait when the store pushes back.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A running store: every shard of this process, its segments and background work.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub config: Arc<StoreConfig>,
+    pub storage: Storage,
+    pub catalog: Arc<dyn Metastore>,
+    pub state: Arc<RwLock<ReadState>>,
+    pub shards: Vec<ShardHandle>,
+    pub sinks: Vec<Arc<ShardSink>>,
+    pub caches: Caches,
+    pub metrics: StoreMetrics,
+    pub disk_ok: Arc<AtomicBool>,
+    /// Segments removed from the catalog, deleted from storage once no query holds them.
+    pub pending_deletes: Mutex<Vec<(SegmentRef, Instant)>>,
+    /// One flush at a time per shard (the background flusher and explicit flushes).
+    pub flush_locks: BTreeMap<u32, tokio::sync::Mutex<()>>,
+    /// One merge or retention pass at a time.
+    pub maintenance_lock: tokio::sync::Mutex<()>,
+    pub shutdown: CancellationToken,
+    pub tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens the store on the embedded defaults: segments under `data_dir/objects`, catalog in
+    /// `data_dir/catalog.json`.
+    pub async fn open_local(config: StoreConfig, registry: &mut Registry) -> Result<Store, StoreError> {
+        let storage = Storage::local(&config.data_dir.join("objects"))?;
+        let catalog: Arc<dyn Metastore> = Arc::new(FileMetastore::new(&config.data_dir));
+        Store::open(config, storage, catalog, registry).await
+    }
+
+    /// Opens the store: loads the catalog, replays each shard's WAL and starts flushing,
+    /// compaction, retention and the disk guard.
+    pub async fn open(
+        config: StoreConfig,
+        storage: Storage,
+        catalog: Arc<dyn Metastore>,
+        registry: &mut Registry,
+    ) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StoreError::io("creating the data directory", &config.data_dir, e))?;
+        let metrics = StoreMetrics::register(registry);
+        let catalog_state = catalog.load().await?;
+        let state = Arc::new(RwLock::new(ReadState::default()));
+        {
+            let mut st = state.write();
+            for seg in &catalog_state.segments {
+                st.segments.entry(seg.signal).or_default().push(Arc::new(seg.clone()));
+            }
+        }
+        let config = Arc::new(config);
+        let disk_ok = Arc::new(AtomicBool::new(true));
+        let mut shards = Vec::new();
+        let mut sinks = Vec::new();
+        let mut flush_locks = BTreeMap::new();
+        for id in 0..config.shards.max(1) {
+            let flushed = catalog_state
+                .shards
+                .get(&id)
+                .map(|c| c.flushed_wal_seq)
+                .unwrap_or(0);
+            let handle = shard::open(id, &config, flushed, state.clone(), metrics.clone())?;
+            sinks.push(Arc::new(ShardSink {
+                id,
+                tx: handle.tx.clone(),
+                state: state.clone(),
+                config: config.clone(),
+                disk_ok: disk_ok.clone(),
+                metrics: metrics.clone(),
+                retry_after: RETRY_AFTER,
+            }));
+            flush_locks.insert(id, tokio::sync::Mutex::new(()));
+            shards.push(handle);
+        }
+        let store = Store {
+            inner: Arc::new(Inner {
+                config,
+                storage,
+                catalog,
+                state,
+                shards,
+                sinks,
+                caches: Caches::new(INDEX_CACHE_BYTES, FOOTER_CACHE_ENTRIES),
+                metrics,
+                disk_ok,
+                pending_deletes: Mutex::new(Vec::new()),
+                flush_locks,
+                maintenance_lock: tokio::sync::Mutex::new(()),
+                shutdown: CancellationToken::new(),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        maintenance::start(&store.inner);
+        tracing::info!(
+            data_dir = %store.inner.config.data_dir.display(),
+            storage = store.inner.storage.description(),
+            shards = store.inner.shards.len(),
+            segments = catalog_state.segments.len(),
+            "store open"
+        );
+        Ok(store)
+    }
+
+    /// Ingest sinks, one per shard, for the collector's router: `(shard id, sink)`.
+    pub fn shard_sinks(&self) -> Vec<(u32, Arc<dyn Ingest>)> {
+        self.inner
+            .sinks
+            .iter()
+            .map(|s| (s.id, s.clone() as Arc<dyn Ingest>))
+            .collect()
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    /// Committed segments of a signal, as queries see them now.
+    pub fn segments(&self, signal: Signal) -> Vec<SegmentRef> {
+        self.inner
+            .state
+            .read()
+            .segments
+            .get(&signal)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every committed segment.
+    pub fn all_segments(&self) -> Vec<SegmentRef> {
+        self.inner
+            .state
+            .read()
+            .segments
+            .values()
+            .flat_map(|v| v.iter().cloned())
+            .collect()
+    }
+
+    /// Unflushed bytes and rows per shard: `(shard, active rows, active bytes, frozen memtables)`.
+    pub fn memtable_stats(&self) -> Vec<(u32, usize, usize, usize)> {
+        self.inner
+            .state
+            .read()
+            .shards
+            .iter()
+            .map(|(id, m)| (*id, m.active.rows, m.unflushed_bytes(), m.frozen.len()))
+            .collect()
+    }
+
+    /// Plans a scan: which segments (and which granules of them) and which memory batches.
+    pub async fn plan_scan(&self, request: ScanRequest) -> Result<ScanPlan, StoreError> {
+        let (segments, memory) = {
+            let st = self.inner.state.read();
+            (
+                st.segments.get(&request.signal).cloned().unwrap_or_default(),
+                st.memory_batches(request.signal, request.start, request.end),
+            )
+        };
+        let plan = scan::plan(request, segments, memory, &self.inner.storage, &self.inner.caches).await?;
+        let m = &self.inner.metrics;
+        m.scan_segments_pruned
+            .inc_by((plan.stats.segments_pruned_by_time + plan.stats.segments_pruned_by_index) as u64);
+        if plan.request.index.is_some() {
+            m.index_searches.inc();
+        }
+        m.index_cache_bytes.set(self.inner.caches.index_bytes() as i64);
+        Ok(plan)
+    }
+
+    /// Reads one part of a plan; `projection` holds storage-schema column indices.
+    pub async fn read_part(
+        &self,
+        plan: &ScanPlan,
+        part: &ScanPart,
+        projection: Option<Vec<usize>>,
+        batch_size: usize,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, StoreError>>, StoreError> {
+        if matches!(part, ScanPart::Segment { .. }) {
+            self.inner.metrics.scan_segments_read.inc();
+        }
+        scan::read_part(part, &plan.request, projection, batch_size, &self.inner.storage, &self.inner.caches).await
+    }
+
+    /// Plans and reads everything, part after part.
+    pub async fn scan(
+        &self,
+        request: ScanRequest,
+        projection: Option<Vec<usize>>,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, StoreError>>, StoreError> {
+        let plan = Arc::new(self.plan_scan(request).await?);
+        let store = self.clone();
+        let parts: Vec<ScanPart> = plan.parts.clone();
+        let stream = futures::stream::iter(parts)
+            .then(move |part| {
+                let store = store.clone();
+                let plan = plan.clone();
+                let projection = projection.clone();
+                async move { store.read_part(&plan, &part, projection, 8192).await }
+            })
+            .map(|r| match r {
+                Ok(s) => s,
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            })
+            .flatten();
+        Ok(stream.boxed())
+    }
+
+    /// Flushes every shard's unflushed rows into segments now.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        for shard in &self.inner.shards {
+            maintenance::flush_shard(&self.inner, shard.id, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs compaction until nothing is left to merge; returns the number of merges.
+    pub async fn compact(&self) -> Result<usize, StoreError> {
+        let mut merges = 0;
+        while maintenance::compact_once(&self.inner).await? {
+            merges += 1;
+        }
+        Ok(merges)
+    }
+
+    /// Applies retention now; returns the number of segments dropped.
+    pub async fn enforce_retention(&self) -> Result<usize, StoreError> {
+        maintenance::retention(&self.inner).await
+    }
+
+    /// Deletes storage objects of removed segments that no query holds any more.
+    pub async fn collect_garbage(&self, ignore_grace: bool) -> Result<usize, StoreError> {
+        maintenance::delete_pending(&self.inner, ignore_grace).await
+    }
+
+    /// Stops background work and flushes every acknowledged row into segments.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = self.flush().await {
+            // Nothing is lost: the rows stay in the WAL and are replayed at the next start.
+            tracing::warn!(error = %e, "final flush failed; the WAL keeps the rows for the next start");
+        }
+        tracing::info!("store stopped");
+    }
+
+    pub(crate) fn update_segment_gauges(inner: &Inner) {
+        let st = inner.state.read();
+        for signal in Signal::ALL {
+            let segs = st.segments.get(&signal).map(|v| v.as_slice()).unwrap_or(&[]);
+            let labels = SignalLabels {
+                signal: signal.table_name(),
+            };
+            inner.metrics.segments.get_or_create(&labels).set(segs.len() as i64);
+            inner
+                .metrics
+                .segment_bytes
+                .get_or_create(&labels)
+                .set(segs.iter().map(|s| (s.data_bytes + s.index_bytes) as i64).sum());
+            inner
+                .metrics
+                .segment_rows
+                .get_or_create(&labels)
+                .set(segs.iter().map(|s| s.rows as i64).sum());
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! What both OTLP surfaces share: admission by bytes, decoding and conversion off the I/O
+//! runtime, submission to the batcher, and the accounting of accepted and rejected items.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use oxeye_model::logs::logs_from_otlp;
+use oxeye_model::metrics::metrics_from_otlp;
+use oxeye_model::otlp::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use oxeye_model::otlp::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use oxeye_model::otlp::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use oxeye_model::spans::spans_from_otlp;
+use oxeye_model::{Converted, ModelError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::ExportError;
+use crate::batcher::Batcher;
+use crate::decode::{Encoding, decode};
+use crate::memory::{MemoryBudget, Reservation};
+use crate::metrics::{CollectorMetrics, ProtocolLabels, RequestLabels, SignalLabels};
+
+/// An OTLP export request type and its response.
+pub trait OtlpExport: prost::Message + Default + DeserializeOwned + Send + 'static {
+    type Response: prost::Message + Serialize + Default + Send + 'static;
+    /// `traces`, `logs` or `metrics`.
+    const SIGNAL: &'static str;
+    /// Fully qualified gRPC service name.
+    const GRPC_SERVICE: &'static str;
+    /// Path of the service's `Export` method.
+    const GRPC_PATH: &'static str;
+    fn convert(&self) -> Result<Converted, ModelError>;
+    /// The response: empty when everything was accepted, with `partial_success` otherwise.
+    fn response(rejected: u64, message: Option<String>) -> Self::Response;
+}
+
+impl OtlpExport for ExportTraceServiceRequest {
+    type Response = ExportTraceServiceResponse;
+    const SIGNAL: &'static str = "traces";
+    const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    fn convert(&self) -> Result<Converted, ModelError> {
+        spans_from_otlp(self)
+    }
+    fn response(rejected: u64, message: Option<String>) -> Self::Response {
+        ExportTraceServiceResponse {
+            partial_success: (rejected > 0 || message.is_some()).then(|| ExportTracePartialSuccess {
+                rejected_spans: rejected as i64,
+                error_message: message.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+impl OtlpExport for ExportLogsServiceRequest {
+    type Response = ExportLogsServiceResponse;
+    const SIGNAL: &'static str = "logs";
+    const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    fn convert(&self) -> Result<Converted, ModelError> {
+        logs_from_otlp(self)
+    }
+    fn response(rejected: u64, message: Option<String>) -> Self::Response {
+        ExportLogsServiceResponse {
+            partial_success: (rejected > 0 || message.is_some()).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: rejected as i64,
+                error_message: message.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+impl OtlpExport for ExportMetricsServiceRequest {
+    type Response = ExportMetricsServiceResponse;
+    const SIGNAL: &'static str = "metrics";
+    const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    fn convert(&self) -> Result<Converted, ModelError> {
+        metrics_from_otlp(self)
+    }
+    fn response(rejected: u64, message: Option<String>) -> Self::Response {
+        ExportMetricsServiceResponse {
+            partial_success: (rejected > 0 || message.is_some()).then(|| {
+                ExportMetricsPartialSuccess {
+                    rejected_data_points: rejected as i64,
+                    error_message: message.unwrap_or_default(),
+                }
+            }),
+        }
+    }
+}
+
+/// The outcome of an accepted request: how many items were rejected, and why.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Accepted {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub message: Option<String>,
+}
+
+/// Decoded requests are assumed to take this many times their encoded size in memory until the
+/// store acknowledges them (protobuf structs while converting, Arrow columns afterwards).
+const MEMORY_PER_ENCODED_BYTE: usize = 3;
+
+#[derive(Clone)]
+pub struct Pipeline {
+    batcher: Batcher,
+    memory: MemoryBudget,
+    metrics: CollectorMetrics,
+    retry_after: Duration,
+}
+
+impl Pipeline {
+    pub fn new(batcher: Batcher, memory: MemoryBudget, metrics: CollectorMetrics, retry_after: Duration) -> Self {
+        Pipeline {
+            batcher,
+            memory,
+            metrics,
+            retry_after,
+        }
+    }
+
+    pub fn metrics(&self) -> &CollectorMetrics {
+        &self.metrics
+    }
+
+    /// Reserves memory for a request of `encoded_bytes`, or fails with a retryable error.
+    pub fn admit(&self, encoded_bytes: usize, protocol: &'static str) -> Result<Reservation, ExportError> {
+        self.metrics
+            .received_bytes
+            .get_or_create(&ProtocolLabels { protocol })
+            .inc_by(encoded_bytes as u64);
+        let reservation = self
+            .memory
+            .try_reserve(encoded_bytes.saturating_mul(MEMORY_PER_ENCODED_BYTE))
+            .ok_or_else(|| ExportError::Overloaded {
+                reason: format!(
+                    "the collector's memory budget of {} bytes is in use by other requests",
+                    self.memory.capacity_bytes()
+                ),
+                retry_after: self.retry_after,
+            })?;
+        self.metrics
+            .memory_reserved_bytes
+            .set(self.memory.reserved_bytes() as i64);
+        Ok(reservation)
+    }
+
+    /// Decodes (on a blocking thread) and exports an encoded request body.
+    pub async fn export_encoded<R: OtlpExport>(
+        &self,
+        body: Bytes,
+        encoding: Encoding,
+        protocol: &'static str,
+        reservation: Reservation,
+    ) -> Result<Accepted, ExportError> {
+        let converted = tokio::task::spawn_blocking(move || {
+            let request: R = decode(&body, encoding)?;
+            Ok::<_, ExportError>(request.convert()?)
+        })
+        .await
+        .map_err(|e| ExportError::Internal(format!("conversion task failed: {e}")))
+        .and_then(|r| r);
+        let result = match converted {
+            Ok(c) => self.submit::<R>(c).await,
+            Err(e) => Err(e),
+        };
+        self.finish::<R>(result, protocol, reservation)
+    }
+
+    async fn submit<R: OtlpExport>(&self, converted: Converted) -> Result<Accepted, ExportError> {
+        let Converted {
+            batches,
+            accepted,
+            rejected,
+            rejection_reason,
+        } = converted;
+        self.batcher.submit(batches).await?;
+        let signal = R::SIGNAL;
+        self.metrics
+            .items_accepted
+            .get_or_create(&SignalLabels { signal })
+            .inc_by(accepted);
+        if rejected > 0 {
+            self.metrics
+                .items_rejected
+                .get_or_create(&SignalLabels { signal })
+                .inc_by(rejected);
+            tracing::debug!(signal, rejected, reason = ?rejection_reason, "rejected invalid items");
+        }
+        Ok(Accepted {
+            accepted,
+            rejected,
+            message: rejection_reason,
+        })
+    }
+
+    fn finish<R: OtlpExport>(
+        &self,
+        result: Result<Accepted, ExportError>,
+        protocol: &'static str,
+        reservation: Reservation,
+    ) -> Result<Accepted, ExportError> {
+        drop(reservation);
+        self.metrics
+            .memory_reserved_bytes
+            .set(self.memory.reserved_bytes() as i64);
+        let outcome = match &result {
+            Ok(a) if a.rejected > 0 => "partial",
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                signal: R::SIGNAL,
+                protocol,
+                outcome,
+            })
+            .inc();
+        if let Err(e) = &result {
+            match e {
+                ExportError::Internal(_) => tracing::error!(signal = R::SIGNAL, protocol, error = %e, "export failed"),
+                _ => tracing::debug!(signal = R::SIGNAL, protocol, error = %e, "export refused"),
+            }
+        }
+        result
+    }
+}

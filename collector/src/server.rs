@@ -1,0 +1,137 @@
+//! Starting and stopping the collector's listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use oxeye_model::ingest::Ingest;
+use oxeye_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
+use oxeye_model::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
+use oxeye_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::CollectorConfig;
+use crate::batcher::{Batcher, BatcherConfig};
+use crate::grpc::OtlpGrpc;
+use crate::memory::MemoryBudget;
+use crate::metrics::CollectorMetrics;
+use crate::pipeline::Pipeline;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} for {what}: {source}; is another process using the port?")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A collector that is serving. Dropping it does not stop it; call [`RunningCollector::shutdown`].
+pub struct RunningCollector {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stop_listeners: CancellationToken,
+    stop_batcher: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+    batcher: JoinHandle<()>,
+}
+
+/// Binds both listeners and starts serving; rows go to `sink` once batched.
+pub async fn start(
+    config: &CollectorConfig,
+    sink: Arc<dyn Ingest>,
+    registry: &mut Registry,
+) -> Result<RunningCollector, ServerError> {
+    let metrics = CollectorMetrics::register(registry);
+    let stop_batcher = CancellationToken::new();
+    let (batcher, batcher_task) = Batcher::spawn(
+        sink,
+        BatcherConfig {
+            max_rows: config.batch_max_rows,
+            max_delay: config.batch_max_delay,
+            queue_capacity: config.batch_queue_capacity,
+            max_in_flight: config.max_in_flight_flushes,
+            retry_after: config.retry_after,
+        },
+        metrics.clone(),
+        stop_batcher.clone(),
+    );
+    let pipeline = Arc::new(Pipeline::new(
+        batcher,
+        MemoryBudget::new(config.memory_budget_bytes),
+        metrics,
+        config.retry_after,
+    ));
+
+    let grpc_listener = TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "OTLP/gRPC",
+            addr: config.grpc_listen,
+            source,
+        })?;
+    let http_listener = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "OTLP/HTTP",
+            addr: config.http_listen,
+            source,
+        })?;
+    let grpc_addr = grpc_listener.local_addr().unwrap_or(config.grpc_listen);
+    let http_addr = http_listener.local_addr().unwrap_or(config.http_listen);
+
+    let stop_listeners = CancellationToken::new();
+    let max = config.max_request_bytes;
+    let grpc = tonic::transport::Server::builder()
+        .add_service(OtlpGrpc::<ExportTraceServiceRequest>::new(pipeline.clone(), max))
+        .add_service(OtlpGrpc::<ExportLogsServiceRequest>::new(pipeline.clone(), max))
+        .add_service(OtlpGrpc::<ExportMetricsServiceRequest>::new(pipeline.clone(), max));
+    let grpc_stop = stop_listeners.clone();
+    let grpc_task = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        if let Err(e) = grpc
+            .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "OTLP/gRPC server failed");
+        }
+    });
+
+    let app = crate::http::router(pipeline, config.max_request_bytes, config.max_decompressed_bytes);
+    let http_stop = stop_listeners.clone();
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app)
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "OTLP/HTTP server failed");
+        }
+    });
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "OTLP receivers listening");
+    Ok(RunningCollector {
+        grpc_addr,
+        http_addr,
+        stop_listeners,
+        stop_batcher,
+        servers: vec![grpc_task, http_task],
+        batcher: batcher_task,
+    })
+}
+
+impl RunningCollector {
+    /// Stops accepting, lets in-flight requests finish, and flushes every batch the store has
+    /// not yet acknowledged.
+    pub async fn shutdown(self) {
+        self.stop_listeners.cancel();
+        for s in self.servers {
+            let _ = s.await;
+        }
+        self.stop_batcher.cancel();
+        let _ = self.batcher.await;
+        tracing::info!("collector stopped");
+    }
+}

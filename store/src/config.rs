@@ -1,0 +1,58 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use oxeye_model::Signal;
+
+/// Settings of the store (the binary fills them from flags, environment and file).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Root of the store's local state (WAL, catalog, index cache, and segments when no object
+    /// store is configured).
+    pub data_dir: PathBuf,
+    /// Number of shards this process serves (each has its own WAL).
+    pub shards: u32,
+    /// Flush a shard's memtable once it holds this many bytes...
+    pub flush_bytes: usize,
+    /// ...or once its oldest row is this old.
+    pub flush_age: Duration,
+    /// Refuse writes (retryably) while a shard's unflushed data exceeds this many bytes.
+    pub max_unflushed_bytes: usize,
+    /// Rows per index granule: the unit the index maps hits to.
+    pub granule_rows: usize,
+    /// Target rows per row group in segments.
+    pub row_group_rows: usize,
+    /// Segments below this many rows are merged by compaction...
+    pub compaction_target_rows: u64,
+    /// ...at most this many at a time (bounds the memory a merge needs).
+    pub compaction_max_inputs: usize,
+    /// How often compaction and retention look for work.
+    pub maintenance_interval: Duration,
+    /// Data older than this is deleted, per signal (no entry: kept forever).
+    pub retention: BTreeMap<Signal, Duration>,
+    /// Writes are refused (retryably) when the data disk has less free space than this.
+    pub min_free_disk_bytes: u64,
+    /// Segments deleted by compaction or retention are removed from storage after this delay,
+    /// so that queries that already planned over them can finish.
+    pub deletion_grace: Duration,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            shards: 1,
+            flush_bytes: 128 * 1024 * 1024,
+            flush_age: Duration::from_secs(30),
+            max_unflushed_bytes: 1024 * 1024 * 1024,
+            granule_rows: 1024,
+            row_group_rows: 128 * 1024,
+            compaction_target_rows: 2_000_000,
+            compaction_max_inputs: 16,
+            maintenance_interval: Duration::from_secs(10),
+            retention: BTreeMap::new(),
+            min_free_disk_bytes: 512 * 1024 * 1024,
+            deletion_grace: Duration::from_secs(60),
+        }
+    }
+}

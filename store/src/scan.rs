@@ -1,0 +1,335 @@
+//! The read API for the query layer: plan a scan of one signal over committed segments and
+//! unflushed memory, pruned by time range (segment bounds and row-group statistics) and by the
+//! segment indexes, then read each part as a stream of record batches.
+//!
+//! Index predicates prune; they do not filter exactly (a granule is a union of rows). Callers
+//! that need exact answers apply their filters to what comes back, as the query layer does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use oxeye_model::Signal;
+use parking_lot::Mutex;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector};
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::file::metadata::PageIndexPolicy;
+use parquet::file::statistics::Statistics;
+
+use crate::index::{IndexPredicate, SegmentIndex};
+use crate::segment::SegmentRef;
+use crate::storage::{ObjectFileReader, Storage};
+use crate::StoreError;
+
+/// What to scan.
+#[derive(Debug, Clone)]
+pub struct ScanRequest {
+    pub signal: Signal,
+    /// Inclusive lower bound of the time column (ns since the epoch).
+    pub start: Option<i64>,
+    /// Exclusive upper bound of the time column.
+    pub end: Option<i64>,
+    /// Granule-level pruning through the segment indexes.
+    pub index: Option<IndexPredicate>,
+}
+
+impl ScanRequest {
+    pub fn all(signal: Signal) -> ScanRequest {
+        ScanRequest {
+            signal,
+            start: None,
+            end: None,
+            index: None,
+        }
+    }
+}
+
+/// One independently readable piece of a scan.
+#[derive(Debug, Clone)]
+pub enum ScanPart {
+    /// A committed segment; `granules` limits the read to those granules when an index answered.
+    Segment {
+        meta: SegmentRef,
+        granules: Option<Arc<Vec<u32>>>,
+    },
+    /// Unflushed rows.
+    Memory { batches: Vec<RecordBatch> },
+}
+
+/// Counts that explain what pruning did (shown by EXPLAIN ANALYZE and the benchmarks).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanStats {
+    pub segments_total: usize,
+    pub segments_pruned_by_time: usize,
+    pub segments_pruned_by_index: usize,
+    pub granules_selected: u64,
+    pub memory_batches: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanPlan {
+    pub request: ScanRequest,
+    pub parts: Vec<ScanPart>,
+    pub stats: ScanStats,
+}
+
+/// Opened indexes and Parquet footers of segments, bounded by bytes and entries.
+pub(crate) struct Caches {
+    indexes: Mutex<HashMap<String, Arc<SegmentIndex>>>,
+    index_bytes: Mutex<usize>,
+    index_budget: usize,
+    footers: Mutex<HashMap<String, ArrowReaderMetadata>>,
+    footer_budget: usize,
+}
+
+impl Caches {
+    pub fn new(index_budget: usize, footer_budget: usize) -> Caches {
+        Caches {
+            indexes: Mutex::new(HashMap::new()),
+            index_bytes: Mutex::new(0),
+            index_budget,
+            footers: Mutex::new(HashMap::new()),
+            footer_budget,
+        }
+    }
+
+    pub fn evict(&self, segment_id: &str) {
+        if let Some(ix) = self.indexes.lock().remove(segment_id) {
+            *self.index_bytes.lock() -= ix.bytes;
+        }
+        self.footers.lock().remove(segment_id);
+    }
+
+    pub fn index_bytes(&self) -> usize {
+        *self.index_bytes.lock()
+    }
+
+    pub async fn index(&self, storage: &Storage, meta: &SegmentRef) -> Result<Arc<SegmentIndex>, StoreError> {
+        if let Some(ix) = self.indexes.lock().get(&meta.id) {
+            return Ok(ix.clone());
+        }
+        let bytes = storage.get(&meta.index_path).await?;
+        let ix = tokio::task::spawn_blocking(move || SegmentIndex::open(bytes.to_vec()))
+            .await
+            .map_err(|e| StoreError::index("opening an index", e))??;
+        let ix = Arc::new(ix);
+        let mut map = self.indexes.lock();
+        let mut total = self.index_bytes.lock();
+        // Evict arbitrary entries until the new one fits (indexes are cheap to reopen).
+        while *total + ix.bytes > self.index_budget && !map.is_empty() {
+            let Some(victim) = map.keys().next().cloned() else { break };
+            if let Some(v) = map.remove(&victim) {
+                *total -= v.bytes;
+            }
+        }
+        *total += ix.bytes;
+        map.insert(meta.id.clone(), ix.clone());
+        Ok(ix)
+    }
+
+    pub async fn footer(&self, storage: &Storage, meta: &SegmentRef) -> Result<ArrowReaderMetadata, StoreError> {
+        if let Some(m) = self.footers.lock().get(&meta.id) {
+            return Ok(m.clone());
+        }
+        let mut reader = ObjectFileReader::new(storage, &meta.data_path, meta.data_bytes);
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+        let footer = ArrowReaderMetadata::load_async(&mut reader, options)
+            .await
+            .map_err(|e| StoreError::parquet(format!("reading the footer of segment {}", meta.id), e))?;
+        let mut map = self.footers.lock();
+        if map.len() >= self.footer_budget
+            && let Some(victim) = map.keys().next().cloned()
+        {
+            map.remove(&victim);
+        }
+        map.insert(meta.id.clone(), footer.clone());
+        Ok(footer)
+    }
+}
+
+/// Row groups worth reading and the selection within them.
+fn plan_row_groups(
+    footer: &ArrowReaderMetadata,
+    time_column: &str,
+    start: Option<i64>,
+    end: Option<i64>,
+    granules: Option<&[u32]>,
+    granule_rows: usize,
+) -> (Vec<usize>, RowSelection) {
+    let md = footer.metadata();
+    let schema = md.file_metadata().schema_descr();
+    let time_idx = schema.columns().iter().position(|c| c.path().string() == time_column);
+    let mut groups = Vec::new();
+    let mut selectors: Vec<RowSelector> = Vec::new();
+    let mut first_row = 0usize;
+    let mut next_granule = 0usize;
+    for (i, rg) in md.row_groups().iter().enumerate() {
+        let rows = rg.num_rows() as usize;
+        let last_row = first_row + rows;
+        let in_time = match (time_idx.and_then(|c| rg.column(c).statistics()), start.is_some() || end.is_some()) {
+            (Some(Statistics::Int64(s)), true) => match (s.min_opt(), s.max_opt()) {
+                (Some(min), Some(max)) => start.is_none_or(|st| *max >= st) && end.is_none_or(|en| *min < en),
+                _ => true,
+            },
+            _ => true,
+        };
+        if in_time {
+            match granules {
+                None => {
+                    groups.push(i);
+                    selectors.push(RowSelector::select(rows));
+                }
+                Some(gs) => {
+                    let mut local: Vec<RowSelector> = Vec::new();
+                    let mut pos = first_row;
+                    while next_granule < gs.len() {
+                        let g_start = gs[next_granule] as usize * granule_rows;
+                        if g_start >= last_row {
+                            break;
+                        }
+                        let g_end = (g_start + granule_rows).min(last_row);
+                        let s = g_start.max(pos);
+                        if s > pos {
+                            local.push(RowSelector::skip(s - pos));
+                        }
+                        if g_end > s {
+                            local.push(RowSelector::select(g_end - s));
+                            pos = g_end;
+                        }
+                        if g_start + granule_rows <= last_row {
+                            next_granule += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    if local.iter().any(|s| !s.skip) {
+                        if pos < last_row {
+                            local.push(RowSelector::skip(last_row - pos));
+                        }
+                        groups.push(i);
+                        selectors.extend(local);
+                    }
+                }
+            }
+        } else if let Some(gs) = granules {
+            while next_granule < gs.len() && (gs[next_granule] as usize + 1) * granule_rows <= last_row {
+                next_granule += 1;
+            }
+        }
+        first_row = last_row;
+    }
+    (groups, selectors.into())
+}
+
+/// Applies a projection (storage-schema column indices) to an in-memory batch.
+fn project(batch: &RecordBatch, projection: Option<&[usize]>) -> Result<RecordBatch, StoreError> {
+    match projection {
+        Some(p) => batch.project(p).map_err(|e| StoreError::arrow("projecting memory rows", e)),
+        None => Ok(batch.clone()),
+    }
+}
+
+pub(crate) async fn plan(
+    request: ScanRequest,
+    segments: Vec<SegmentRef>,
+    memory: Vec<RecordBatch>,
+    storage: &Storage,
+    caches: &Caches,
+) -> Result<ScanPlan, StoreError> {
+    let mut stats = ScanStats {
+        segments_total: segments.len(),
+        memory_batches: memory.len(),
+        ..Default::default()
+    };
+    let mut parts = Vec::new();
+    for meta in segments {
+        if !meta.overlaps(request.start, request.end) {
+            stats.segments_pruned_by_time += 1;
+            continue;
+        }
+        let granules = match &request.index {
+            None => None,
+            Some(predicate) => {
+                let index = caches.index(storage, &meta).await?;
+                let predicate = predicate.clone();
+                let hits = tokio::task::spawn_blocking(move || index.search(&predicate))
+                    .await
+                    .map_err(|e| StoreError::index("searching an index", e))??;
+                if hits.is_empty() {
+                    stats.segments_pruned_by_index += 1;
+                    continue;
+                }
+                stats.granules_selected += hits.len() as u64;
+                Some(Arc::new(hits))
+            }
+        };
+        parts.push(ScanPart::Segment { meta, granules });
+    }
+    if !memory.is_empty() {
+        parts.push(ScanPart::Memory { batches: memory });
+    }
+    Ok(ScanPlan { request, parts, stats })
+}
+
+/// Reads one part. `projection` holds column indices of the signal's storage schema.
+pub(crate) async fn read_part(
+    part: &ScanPart,
+    request: &ScanRequest,
+    projection: Option<Vec<usize>>,
+    batch_size: usize,
+    storage: &Storage,
+    caches: &Caches,
+) -> Result<BoxStream<'static, Result<RecordBatch, StoreError>>, StoreError> {
+    match part {
+        ScanPart::Memory { batches } => {
+            let out: Vec<Result<RecordBatch, StoreError>> =
+                batches.iter().map(|b| project(b, projection.as_deref())).collect();
+            Ok(stream::iter(out).boxed())
+        }
+        ScanPart::Segment { meta, granules } => {
+            let footer = caches.footer(storage, meta).await?;
+            let (groups, selection) = plan_row_groups(
+                &footer,
+                request.signal.time_column(),
+                request.start,
+                request.end,
+                granules.as_deref().map(|g| g.as_slice()),
+                meta.granule_rows as usize,
+            );
+            if groups.is_empty() {
+                return Ok(stream::empty().boxed());
+            }
+            let reader = ObjectFileReader::new(storage, &meta.data_path, meta.data_bytes);
+            let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer)
+                .with_row_groups(groups)
+                .with_row_selection(selection)
+                .with_batch_size(batch_size.max(1));
+            if let Some(p) = projection {
+                let mask = ProjectionMask::roots(builder.parquet_schema(), p);
+                builder = builder.with_projection(mask);
+            }
+            let id = meta.id.clone();
+            let stream = builder
+                .build()
+                .map_err(|e| StoreError::parquet(format!("reading segment {id}"), e))?;
+            let id = meta.id.clone();
+            Ok(stream
+                .map_err(move |e| StoreError::parquet(format!("reading segment {id}"), e))
+                .boxed())
+        }
+    }
+}
+
+/// The schema a projection of `signal` produces.
+pub fn projected_schema(signal: Signal, projection: Option<&[usize]>) -> Result<SchemaRef, StoreError> {
+    let schema = signal.schema();
+    match projection {
+        Some(p) => Ok(Arc::new(
+            schema.project(p).map_err(|e| StoreError::arrow("projecting a schema", e))?,
+        )),
+        None => Ok(schema),
+    }
+}

@@ -1,0 +1,415 @@
+//! A shard: its WAL writer thread (group commit) and its flusher.
+//!
+//! Ordering is what keeps data exactly-once. One thread owns the WAL file: it appends a group of
+//! records, fsyncs once, inserts the batches into the active memtable and only then
+//! acknowledges the writers. Sealing (closing the WAL file and freezing the active memtable) is
+//! a command on the same thread, so a frozen memtable holds exactly the rows of WAL files up to
+//! its sealed sequence number. The flusher writes it as segments, commits the catalog with
+//! `flushed_wal_seq = sealed`, swaps it for the segments in the read state (one lock), and only
+//! then deletes those WAL files. A crash at any point either replays a WAL file or finds its rows
+//! in a committed segment, never both.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use oxeye_model::SignalBatch;
+use oxeye_model::ingest::{Ingest, IngestError};
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog::{CatalogChange, Metastore};
+use crate::memtable::{Frozen, MemBatch, ReadState};
+use crate::metrics::StoreMetrics;
+use crate::segment::build_segment;
+use crate::storage::Storage;
+use crate::wal::{self, WalFile};
+use crate::{StoreConfig, StoreError};
+
+/// Most appends one fsync covers.
+const MAX_GROUP: usize = 256;
+
+pub(crate) enum WalCommand {
+    Append {
+        /// The framed WAL record (encoded by the caller, off this thread).
+        framed: Vec<u8>,
+        batches: Vec<MemBatchFor>,
+        ack: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Close the current WAL file and freeze the active memtable (if it holds anything).
+    Seal {
+        ack: oneshot::Sender<Result<Option<u64>, StoreError>>,
+    },
+}
+
+pub(crate) struct MemBatchFor {
+    signal: oxeye_model::Signal,
+    batch: MemBatch,
+}
+
+/// Replays a shard's WAL into `state` and starts its writer thread.
+pub(crate) fn open(
+    id: u32,
+    config: &StoreConfig,
+    flushed_wal_seq: u64,
+    state: Arc<RwLock<ReadState>>,
+    metrics: StoreMetrics,
+) -> Result<ShardHandle, StoreError> {
+    let dir = config.data_dir.join("wal").join(format!("shard-{id:04}"));
+    std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating the WAL directory", &dir, e))?;
+    let mut next_seq = flushed_wal_seq + 1;
+    let mut replayed_rows = 0usize;
+    for seq in wal::list(&dir)? {
+        let path = dir.join(wal::file_name(seq));
+        if seq <= flushed_wal_seq {
+            // Its rows are already in committed segments; the flusher stopped before deleting it.
+            std::fs::remove_file(&path).map_err(|e| StoreError::io("deleting a flushed WAL file", &path, e))?;
+            continue;
+        }
+        let replayed = wal::replay_file(&path)?;
+        if let Some(cut) = &replayed.cut {
+            tracing::warn!(
+                shard = id,
+                file = %path.display(),
+                offset = cut.offset,
+                dropped_bytes = cut.dropped_bytes,
+                reason = %cut.reason,
+                "cut a torn or corrupt WAL tail; the intact records before it were recovered"
+            );
+            metrics.wal_tails_cut.inc();
+        }
+        let mut st = state.write();
+        let mem = st.shards.entry(id).or_default();
+        for b in replayed.batches {
+            replayed_rows += b.num_rows();
+            mem.active.insert(b.signal, MemBatch::new(b));
+        }
+        next_seq = next_seq.max(seq + 1);
+    }
+    if replayed_rows > 0 {
+        tracing::info!(shard = id, rows = replayed_rows, "replayed the WAL");
+    }
+    state.write().shards.entry(id).or_default();
+    let file = WalFile::create(&dir, next_seq)?;
+    let (tx, rx) = mpsc::channel::<WalCommand>(1024);
+    let thread_state = state.clone();
+    let thread_metrics = metrics.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("oxeye-wal-{id}"))
+        .spawn(move || wal_thread(id, dir, file, rx, thread_state, thread_metrics))
+        .map_err(|e| StoreError::io("starting the WAL thread", "wal", e))?;
+    Ok(ShardHandle {
+        id,
+        tx,
+        _thread: thread,
+    })
+}
+
+pub(crate) struct ShardHandle {
+    pub id: u32,
+    pub tx: mpsc::Sender<WalCommand>,
+    /// The WAL thread ends once every sender is dropped; nothing needs to join it, since each
+    /// acknowledged write was synced before its acknowledgement.
+    pub _thread: std::thread::JoinHandle<()>,
+}
+
+fn wal_thread(
+    id: u32,
+    dir: PathBuf,
+    mut file: WalFile,
+    mut rx: mpsc::Receiver<WalCommand>,
+    state: Arc<RwLock<ReadState>>,
+    metrics: StoreMetrics,
+) {
+    let mut pending: Option<WalCommand> = None;
+    loop {
+        let first = match pending.take() {
+            Some(c) => c,
+            None => match rx.blocking_recv() {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        match first {
+            WalCommand::Seal { ack } => {
+                let _ = ack.send(seal(id, &dir, &mut file, &state));
+            }
+            append @ WalCommand::Append { .. } => {
+                let mut group = vec![append];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(c @ WalCommand::Append { .. }) => group.push(c),
+                        Ok(seal) => {
+                            pending = Some(seal);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let started = Instant::now();
+                let framed: Vec<Vec<u8>> = group
+                    .iter_mut()
+                    .filter_map(|c| match c {
+                        WalCommand::Append { framed, .. } => Some(std::mem::take(framed)),
+                        WalCommand::Seal { .. } => None,
+                    })
+                    .collect();
+                let bytes: usize = framed.iter().map(Vec::len).sum();
+                let result = file.append_durably(&framed);
+                metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+                metrics.wal_group_size.observe(group.len() as f64);
+                match result {
+                    Ok(()) => {
+                        metrics.wal_bytes.inc_by(bytes as u64);
+                        metrics.wal_fsyncs.inc();
+                        let mut acks = Vec::with_capacity(group.len());
+                        {
+                            let mut st = state.write();
+                            let mem = st.shards.entry(id).or_default();
+                            for c in group {
+                                if let WalCommand::Append { batches, ack, .. } = c {
+                                    for b in batches {
+                                        mem.active.insert(b.signal, b.batch);
+                                    }
+                                    acks.push(ack);
+                                }
+                            }
+                            metrics.memtable_bytes.set(mem.unflushed_bytes() as i64);
+                        }
+                        for ack in acks {
+                            let _ = ack.send(Ok(()));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(shard = id, error = %e, "WAL append failed; the writes were refused");
+                        let message = e.to_string();
+                        let disk_full = e.is_disk_full();
+                        for c in group {
+                            if let WalCommand::Append { ack, .. } = c {
+                                let err = if disk_full {
+                                    StoreError::Overloaded(format!("the WAL disk is full: {message}"))
+                                } else {
+                                    StoreError::Invalid {
+                                        reason: format!("WAL write failed: {message}"),
+                                    }
+                                };
+                                let _ = ack.send(Err(err));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    tracing::debug!(shard = id, "WAL thread stopped");
+}
+
+fn seal(id: u32, dir: &std::path::Path, file: &mut WalFile, state: &Arc<RwLock<ReadState>>) -> Result<Option<u64>, StoreError> {
+    {
+        let st = state.read();
+        if st.shards.get(&id).is_none_or(|m| m.active.is_empty()) {
+            return Ok(None);
+        }
+    }
+    let sealed = file.seq;
+    let next = WalFile::create(dir, sealed + 1)?;
+    *file = next;
+    let mut st = state.write();
+    let mem = st.shards.entry(id).or_default();
+    let memtable = std::mem::take(&mut mem.active);
+    mem.frozen.push(Arc::new(Frozen {
+        memtable,
+        sealed_wal_seq: sealed,
+    }));
+    Ok(Some(sealed))
+}
+
+/// The in-process ingest sink of one shard.
+pub struct ShardSink {
+    pub(crate) id: u32,
+    pub(crate) tx: mpsc::Sender<WalCommand>,
+    pub(crate) state: Arc<RwLock<ReadState>>,
+    pub(crate) config: Arc<StoreConfig>,
+    pub(crate) disk_ok: Arc<AtomicBool>,
+    pub(crate) metrics: StoreMetrics,
+    pub(crate) retry_after: Duration,
+}
+
+impl ShardSink {
+    pub async fn write(&self, batches: Vec<SignalBatch>) -> Result<(), StoreError> {
+        if !self.disk_ok.load(Ordering::Relaxed) {
+            return Err(StoreError::Overloaded(format!(
+                "the data disk has less than {} bytes free",
+                self.config.min_free_disk_bytes
+            )));
+        }
+        let unflushed = self
+            .state
+            .read()
+            .shards
+            .get(&self.id)
+            .map(|m| m.unflushed_bytes())
+            .unwrap_or(0);
+        if unflushed > self.config.max_unflushed_bytes {
+            return Err(StoreError::Overloaded(format!(
+                "shard {} holds {unflushed} unflushed bytes, above the limit of {}; flushing is behind",
+                self.id, self.config.max_unflushed_bytes
+            )));
+        }
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let bytes: usize = batches.iter().map(|b| b.memory_size()).sum();
+        // Encoding is CPU work: keep it off the async runtime and off the WAL thread.
+        let (framed, mem) = tokio::task::spawn_blocking(move || {
+            let framed = wal::frame(&wal::encode_record(&batches)?);
+            let mem: Vec<MemBatchFor> = batches
+                .into_iter()
+                .map(|b| MemBatchFor {
+                    signal: b.signal,
+                    batch: MemBatch::new(b),
+                })
+                .collect();
+            Ok::<_, StoreError>((framed, mem))
+        })
+        .await
+        .map_err(|e| StoreError::Invalid {
+            reason: format!("WAL encoding task failed: {e}"),
+        })??;
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(WalCommand::Append {
+                framed,
+                batches: mem,
+                ack,
+            })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        done.await.map_err(|_| StoreError::ShuttingDown)??;
+        self.metrics.ingested_rows.inc_by(rows as u64);
+        self.metrics.ingested_bytes.inc_by(bytes as u64);
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Ingest for ShardSink {
+    async fn ingest(&self, batches: Vec<SignalBatch>) -> Result<(), IngestError> {
+        self.write(batches).await.map_err(|e| match e {
+            StoreError::Overloaded(reason) => IngestError::Overloaded {
+                reason,
+                retry_after: self.retry_after,
+            },
+            StoreError::ShuttingDown => IngestError::Unavailable {
+                reason: "the store is shutting down".into(),
+                retry_after: self.retry_after,
+            },
+            other if other.is_disk_full() => IngestError::Overloaded {
+                reason: other.to_string(),
+                retry_after: self.retry_after,
+            },
+            other => IngestError::Unavailable {
+                reason: other.to_string(),
+                retry_after: self.retry_after,
+            },
+        })
+    }
+}
+
+/// Seals the shard's memtable (if it has rows) and flushes every frozen memtable, oldest first.
+pub(crate) async fn flush_shard(
+    id: u32,
+    tx: &mpsc::Sender<WalCommand>,
+    state: &Arc<RwLock<ReadState>>,
+    catalog: &Arc<dyn Metastore>,
+    storage: &Storage,
+    config: &Arc<StoreConfig>,
+    metrics: &StoreMetrics,
+    seal_first: bool,
+) -> Result<(), StoreError> {
+    if seal_first {
+        let (ack, done) = oneshot::channel();
+        tx.send(WalCommand::Seal { ack })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        done.await.map_err(|_| StoreError::ShuttingDown)??;
+    }
+    loop {
+        let frozen = state.read().shards.get(&id).and_then(|m| m.frozen.first().cloned());
+        let Some(frozen) = frozen else { return Ok(()) };
+        flush_frozen(id, &frozen, state, catalog, storage, config, metrics).await?;
+    }
+}
+
+async fn flush_frozen(
+    id: u32,
+    frozen: &Arc<Frozen>,
+    state: &Arc<RwLock<ReadState>>,
+    catalog: &Arc<dyn Metastore>,
+    storage: &Storage,
+    config: &Arc<StoreConfig>,
+    metrics: &StoreMetrics,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let mut built = Vec::new();
+    for (signal, batches) in &frozen.memtable.batches {
+        let signal = *signal;
+        let batches: Vec<_> = batches.iter().map(|b| b.batch.clone()).collect();
+        let cfg = config.clone();
+        let seg = tokio::task::spawn_blocking(move || {
+            build_segment(signal, id, 0, &batches, cfg.granule_rows, cfg.row_group_rows, &cfg.data_dir)
+        })
+        .await
+        .map_err(|e| StoreError::Invalid {
+            reason: format!("segment build task failed: {e}"),
+        })??;
+        if let Some(seg) = seg {
+            storage.put(&seg.meta.data_path, seg.data).await?;
+            storage.put(&seg.meta.index_path, seg.index).await?;
+            built.push(seg.meta);
+        }
+    }
+    let added = built.clone();
+    catalog
+        .commit(CatalogChange::Flush {
+            shard: id,
+            flushed_wal_seq: frozen.sealed_wal_seq,
+            added,
+        })
+        .await?;
+    {
+        let mut st = state.write();
+        for meta in built.iter() {
+            st.segments.entry(meta.signal).or_default().push(Arc::new(meta.clone()));
+        }
+        if let Some(mem) = st.shards.get_mut(&id) {
+            mem.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
+            metrics.memtable_bytes.set(mem.unflushed_bytes() as i64);
+        }
+    }
+    let dir = config.data_dir.join("wal").join(format!("shard-{id:04}"));
+    let sealed = frozen.sealed_wal_seq;
+    tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        for seq in wal::list(&dir)? {
+            if seq <= sealed {
+                let p = dir.join(wal::file_name(seq));
+                std::fs::remove_file(&p).map_err(|e| StoreError::io("deleting a flushed WAL file", &p, e))?;
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| StoreError::Invalid {
+        reason: format!("WAL cleanup task failed: {e}"),
+    })??;
+    metrics.flushes.inc();
+    metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        shard = id,
+        segments = built.len(),
+        rows = frozen.memtable.rows,
+        wal_seq = sealed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "flushed memtable"
+    );
+    Ok(())
+}

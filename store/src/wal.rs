@@ -1,0 +1,365 @@
+//! Write-ahead log of one shard.
+//!
+//! # Format (version 1)
+//! A WAL is a directory of files named `{seq:020}.wal`, seq increasing. Each file starts with
+//! the 8-byte magic `OXWAL001`, followed by records:
+//!
+//! ```text
+//! u32 LE  payload length (bytes)
+//! u32 LE  CRC-32 (IEEE) of the payload
+//! payload:
+//!   u8      record kind (1 = ingest call)
+//!   u16 LE  number of batches
+//!   per batch: u8 signal code, u32 LE length, Arrow IPC stream (schema + one batch)
+//! ```
+//!
+//! One record holds everything one `ingest` call wrote, so a torn write drops a whole call and
+//! never half of one. Replay reads records until the first one that is short or fails its
+//! checksum; that tail is reported and cut off. Files are deleted only after the catalog says
+//! their data is in committed segments (see `shard.rs`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use oxeye_model::{Signal, SignalBatch};
+
+use crate::StoreError;
+
+pub const MAGIC: &[u8; 8] = b"OXWAL001";
+const RECORD_KIND_INGEST: u8 = 1;
+/// Largest record replay will believe; a bigger length field is corruption.
+const MAX_RECORD_BYTES: u32 = 1 << 30;
+
+/// Encodes the payload of one record.
+pub fn encode_record(batches: &[SignalBatch]) -> Result<Vec<u8>, StoreError> {
+    let mut payload = Vec::with_capacity(batches.iter().map(|b| b.memory_size()).sum::<usize>() + 16);
+    payload.push(RECORD_KIND_INGEST);
+    let count = u16::try_from(batches.len()).map_err(|_| StoreError::Invalid {
+        reason: format!("{} batches in one write; at most 65535", batches.len()),
+    })?;
+    payload.extend_from_slice(&count.to_le_bytes());
+    for b in batches {
+        payload.push(b.signal.code());
+        let len_at = payload.len();
+        payload.extend_from_slice(&[0u8; 4]);
+        {
+            let mut w = StreamWriter::try_new(&mut payload, &b.batch.schema())
+                .map_err(|e| StoreError::arrow("encoding a WAL record", e))?;
+            w.write(&b.batch)
+                .map_err(|e| StoreError::arrow("encoding a WAL record", e))?;
+            w.finish()
+                .map_err(|e| StoreError::arrow("encoding a WAL record", e))?;
+        }
+        let len = u32::try_from(payload.len() - len_at - 4).map_err(|_| StoreError::Invalid {
+            reason: "a batch larger than 4 GiB cannot be written to the WAL".into(),
+        })?;
+        payload[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    Ok(payload)
+}
+
+/// Decodes a record payload back into batches.
+pub fn decode_record(payload: &[u8]) -> Result<Vec<SignalBatch>, String> {
+    parse_record(payload)
+}
+
+/// Frames a payload: length, checksum, payload.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+pub fn file_name(seq: u64) -> String {
+    format!("{seq:020}.wal")
+}
+
+/// Sequence numbers of the WAL files in `dir`, ascending.
+pub fn list(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut seqs = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(seqs),
+        Err(e) => return Err(StoreError::io("listing the WAL directory", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("listing the WAL directory", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(seq) = name.strip_suffix(".wal").and_then(|s| s.parse::<u64>().ok()) {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// What replaying one file found.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub batches: Vec<SignalBatch>,
+    pub records: u64,
+    /// Set when the file had a torn or corrupt tail, which has been cut off.
+    pub cut: Option<CutTail>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CutTail {
+    pub offset: u64,
+    pub dropped_bytes: u64,
+    pub reason: String,
+}
+
+/// Reads every intact record of a WAL file; a bad tail is truncated away (and reported).
+pub fn replay_file(path: &Path) -> Result<Replayed, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io("opening a WAL file for replay", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| StoreError::io("reading WAL file size", path, e))?
+        .len();
+    let mut reader = BufReader::new(&file);
+    let mut out = Replayed::default();
+    let mut magic = [0u8; 8];
+    let cut = |offset: u64, reason: String| CutTail {
+        offset,
+        dropped_bytes: len - offset,
+        reason,
+    };
+    if len < 8 || reader.read_exact(&mut magic).is_err() || &magic != MAGIC {
+        out.cut = Some(cut(0, "missing or wrong file header".into()));
+    } else {
+        let mut offset: u64 = 8;
+        loop {
+            if offset == len {
+                break;
+            }
+            let mut header = [0u8; 8];
+            if reader.read_exact(&mut header).is_err() {
+                out.cut = Some(cut(offset, "torn record header".into()));
+                break;
+            }
+            let size = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            if size > MAX_RECORD_BYTES || offset + 8 + u64::from(size) > len {
+                out.cut = Some(cut(offset, format!("record of {size} bytes runs past the end of the file")));
+                break;
+            }
+            let mut payload = vec![0u8; size as usize];
+            if reader.read_exact(&mut payload).is_err() {
+                out.cut = Some(cut(offset, "torn record payload".into()));
+                break;
+            }
+            if crc32fast::hash(&payload) != crc {
+                out.cut = Some(cut(offset, "checksum mismatch".into()));
+                break;
+            }
+            match parse_record(&payload) {
+                Ok(batches) => out.batches.extend(batches),
+                Err(reason) => {
+                    out.cut = Some(cut(offset, format!("undecodable record: {reason}")));
+                    break;
+                }
+            }
+            out.records += 1;
+            offset += 8 + u64::from(size);
+        }
+    }
+    drop(reader);
+    if let Some(c) = &out.cut {
+        // Cut the bad tail so that new records never follow garbage. The header is rewritten
+        // when it was the broken part.
+        file.set_len(c.offset)
+            .map_err(|e| StoreError::io("truncating a corrupt WAL tail", path, e))?;
+        if c.offset == 0 {
+            let mut f = &file;
+            f.seek(SeekFrom::Start(0))
+                .and_then(|_| f.write_all(MAGIC))
+                .map_err(|e| StoreError::io("rewriting a WAL header", path, e))?;
+        }
+        file.sync_all()
+            .map_err(|e| StoreError::io("syncing a truncated WAL file", path, e))?;
+    }
+    Ok(out)
+}
+
+fn parse_record(payload: &[u8]) -> Result<Vec<SignalBatch>, String> {
+    let mut pos = 0usize;
+    let need = |pos: usize, n: usize| -> Result<(), String> {
+        if payload.len() < pos + n {
+            Err(format!("record ends early at byte {pos}"))
+        } else {
+            Ok(())
+        }
+    };
+    need(pos, 3)?;
+    if payload[0] != RECORD_KIND_INGEST {
+        return Err(format!("unknown record kind {}", payload[0]));
+    }
+    let count = u16::from_le_bytes([payload[1], payload[2]]) as usize;
+    pos += 3;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        need(pos, 5)?;
+        let code = payload[pos];
+        let signal = Signal::from_code(code).ok_or_else(|| format!("unknown signal code {code}"))?;
+        let len = u32::from_le_bytes([payload[pos + 1], payload[pos + 2], payload[pos + 3], payload[pos + 4]]) as usize;
+        pos += 5;
+        need(pos, len)?;
+        let reader = StreamReader::try_new(&payload[pos..pos + len], None).map_err(|e| e.to_string())?;
+        for batch in reader {
+            let batch = batch.map_err(|e| e.to_string())?;
+            if batch.schema().fields() != signal.schema().fields() {
+                return Err(format!("a {signal} batch with a different schema"));
+            }
+            out.push(SignalBatch::new(signal, batch));
+        }
+        pos += len;
+    }
+    Ok(out)
+}
+
+/// An open WAL file being appended to.
+pub struct WalFile {
+    pub seq: u64,
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl WalFile {
+    /// Creates a new, empty WAL file (its header is synced with the directory entry).
+    pub fn create(dir: &Path, seq: u64) -> Result<WalFile, StoreError> {
+        fs::create_dir_all(dir).map_err(|e| StoreError::io("creating the WAL directory", dir, e))?;
+        let path = dir.join(file_name(seq));
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("creating a WAL file", &path, e))?;
+        file.write_all(MAGIC)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| StoreError::io("writing a WAL header", &path, e))?;
+        sync_dir(dir)?;
+        Ok(WalFile {
+            seq,
+            path,
+            file,
+            len: MAGIC.len() as u64,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len <= MAGIC.len() as u64
+    }
+
+    /// Appends framed records and makes them durable with one fsync. On failure the file is cut
+    /// back to where it was, so a failed group leaves no partial record behind.
+    pub fn append_durably(&mut self, framed: &[Vec<u8>]) -> Result<(), StoreError> {
+        let before = self.len;
+        let result = (|| -> io::Result<u64> {
+            let mut written = 0u64;
+            for f in framed {
+                self.file.write_all(f)?;
+                written += f.len() as u64;
+            }
+            self.file.sync_data()?;
+            Ok(written)
+        })();
+        match result {
+            Ok(written) => {
+                self.len += written;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(before);
+                let _ = self.file.seek(SeekFrom::Start(before));
+                Err(StoreError::io("appending to the WAL", &self.path, e))
+            }
+        }
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("syncing a directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::spans_batch;
+
+    fn write(dir: &Path, seq: u64, records: &[Vec<SignalBatch>]) -> PathBuf {
+        let mut f = WalFile::create(dir, seq).unwrap();
+        let framed: Vec<_> = records.iter().map(|r| frame(&encode_record(r).unwrap())).collect();
+        f.append_durably(&framed).unwrap();
+        dir.join(file_name(seq))
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = spans_batch(0, 5);
+        let b = spans_batch(100, 3);
+        let path = write(dir.path(), 1, &[vec![a.clone()], vec![b.clone(), a.clone()]]);
+        let r = replay_file(&path).unwrap();
+        assert!(r.cut.is_none());
+        assert_eq!(r.records, 2);
+        let rows: Vec<usize> = r.batches.iter().map(|b| b.num_rows()).collect();
+        assert_eq!(rows, vec![5, 3, 5]);
+        assert_eq!(r.batches[1].batch, b.batch);
+        assert_eq!(list(dir.path()).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn torn_and_corrupt_tails_are_cut_and_the_prefix_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = spans_batch(0, 4);
+        let path = write(dir.path(), 7, &[vec![a.clone()], vec![a.clone()], vec![a.clone()]]);
+        let full = fs::read(&path).unwrap();
+        // Torn: cut the last record in half.
+        fs::write(&path, &full[..full.len() - 50]).unwrap();
+        let r = replay_file(&path).unwrap();
+        assert_eq!(r.records, 2);
+        let cut = r.cut.unwrap();
+        assert!(cut.reason.contains("past the end"), "{}", cut.reason);
+        // The file now ends at the intact prefix and replays cleanly.
+        let again = replay_file(&path).unwrap();
+        assert_eq!(again.records, 2);
+        assert!(again.cut.is_none());
+
+        // Corrupt: flip a byte inside the second record.
+        let mut bytes = fs::read(&path).unwrap();
+        let second = bytes.len() - 20;
+        bytes[second] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let r = replay_file(&path).unwrap();
+        assert_eq!(r.records, 1);
+        assert_eq!(r.cut.unwrap().reason, "checksum mismatch");
+    }
+
+    #[test]
+    fn garbage_file_is_reset_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(3));
+        fs::write(&path, b"definitely not a wal").unwrap();
+        let r = replay_file(&path).unwrap();
+        assert_eq!(r.records, 0);
+        assert!(r.cut.is_some());
+        assert_eq!(fs::read(&path).unwrap(), MAGIC);
+    }
+}

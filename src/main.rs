@@ -1,1 +1,175 @@
-fn main() {}
+//! `oxeye`: one binary, several roles. `oxeye serve` runs every role in one process on a local
+//! data directory; `oxeye collector|store|query` run the roles apart (scale-out).
+//!
+//! This file holds only the command line, configuration and the wiring of the roles.
+
+mod config;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use oxeye_collector::routing::{ShardRouter, ShardTarget};
+use oxeye_model::ingest::Ingest;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigFile, ServeArgs};
+
+/// oxeye: traces, logs and metrics from OpenTelemetry, stored in Parquet, queried with SQL.
+#[derive(Debug, Parser)]
+#[command(name = "oxeye", version, about, long_about = None)]
+struct Cli {
+    /// TOML config file; its [serve], [collector], [store] and [query] sections set the same
+    /// options as the flags. Precedence: flag > environment variable > file > default.
+    #[arg(long, global = true, env = "OXEYE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log filter, e.g. `info` or `oxeye_store=debug,info`
+    #[arg(long, global = true, env = "OXEYE_LOG", default_value = "info")]
+    log: String,
+
+    /// Log format
+    #[arg(long, global = true, env = "OXEYE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every role in one process: OTLP receivers, store, SQL and HTTP API, PostgreSQL
+    /// protocol, web UI and alerting, on a local data directory
+    Serve(ServeArgs),
+    /// Run an edge collector that forwards to store nodes (scale-out)
+    Collector(ServeArgs),
+    /// Run one store shard replica (scale-out)
+    Store(ServeArgs),
+    /// Run a stateless query node: SQL, APIs, UI, alerting (scale-out)
+    Query(ServeArgs),
+}
+
+fn init_logging(filter: &str, format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log, &cli.log_format);
+    let file = ConfigFile::load(cli.config.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("oxeye-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args.over(file.serve)).await,
+            Command::Collector(_) | Command::Store(_) | Command::Query(_) => anyhow::bail!(
+                "running the roles as separate processes needs the Arrow Flight transport between \
+                 nodes, which this build does not have yet; run `oxeye serve` for all roles in one process"
+            ),
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops oxeye");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let mut registry = Registry::default();
+
+    let store = oxeye_store::Store::open_local(config.store.clone(), &mut registry)
+        .await
+        .context("cannot open the store")?;
+    let router: Arc<dyn Ingest> = Arc::new(ShardRouter::new(
+        store
+            .shard_sinks()
+            .into_iter()
+            .map(|(id, sink)| ShardTarget { id, sink })
+            .collect(),
+    ));
+    let engine = oxeye_query::QueryEngine::new(store.clone(), config.query.clone(), &mut registry)
+        .await
+        .context("cannot start the query engine")?;
+    let collector = oxeye_collector::start(&config.collector, router, &mut registry).await?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let registry = Arc::new(parking_lot::RwLock::new(registry));
+    let api = oxeye_query::http::router(oxeye_query::http::ApiState {
+        engine: engine.clone(),
+        registry: registry.clone(),
+        ready: ready.clone(),
+    });
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the HTTP API; is the port in use?", config.http_listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let stop_http = CancellationToken::new();
+    let http_task = {
+        let stop = stop_http.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, api)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "HTTP API server failed");
+            }
+        })
+    };
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        otlp_grpc = %collector.grpc_addr,
+        otlp_http = %collector.http_addr,
+        http = %http_addr,
+        data_dir = %config.data_dir.display(),
+        "oxeye is serving"
+    );
+
+    stop_signal().await;
+    tracing::info!("stopping: draining requests and flushing acknowledged data");
+    ready.store(false, Ordering::Relaxed);
+    collector.shutdown().await;
+    stop_http.cancel();
+    let _ = http_task.await;
+    store.shutdown().await;
+    drop(engine);
+    tracing::info!("oxeye stopped");
+    Ok(())
+}

@@ -1,1 +1,20 @@
-//! placeholder
+//! oxeye query: SQL and the read APIs over the store.
+//!
+//! This crate owns the DataFusion session (tables over the store with time, statistics and
+//! index pushdown; the `search()` function; the `traces` view), the HTTP API on port 7700 (SQL,
+//! traces, logs, services, metrics, RED, dependencies, the Jaeger-compatible API, health and
+//! `/metrics`) and the PostgreSQL wire protocol. It reads through `oxeye_store`'s scan API and
+//! never writes: the SQL surface is read-only.
+
+pub mod convert;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod http;
+pub mod metrics;
+pub mod pushdown;
+pub mod table;
+pub mod udf;
+
+pub use engine::{QueryConfig, QueryEngine, QueryResult};
+pub use error::QueryError;

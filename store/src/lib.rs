@@ -85,6 +85,15 @@ pub(crate) struct Inner {
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data_dir", &self.inner.config.data_dir)
+            .field("storage", &self.inner.storage.description())
+            .finish()
+    }
+}
+
 impl Store {
     /// Opens the store on the embedded defaults: segments under `data_dir/objects`, catalog in
     /// `data_dir/catalog.json`.

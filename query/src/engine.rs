@@ -1,0 +1,253 @@
+//! Running SQL: one shared DataFusion session over the store's tables, read-only, with a
+//! timeout, a memory pool, a cap on concurrent queries and on result rows, executed on a
+//! runtime of its own so that queries never starve ingestion of threads.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use oxeye_model::Signal;
+use oxeye_store::Store;
+use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
+
+use crate::QueryError;
+use crate::metrics::QueryMetrics;
+use crate::table::OxeyeTable;
+use crate::udf::SearchUdf;
+
+#[derive(Debug, Clone)]
+pub struct QueryConfig {
+    /// Longest a query may run.
+    pub timeout: Duration,
+    /// Memory all running queries may use together (sorts and joins spill beyond it).
+    pub memory_limit_bytes: usize,
+    /// Rows a query returns at most; the rest is cut and the result marked truncated.
+    pub max_result_rows: usize,
+    /// Queries that may run at once; others wait (within their timeout).
+    pub max_concurrent_queries: usize,
+    /// Threads of the query runtime.
+    pub threads: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        QueryConfig {
+            timeout: Duration::from_secs(30),
+            memory_limit_bytes: 2 * 1024 * 1024 * 1024,
+            max_result_rows: 100_000,
+            max_concurrent_queries: 16,
+            threads: cores,
+        }
+    }
+}
+
+/// The result of a query.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: usize,
+    /// Rows were cut at `max_result_rows`.
+    pub truncated: bool,
+    pub elapsed: Duration,
+}
+
+/// A runtime of the query engine's own (dropped without blocking, even from async code).
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Views created at start-up, in order.
+const VIEWS: &[(&str, &str)] = &[(
+    "traces",
+    "CREATE VIEW traces AS
+     SELECT
+       trace_id,
+       first_value(service_name ORDER BY parent_span_id IS NOT NULL, start_time) AS root_service,
+       first_value(name ORDER BY parent_span_id IS NOT NULL, start_time) AS root_name,
+       min(start_time) AS start_time,
+       max(end_time) AS end_time,
+       CAST(max(end_time) AS BIGINT) - CAST(min(start_time) AS BIGINT) AS duration_ns,
+       count(*) AS span_count,
+       count(*) FILTER (WHERE status_code = 'ERROR') AS error_count,
+       count(DISTINCT service_name) AS service_count
+     FROM spans
+     GROUP BY trace_id",
+)];
+
+#[derive(Clone)]
+pub struct QueryEngine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    ctx: SessionContext,
+    store: Store,
+    config: QueryConfig,
+    runtime: QueryRuntime,
+    slots: Semaphore,
+    metrics: QueryMetrics,
+}
+
+impl QueryEngine {
+    pub async fn new(store: Store, config: QueryConfig, registry: &mut Registry) -> Result<QueryEngine, QueryError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads.max(1))
+            .thread_name("oxeye-query")
+            .enable_all()
+            .build()
+            .map_err(|e| QueryError::Internal(format!("cannot start the query runtime: {e}")))?;
+        let rt_env = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit_bytes)))
+            .build_arc()
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let session_config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(config.threads.max(1))
+            .with_batch_size(8192);
+        let ctx = SessionContext::new_with_config_rt(session_config, rt_env);
+        for signal in Signal::ALL {
+            ctx.register_table(signal.table_name(), Arc::new(OxeyeTable::new(store.clone(), signal)))
+                .map_err(|e| QueryError::Internal(e.to_string()))?;
+        }
+        ctx.register_udf(SearchUdf::udf());
+        for (name, ddl) in VIEWS {
+            ctx.sql(ddl)
+                .await
+                .map_err(|e| QueryError::Internal(format!("cannot create view {name}: {e}")))?;
+        }
+        let metrics = QueryMetrics::register(registry);
+        Ok(QueryEngine {
+            inner: Arc::new(EngineInner {
+                ctx,
+                store,
+                slots: Semaphore::new(config.max_concurrent_queries.max(1)),
+                config,
+                runtime: QueryRuntime(Some(runtime)),
+                metrics,
+            }),
+        })
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.inner.ctx
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &QueryConfig {
+        &self.inner.config
+    }
+
+    /// Runs a read-only SQL query with the engine's limits.
+    pub async fn sql(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        self.sql_limited(sql, self.inner.config.max_result_rows).await
+    }
+
+    /// Runs a query with a smaller row cap (the APIs use this).
+    pub async fn sql_limited(&self, sql: &str, max_rows: usize) -> Result<QueryResult, QueryError> {
+        let started = Instant::now();
+        let result = self.run(sql.to_string(), max_rows.min(self.inner.config.max_result_rows)).await;
+        self.inner.metrics.observe(&result, started.elapsed());
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, sql, "query failed");
+        }
+        result
+    }
+
+    async fn run(&self, sql: String, max_rows: usize) -> Result<QueryResult, QueryError> {
+        let timeout = self.inner.config.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _slot = tokio::time::timeout_at(deadline, self.inner.slots.acquire())
+            .await
+            .map_err(|_| QueryError::Busy)?
+            .map_err(|_| QueryError::Busy)?;
+        let Some(rt) = self.inner.runtime.0.as_ref() else {
+            return Err(QueryError::Internal("the query runtime is gone".into()));
+        };
+        let inner = self.inner.clone();
+        let task = rt.spawn(async move { execute(&inner, &sql, max_rows).await });
+        let abort = task.abort_handle();
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(QueryError::Internal(format!("query task failed: {e}"))),
+            Err(_) => {
+                abort.abort();
+                Err(QueryError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+fn read_only_options() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// The first keyword of a statement, for a clear read-only error.
+fn statement_kind(sql: &str) -> String {
+    sql.trim_start()
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or("")
+        .to_uppercase()
+}
+
+async fn execute(inner: &EngineInner, sql: &str, max_rows: usize) -> Result<QueryResult, QueryError> {
+    let started = Instant::now();
+    let limit = inner.config.memory_limit_bytes;
+    let df = match inner.ctx.sql_with_options(sql, read_only_options()).await {
+        Ok(df) => df,
+        Err(e) => {
+            let msg = e.to_string();
+            if msg.contains("not supported") && (msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement")) {
+                return Err(QueryError::ReadOnly(statement_kind(sql)));
+            }
+            return Err(QueryError::from_datafusion(e, limit));
+        }
+    };
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df.execute_stream().await.map_err(|e| QueryError::from_datafusion(e, limit))?;
+    let mut batches = Vec::new();
+    let mut rows = 0usize;
+    let mut truncated = false;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| QueryError::from_datafusion(e, limit))?;
+        if rows + batch.num_rows() > max_rows {
+            let keep = max_rows - rows;
+            if keep > 0 {
+                batches.push(batch.slice(0, keep));
+            }
+            rows = max_rows;
+            truncated = true;
+            break;
+        }
+        rows += batch.num_rows();
+        batches.push(batch);
+    }
+    let schema = batches.first().map(|b| b.schema()).unwrap_or(schema);
+    Ok(QueryResult {
+        schema,
+        batches,
+        rows,
+        truncated,
+        elapsed: started.elapsed(),
+    })
+}

@@ -1,0 +1,88 @@
+use std::time::Duration;
+
+use datafusion::error::DataFusionError;
+
+/// Why a query failed. `http::error_response` and the Postgres layer map these to their codes.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The query text or plan is wrong: syntax, unknown table or column, bad types.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        /// 1-based line and column of the problem, when the parser knows it.
+        position: Option<(u64, u64)>,
+    },
+    /// The SQL surface is read-only.
+    #[error("oxeye's SQL is read-only: {0} statements are not allowed; use SELECT, WITH, EXPLAIN or SHOW")]
+    ReadOnly(String),
+    #[error("the query ran longer than the {0:?} limit; narrow the time range or raise --query-timeout")]
+    Timeout(Duration),
+    #[error("the query needs more memory than the {limit}-byte limit: {message}")]
+    Memory { limit: usize, message: String },
+    #[error("too many queries are running; try again shortly")]
+    Busy,
+    #[error("internal error while running the query: {0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    pub fn from_datafusion(e: DataFusionError, memory_limit: usize) -> QueryError {
+        let root = e.find_root();
+        match root {
+            DataFusionError::ResourcesExhausted(m) => QueryError::Memory {
+                limit: memory_limit,
+                message: m.clone(),
+            },
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_)
+            | DataFusionError::Configuration(_)
+            | DataFusionError::Execution(_)
+            | DataFusionError::ArrowError(..) => {
+                let message = root.to_string();
+                let position = position_of(&message);
+                QueryError::Invalid { message, position }
+            }
+            _ => QueryError::Internal(e.to_string()),
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QueryError::Invalid { .. } => "invalid",
+            QueryError::ReadOnly(_) => "read_only",
+            QueryError::Timeout(_) => "timeout",
+            QueryError::Memory { .. } => "memory",
+            QueryError::Busy => "busy",
+            QueryError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Finds "Line: L, Column: C" in a parser message.
+fn position_of(message: &str) -> Option<(u64, u64)> {
+    let at = message.find("Line: ")?;
+    let rest = &message[at + 6..];
+    let line: u64 = rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    let col_at = rest.find("Column: ")?;
+    let col: u64 = rest[col_at + 8..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    Some((line, col))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_positions() {
+        assert_eq!(
+            super::position_of("sql parser error: Expected: end of statement, found: x at Line: 1, Column: 15"),
+            Some((1, 15))
+        );
+        assert_eq!(super::position_of("no position"), None);
+    }
+}

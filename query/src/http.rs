@@ -1,0 +1,135 @@
+//! The HTTP API on port 7700 (DESIGN.md): SQL, health, readiness and `/metrics`. The trace,
+//! log, service, metrics and Jaeger endpoints are in [`crate::api`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+use crate::{QueryEngine, QueryError, format};
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: QueryEngine,
+    pub registry: Arc<parking_lot::RwLock<Registry>>,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Maps a query error to an HTTP response (the one place this is decided).
+pub fn error_response(err: &QueryError) -> Response {
+    let status = match err {
+        QueryError::Invalid { .. } | QueryError::ReadOnly(_) | QueryError::Memory { .. } => StatusCode::BAD_REQUEST,
+        QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+        QueryError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let position = match err {
+        QueryError::Invalid {
+            position: Some((line, column)),
+            ..
+        } => serde_json::json!({"line": line, "column": column}),
+        _ => serde_json::Value::Null,
+    };
+    let body = serde_json::json!({
+        "error": {"kind": err.kind(), "message": err.to_string(), "position": position}
+    });
+    let mut response = (status, axum::Json(body)).into_response();
+    if matches!(err, QueryError::Busy) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// A 400 for a bad API parameter.
+pub fn bad_request(message: impl Into<String>) -> Response {
+    error_response(&QueryError::Invalid {
+        message: message.into(),
+        position: None,
+    })
+}
+
+#[derive(Deserialize)]
+struct SqlBody {
+    sql: String,
+}
+
+#[derive(Deserialize)]
+struct SqlParams {
+    format: Option<String>,
+}
+
+async fn sql(State(state): State<ApiState>, Query(params): Query<SqlParams>, body: axum::body::Bytes) -> Response {
+    let request: SqlBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("the body must be JSON like {{\"sql\": \"SELECT 1\"}}: {e}")),
+    };
+    let result = match state.engine.sql(&request.sql).await {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    let (content_type, encoded) = match params.format.as_deref().unwrap_or("json") {
+        "json" => ("application/json", format::to_json(&result)),
+        "ndjson" => ("application/x-ndjson", format::to_ndjson(&result)),
+        "csv" => ("text/csv; charset=utf-8", format::to_csv(&result)),
+        "arrow" => ("application/vnd.apache.arrow.stream", format::to_arrow(&result)),
+        other => return bad_request(format!("unknown format `{other}`; use json, ndjson, csv or arrow")),
+    };
+    match encoded {
+        Ok(bytes) => {
+            let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], bytes).into_response();
+            if result.truncated
+                && let Ok(v) = header::HeaderValue::from_str(&result.rows.to_string())
+            {
+                r.headers_mut().insert("x-oxeye-truncated-at", v);
+            }
+            r
+        }
+        Err(e) => error_response(&QueryError::Internal(format!("cannot encode the result: {e}"))),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut text = String::new();
+    let registry = state.registry.read();
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// The API routes (the UI is mounted beside them by the binary).
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/sql", post(sql))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .with_state(state)
+}

@@ -1,0 +1,387 @@
+//! Configuration of each role: flags, `OXEYE_*` environment variables and a TOML file.
+//!
+//! Precedence, highest first: command-line flag, environment variable, the role's section of
+//! the config file (`[serve]`, `[collector]`, `[store]`, `[query]`), built-in default. Every
+//! setting has all four; `oxeye <role> --help` lists them with their defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use oxeye_model::Signal;
+use serde::{Deserialize, Deserializer};
+
+/// A size in bytes, written `1048576`, `64KiB`, `16MiB`, `2GiB` (or KB/MB/GB, powers of 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            "kib" | "k" => 1 << 10,
+            "mib" | "m" => 1 << 20,
+            "gib" | "g" => 1 << 30,
+            "tib" | "t" => 1 << 40,
+            other => return Err(format!("unknown size unit `{other}` in `{s}`; use B, KiB, MiB, GiB, KB, MB or GB")),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration written like `10ms`, `30s`, `5m`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|e| format!("`{s}` is not a duration like 30s or 7d: {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Retention per signal: `traces=7d,logs=14d,metrics=30d` (`traces` means spans; `metrics`
+/// covers every metric table unless one is named on its own).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Retention(pub BTreeMap<Signal, Duration>);
+
+impl FromStr for Retention {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = BTreeMap::new();
+        let mut metrics_default = None;
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (name, dur) = item
+                .split_once('=')
+                .ok_or_else(|| format!("`{item}` should look like traces=7d"))?;
+            let d = humantime::parse_duration(dur.trim()).map_err(|e| format!("`{dur}`: {e}"))?;
+            match name.trim() {
+                "metrics" => metrics_default = Some(d),
+                other => {
+                    let signal: Signal = other.parse().map_err(|e| format!("{e}"))?;
+                    out.insert(signal, d);
+                }
+            }
+        }
+        if let Some(d) = metrics_default {
+            for s in [Signal::Metrics, Signal::Histograms, Signal::ExpHistograms, Signal::Summaries] {
+                out.entry(s).or_insert(d);
+            }
+        }
+        Ok(Retention(out))
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Settings of `oxeye serve` (all roles in one process).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// Directory for the WAL, catalog and segments [default: ./oxeye-data]
+    #[arg(long, env = "OXEYE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317]
+    #[arg(long, env = "OXEYE_OTLP_GRPC_LISTEN", value_name = "ADDR")]
+    pub otlp_grpc_listen: Option<SocketAddr>,
+
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318]
+    #[arg(long, env = "OXEYE_OTLP_HTTP_LISTEN", value_name = "ADDR")]
+    pub otlp_http_listen: Option<SocketAddr>,
+
+    /// HTTP API and web UI listen address [default: 127.0.0.1:7700]
+    #[arg(long, env = "OXEYE_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// PostgreSQL wire protocol listen address [default: 127.0.0.1:5433]
+    #[arg(long, env = "OXEYE_PG_LISTEN", value_name = "ADDR")]
+    pub pg_listen: Option<SocketAddr>,
+
+    /// Largest OTLP request accepted (gRPC message, HTTP body before decompression) [default: 16MiB]
+    #[arg(long, env = "OXEYE_MAX_REQUEST_SIZE", value_name = "SIZE")]
+    pub max_request_size: Option<ByteSize>,
+
+    /// Largest OTLP/HTTP body after decompression [default: 64MiB]
+    #[arg(long, env = "OXEYE_MAX_DECOMPRESSED_SIZE", value_name = "SIZE")]
+    pub max_decompressed_size: Option<ByteSize>,
+
+    /// Memory for OTLP requests in flight; beyond it clients get retryable errors [default: 512MiB]
+    #[arg(long, env = "OXEYE_INGEST_MEMORY", value_name = "SIZE")]
+    pub ingest_memory: Option<ByteSize>,
+
+    /// Rows the collector gathers before writing a batch to the store [default: 16384]
+    #[arg(long, env = "OXEYE_BATCH_MAX_ROWS", value_name = "ROWS")]
+    pub batch_max_rows: Option<usize>,
+
+    /// Longest a row waits in the collector's batch [default: 10ms]
+    #[arg(long, env = "OXEYE_BATCH_MAX_DELAY", value_name = "DURATION")]
+    pub batch_max_delay: Option<Dur>,
+
+    /// Store shards in this process, each with its own WAL [default: 1]
+    #[arg(long, env = "OXEYE_SHARDS", value_name = "N")]
+    pub shards: Option<u32>,
+
+    /// Flush a shard's memtable to a segment at this size... [default: 128MiB]
+    #[arg(long, env = "OXEYE_FLUSH_SIZE", value_name = "SIZE")]
+    pub flush_size: Option<ByteSize>,
+
+    /// ...or at this age [default: 30s]
+    #[arg(long, env = "OXEYE_FLUSH_AGE", value_name = "DURATION")]
+    pub flush_age: Option<Dur>,
+
+    /// Refuse writes (retryably) while a shard's unflushed data exceeds this [default: 1GiB]
+    #[arg(long, env = "OXEYE_MAX_UNFLUSHED", value_name = "SIZE")]
+    pub max_unflushed: Option<ByteSize>,
+
+    /// Keep data this long per signal, e.g. traces=7d,logs=14d,metrics=30d [default: keep forever]
+    #[arg(long, env = "OXEYE_RETENTION", value_name = "SIGNAL=DURATION,...")]
+    pub retention: Option<Retention>,
+
+    /// Refuse writes (retryably) when the data disk has less free space than this [default: 512MiB]
+    #[arg(long, env = "OXEYE_MIN_FREE_DISK", value_name = "SIZE")]
+    pub min_free_disk: Option<ByteSize>,
+
+    /// Segments smaller than this many rows are merged in the background [default: 2000000]
+    #[arg(long, env = "OXEYE_COMPACTION_TARGET_ROWS", value_name = "ROWS")]
+    pub compaction_target_rows: Option<u64>,
+
+    /// How often compaction and retention run [default: 10s]
+    #[arg(long, env = "OXEYE_MAINTENANCE_INTERVAL", value_name = "DURATION")]
+    pub maintenance_interval: Option<Dur>,
+
+    /// Longest a SQL query may run [default: 30s]
+    #[arg(long, env = "OXEYE_QUERY_TIMEOUT", value_name = "DURATION")]
+    pub query_timeout: Option<Dur>,
+
+    /// Memory all running queries may use together; sorts and joins spill beyond it [default: 2GiB]
+    #[arg(long, env = "OXEYE_QUERY_MEMORY", value_name = "SIZE")]
+    pub query_memory: Option<ByteSize>,
+
+    /// Most rows a query returns; the rest is cut and the result marked truncated [default: 100000]
+    #[arg(long, env = "OXEYE_QUERY_MAX_ROWS", value_name = "ROWS")]
+    pub query_max_rows: Option<usize>,
+
+    /// PostgreSQL protocol user [default: oxeye]
+    #[arg(long, env = "OXEYE_PG_USER", value_name = "NAME")]
+    pub pg_user: Option<String>,
+
+    /// PostgreSQL protocol password; when unset, connections from loopback are trusted and
+    /// others refused [default: unset]
+    #[arg(long, env = "OXEYE_PG_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    pub pg_password: Option<String>,
+}
+
+macro_rules! merge_fields {
+    ($hi:expr, $lo:expr, $($f:ident),* $(,)?) => {
+        ServeArgs { $($f: $hi.$f.or($lo.$f),)* }
+    };
+}
+
+impl ServeArgs {
+    /// Fills every unset field of `self` (flags and environment) from `file`.
+    pub fn over(self, file: ServeArgs) -> ServeArgs {
+        merge_fields!(
+            self, file, data_dir, otlp_grpc_listen, otlp_http_listen, http_listen, pg_listen,
+            max_request_size, max_decompressed_size, ingest_memory, batch_max_rows, batch_max_delay,
+            shards, flush_size, flush_age, max_unflushed, retention, min_free_disk,
+            compaction_target_rows, maintenance_interval, query_timeout, query_memory,
+            query_max_rows, pg_user, pg_password,
+        )
+    }
+}
+
+/// The config file: one optional section per role.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub serve: ServeArgs,
+    #[serde(default)]
+    pub collector: ServeArgs,
+    #[serde(default)]
+    pub store: ServeArgs,
+    #[serde(default)]
+    pub query: ServeArgs,
+}
+
+impl ConfigFile {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<ConfigFile> {
+        let Some(path) = path else {
+            return Ok(ConfigFile::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let parsed: ConfigFile = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(parsed)
+    }
+}
+
+fn bytes(v: Option<ByteSize>, default: u64) -> anyhow::Result<usize> {
+    let b = v.map(|b| b.0).unwrap_or(default);
+    usize::try_from(b).context("size too large for this machine")
+}
+
+/// Everything `oxeye serve` runs with, defaults applied.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub pg_listen: SocketAddr,
+    pub pg_user: String,
+    pub pg_password: Option<String>,
+    pub collector: oxeye_collector::CollectorConfig,
+    pub store: oxeye_store::StoreConfig,
+    pub query: oxeye_query::QueryConfig,
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> anyhow::Result<ServeConfig> {
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("./oxeye-data"));
+        let collector_defaults = oxeye_collector::CollectorConfig::default();
+        let collector = oxeye_collector::CollectorConfig {
+            grpc_listen: self.otlp_grpc_listen.unwrap_or(collector_defaults.grpc_listen),
+            http_listen: self.otlp_http_listen.unwrap_or(collector_defaults.http_listen),
+            max_request_bytes: bytes(self.max_request_size, collector_defaults.max_request_bytes as u64)?,
+            max_decompressed_bytes: bytes(self.max_decompressed_size, collector_defaults.max_decompressed_bytes as u64)?,
+            memory_budget_bytes: bytes(self.ingest_memory, collector_defaults.memory_budget_bytes as u64)?,
+            batch_max_rows: self.batch_max_rows.unwrap_or(collector_defaults.batch_max_rows),
+            batch_max_delay: self.batch_max_delay.map(|d| d.0).unwrap_or(collector_defaults.batch_max_delay),
+            ..collector_defaults
+        };
+        if collector.max_decompressed_bytes < collector.max_request_bytes {
+            bail!("--max-decompressed-size must be at least --max-request-size");
+        }
+        let mut store = oxeye_store::StoreConfig::new(&data_dir);
+        store.shards = self.shards.unwrap_or(store.shards);
+        if store.shards == 0 {
+            bail!("--shards must be at least 1");
+        }
+        store.flush_bytes = bytes(self.flush_size, store.flush_bytes as u64)?;
+        store.flush_age = self.flush_age.map(|d| d.0).unwrap_or(store.flush_age);
+        store.max_unflushed_bytes = bytes(self.max_unflushed, store.max_unflushed_bytes as u64)?;
+        store.retention = self.retention.map(|r| r.0).unwrap_or_default();
+        store.min_free_disk_bytes = self.min_free_disk.map(|b| b.0).unwrap_or(store.min_free_disk_bytes);
+        store.compaction_target_rows = self.compaction_target_rows.unwrap_or(store.compaction_target_rows);
+        store.maintenance_interval = self.maintenance_interval.map(|d| d.0).unwrap_or(store.maintenance_interval);
+        let query_defaults = oxeye_query::QueryConfig::default();
+        let query = oxeye_query::QueryConfig {
+            timeout: self.query_timeout.map(|d| d.0).unwrap_or(query_defaults.timeout),
+            memory_limit_bytes: bytes(self.query_memory, query_defaults.memory_limit_bytes as u64)?,
+            max_result_rows: self.query_max_rows.unwrap_or(query_defaults.max_result_rows),
+            ..query_defaults
+        };
+        Ok(ServeConfig {
+            data_dir,
+            http_listen: self.http_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700))),
+            pg_listen: self.pg_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5433))),
+            pg_user: self.pg_user.unwrap_or_else(|| "oxeye".into()),
+            pg_password: self.pg_password,
+            collector,
+            store,
+            query,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_durations_and_retention_parse() {
+        assert_eq!("16MiB".parse::<ByteSize>().unwrap(), ByteSize(16 << 20));
+        assert_eq!("2GB".parse::<ByteSize>().unwrap(), ByteSize(2_000_000_000));
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert_eq!("10ms".parse::<Dur>().unwrap().0, Duration::from_millis(10));
+        let r: Retention = "traces=7d, logs=14d, metrics=30d".parse().unwrap();
+        assert_eq!(r.0[&Signal::Spans], Duration::from_secs(7 * 86400));
+        assert_eq!(r.0[&Signal::Histograms], Duration::from_secs(30 * 86400));
+        assert!("bogus=1d".parse::<Retention>().is_err());
+    }
+
+    #[test]
+    fn flags_beat_file_beats_default() {
+        let file: ConfigFile = toml::from_str(
+            r#"
+            [serve]
+            data_dir = "/from/file"
+            shards = 3
+            max_request_size = "8MiB"
+            retention = "traces=1d"
+            "#,
+        )
+        .unwrap();
+        let cli = ServeArgs {
+            data_dir: Some("/from/flag".into()),
+            ..Default::default()
+        };
+        let cfg = cli.over(file.serve).resolve().unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(cfg.store.shards, 3);
+        assert_eq!(cfg.collector.max_request_bytes, 8 << 20);
+        assert_eq!(cfg.http_listen.port(), 7700);
+        assert_eq!(cfg.store.retention[&Signal::Spans], Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<ConfigFile>("[serve]\ndata_dri = \"x\"").is_err());
+        assert!(toml::from_str::<ConfigFile>("[severe]\n").is_err());
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../examples/oxeye.toml");
+        let file: ConfigFile = toml::from_str(text).unwrap();
+        file.serve.resolve().unwrap();
+    }
+}

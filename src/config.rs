@@ -26,7 +26,9 @@ impl FromStr for ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "kb" => 1_000,
@@ -37,9 +39,15 @@ impl FromStr for ByteSize {
             "mib" | "m" => 1 << 20,
             "gib" | "g" => 1 << 30,
             "tib" | "t" => 1 << 40,
-            other => return Err(format!("unknown size unit `{other}` in `{s}`; use B, KiB, MiB, GiB, KB, MB or GB")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{s}`; use B, KiB, MiB, GiB, KB, MB or GB"
+                ));
+            }
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{s}` is too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is too large"))
     }
 }
 
@@ -73,7 +81,9 @@ impl FromStr for Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -101,7 +111,12 @@ impl FromStr for Retention {
             }
         }
         if let Some(d) = metrics_default {
-            for s in [Signal::Metrics, Signal::Histograms, Signal::ExpHistograms, Signal::Summaries] {
+            for s in [
+                Signal::Metrics,
+                Signal::Histograms,
+                Signal::ExpHistograms,
+                Signal::Summaries,
+            ] {
                 out.entry(s).or_insert(d);
             }
         }
@@ -111,7 +126,9 @@ impl FromStr for Retention {
 
 impl<'de> Deserialize<'de> for Retention {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -215,7 +232,12 @@ pub struct ServeArgs {
 
     /// PostgreSQL protocol password; when unset, connections from loopback are trusted and
     /// others refused [default: unset]
-    #[arg(long, env = "OXEYE_PG_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OXEYE_PG_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
     pub pg_password: Option<String>,
 }
 
@@ -229,11 +251,31 @@ impl ServeArgs {
     /// Fills every unset field of `self` (flags and environment) from `file`.
     pub fn over(self, file: ServeArgs) -> ServeArgs {
         merge_fields!(
-            self, file, data_dir, otlp_grpc_listen, otlp_http_listen, http_listen, pg_listen,
-            max_request_size, max_decompressed_size, ingest_memory, batch_max_rows, batch_max_delay,
-            shards, flush_size, flush_age, max_unflushed, retention, min_free_disk,
-            compaction_target_rows, maintenance_interval, query_timeout, query_memory,
-            query_max_rows, pg_user, pg_password,
+            self,
+            file,
+            data_dir,
+            otlp_grpc_listen,
+            otlp_http_listen,
+            http_listen,
+            pg_listen,
+            max_request_size,
+            max_decompressed_size,
+            ingest_memory,
+            batch_max_rows,
+            batch_max_delay,
+            shards,
+            flush_size,
+            flush_age,
+            max_unflushed,
+            retention,
+            min_free_disk,
+            compaction_target_rows,
+            maintenance_interval,
+            query_timeout,
+            query_memory,
+            query_max_rows,
+            pg_user,
+            pg_password,
         )
     }
 }
@@ -275,8 +317,11 @@ fn bytes(v: Option<ByteSize>, default: u64) -> anyhow::Result<usize> {
 pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub http_listen: SocketAddr,
+    #[allow(dead_code)] // read by the PostgreSQL listener, which lands next
     pub pg_listen: SocketAddr,
+    #[allow(dead_code)]
     pub pg_user: String,
+    #[allow(dead_code)]
     pub pg_password: Option<String>,
     pub collector: oxeye_collector::CollectorConfig,
     pub store: oxeye_store::StoreConfig,
@@ -285,16 +330,36 @@ pub struct ServeConfig {
 
 impl ServeArgs {
     pub fn resolve(self) -> anyhow::Result<ServeConfig> {
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("./oxeye-data"));
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("./oxeye-data"));
         let collector_defaults = oxeye_collector::CollectorConfig::default();
         let collector = oxeye_collector::CollectorConfig {
-            grpc_listen: self.otlp_grpc_listen.unwrap_or(collector_defaults.grpc_listen),
-            http_listen: self.otlp_http_listen.unwrap_or(collector_defaults.http_listen),
-            max_request_bytes: bytes(self.max_request_size, collector_defaults.max_request_bytes as u64)?,
-            max_decompressed_bytes: bytes(self.max_decompressed_size, collector_defaults.max_decompressed_bytes as u64)?,
-            memory_budget_bytes: bytes(self.ingest_memory, collector_defaults.memory_budget_bytes as u64)?,
-            batch_max_rows: self.batch_max_rows.unwrap_or(collector_defaults.batch_max_rows),
-            batch_max_delay: self.batch_max_delay.map(|d| d.0).unwrap_or(collector_defaults.batch_max_delay),
+            grpc_listen: self
+                .otlp_grpc_listen
+                .unwrap_or(collector_defaults.grpc_listen),
+            http_listen: self
+                .otlp_http_listen
+                .unwrap_or(collector_defaults.http_listen),
+            max_request_bytes: bytes(
+                self.max_request_size,
+                collector_defaults.max_request_bytes as u64,
+            )?,
+            max_decompressed_bytes: bytes(
+                self.max_decompressed_size,
+                collector_defaults.max_decompressed_bytes as u64,
+            )?,
+            memory_budget_bytes: bytes(
+                self.ingest_memory,
+                collector_defaults.memory_budget_bytes as u64,
+            )?,
+            batch_max_rows: self
+                .batch_max_rows
+                .unwrap_or(collector_defaults.batch_max_rows),
+            batch_max_delay: self
+                .batch_max_delay
+                .map(|d| d.0)
+                .unwrap_or(collector_defaults.batch_max_delay),
             ..collector_defaults
         };
         if collector.max_decompressed_bytes < collector.max_request_bytes {
@@ -309,20 +374,37 @@ impl ServeArgs {
         store.flush_age = self.flush_age.map(|d| d.0).unwrap_or(store.flush_age);
         store.max_unflushed_bytes = bytes(self.max_unflushed, store.max_unflushed_bytes as u64)?;
         store.retention = self.retention.map(|r| r.0).unwrap_or_default();
-        store.min_free_disk_bytes = self.min_free_disk.map(|b| b.0).unwrap_or(store.min_free_disk_bytes);
-        store.compaction_target_rows = self.compaction_target_rows.unwrap_or(store.compaction_target_rows);
-        store.maintenance_interval = self.maintenance_interval.map(|d| d.0).unwrap_or(store.maintenance_interval);
+        store.min_free_disk_bytes = self
+            .min_free_disk
+            .map(|b| b.0)
+            .unwrap_or(store.min_free_disk_bytes);
+        store.compaction_target_rows = self
+            .compaction_target_rows
+            .unwrap_or(store.compaction_target_rows);
+        store.maintenance_interval = self
+            .maintenance_interval
+            .map(|d| d.0)
+            .unwrap_or(store.maintenance_interval);
         let query_defaults = oxeye_query::QueryConfig::default();
         let query = oxeye_query::QueryConfig {
-            timeout: self.query_timeout.map(|d| d.0).unwrap_or(query_defaults.timeout),
+            timeout: self
+                .query_timeout
+                .map(|d| d.0)
+                .unwrap_or(query_defaults.timeout),
             memory_limit_bytes: bytes(self.query_memory, query_defaults.memory_limit_bytes as u64)?,
-            max_result_rows: self.query_max_rows.unwrap_or(query_defaults.max_result_rows),
+            max_result_rows: self
+                .query_max_rows
+                .unwrap_or(query_defaults.max_result_rows),
             ..query_defaults
         };
         Ok(ServeConfig {
             data_dir,
-            http_listen: self.http_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700))),
-            pg_listen: self.pg_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5433))),
+            http_listen: self
+                .http_listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700))),
+            pg_listen: self
+                .pg_listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5433))),
             pg_user: self.pg_user.unwrap_or_else(|| "oxeye".into()),
             pg_password: self.pg_password,
             collector,
@@ -369,7 +451,10 @@ mod tests {
         assert_eq!(cfg.store.shards, 3);
         assert_eq!(cfg.collector.max_request_bytes, 8 << 20);
         assert_eq!(cfg.http_listen.port(), 7700);
-        assert_eq!(cfg.store.retention[&Signal::Spans], Duration::from_secs(86400));
+        assert_eq!(
+            cfg.store.retention[&Signal::Spans],
+            Duration::from_secs(86400)
+        );
     }
 
     #[test]

@@ -55,7 +55,9 @@ enum Command {
 fn init_logging(filter: &str, format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -75,14 +77,23 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args.over(file.serve)).await,
-            Command::Collector(_) | Command::Store(_) | Command::Query(_) => anyhow::bail!(
-                "running the roles as separate processes needs the Arrow Flight transport between \
-                 nodes, which this build does not have yet; run `oxeye serve` for all roles in one process"
-            ),
+            Command::Collector(args) => scale_out_role("collector", args.over(file.collector)),
+            Command::Store(args) => scale_out_role("store", args.over(file.store)),
+            Command::Query(args) => scale_out_role("query", args.over(file.query)),
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result
+}
+
+/// The separate roles validate their configuration, then explain that this build cannot run
+/// them apart yet.
+fn scale_out_role(role: &str, args: ServeArgs) -> anyhow::Result<()> {
+    args.resolve()?;
+    anyhow::bail!(
+        "running the {role} role as a separate process needs the Arrow Flight transport between \
+         nodes, which this build does not have yet; run `oxeye serve` for all roles in one process"
+    )
 }
 
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
@@ -90,7 +101,9 @@ async fn stop_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops oxeye");
@@ -111,8 +124,12 @@ async fn stop_signal() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let mut registry = Registry::default();
 
     let store = oxeye_store::Store::open_local(config.store.clone(), &mut registry)
@@ -139,7 +156,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
-        .with_context(|| format!("cannot listen on {} for the HTTP API; is the port in use?", config.http_listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the HTTP API; is the port in use?",
+                config.http_listen
+            )
+        })?;
     let http_addr = http_listener.local_addr()?;
     let stop_http = CancellationToken::new();
     let http_task = {

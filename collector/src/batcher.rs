@@ -186,7 +186,9 @@ async fn flush(
         let result = write(work.by_signal, &*sink).await;
         metrics.flushes.inc();
         metrics.flush_rows.observe(rows as f64);
-        metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .flush_seconds
+            .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::warn!(error = %e, rows, "flush to the store failed");
         }
@@ -261,7 +263,9 @@ mod tests {
                 ..Default::default()
             }],
         };
-        oxeye_model::spans::spans_from_otlp(&request).unwrap().batches
+        oxeye_model::spans::spans_from_otlp(&request)
+            .unwrap()
+            .batches
     }
 
     fn config(max_rows: usize, queue: usize) -> BatcherConfig {
@@ -278,7 +282,12 @@ mod tests {
     async fn coalesces_concurrent_requests() {
         let sink = Arc::new(Recorder::default());
         let token = CancellationToken::new();
-        let (b, task) = Batcher::spawn(sink.clone(), config(1000, 64), CollectorMetrics::default(), token.clone());
+        let (b, task) = Batcher::spawn(
+            sink.clone(),
+            config(1000, 64),
+            CollectorMetrics::default(),
+            token.clone(),
+        );
         let mut joins = Vec::new();
         for _ in 0..10 {
             let b = b.clone();
@@ -312,7 +321,12 @@ mod tests {
         let token = CancellationToken::new();
         let mut cfg = config(1_000_000, 8);
         cfg.max_delay = Duration::from_secs(3600);
-        let (b, task) = Batcher::spawn(sink.clone(), cfg, CollectorMetrics::default(), token.clone());
+        let (b, task) = Batcher::spawn(
+            sink.clone(),
+            cfg,
+            CollectorMetrics::default(),
+            token.clone(),
+        );
         let waiting = tokio::spawn(async move { b.submit(spans(5)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         token.cancel();

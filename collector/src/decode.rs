@@ -39,7 +39,12 @@ pub fn encoding_of(content_type: Option<&str>) -> Result<Encoding, ExportError> 
             "missing Content-Type; send application/x-protobuf or application/json".into(),
         ));
     };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
         "application/json" => Ok(Encoding::Json),
@@ -58,7 +63,10 @@ pub enum Compression {
 
 /// The compression named by a `Content-Encoding` header.
 pub fn compression_of(content_encoding: Option<&str>) -> Result<Compression, ExportError> {
-    match content_encoding.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+    match content_encoding
+        .map(|s| s.trim().to_ascii_lowercase())
+        .as_deref()
+    {
         None | Some("") | Some("identity") => Ok(Compression::None),
         Some("gzip") | Some("x-gzip") => Ok(Compression::Gzip),
         Some("zstd") => Ok(Compression::Zstd),
@@ -69,8 +77,16 @@ pub fn compression_of(content_encoding: Option<&str>) -> Result<Compression, Exp
 }
 
 /// Decompresses `body`, refusing output larger than `max_bytes` (a zip bomb costs at most that).
-pub fn decompress(body: Bytes, compression: Compression, max_bytes: usize) -> Result<Bytes, ExportError> {
-    fn read_capped(mut reader: impl Read, max_bytes: usize, what: &str) -> Result<Bytes, ExportError> {
+pub fn decompress(
+    body: Bytes,
+    compression: Compression,
+    max_bytes: usize,
+) -> Result<Bytes, ExportError> {
+    fn read_capped(
+        mut reader: impl Read,
+        max_bytes: usize,
+        what: &str,
+    ) -> Result<Bytes, ExportError> {
         let mut out = Vec::new();
         let read = reader
             .by_ref()
@@ -90,7 +106,11 @@ pub fn decompress(body: Bytes, compression: Compression, max_bytes: usize) -> Re
     }
     match compression {
         Compression::None => Ok(body),
-        Compression::Gzip => read_capped(flate2::read::MultiGzDecoder::new(&body[..]), max_bytes, "gzip"),
+        Compression::Gzip => read_capped(
+            flate2::read::MultiGzDecoder::new(&body[..]),
+            max_bytes,
+            "gzip",
+        ),
         Compression::Zstd => {
             let decoder = zstd::stream::read::Decoder::new(&body[..]).map_err(|e| {
                 ExportError::Malformed {
@@ -154,14 +174,23 @@ mod tests {
     fn json_mapping_is_understood() {
         let req: ExportTraceServiceRequest = decode(JSON.as_bytes(), Encoding::Json).unwrap();
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
-        assert_eq!(hex::encode(&span.trace_id), "5b8efff798038103d269b633813fc60c");
+        assert_eq!(
+            hex::encode(&span.trace_id),
+            "5b8efff798038103d269b633813fc60c"
+        );
         assert_eq!(span.kind, 2);
         assert_eq!(span.start_time_unix_nano, 1544712660000000000);
         assert_eq!(span.end_time_unix_nano, 1544712661000000000);
         assert_eq!(span.status.as_ref().unwrap().code, 2);
         use oxeye_model::otlp::common::v1::any_value::Value;
-        assert_eq!(span.attributes[0].value.as_ref().unwrap().value, Some(Value::IntValue(42)));
-        assert_eq!(span.attributes[1].value.as_ref().unwrap().value, Some(Value::IntValue(7)));
+        assert_eq!(
+            span.attributes[0].value.as_ref().unwrap().value,
+            Some(Value::IntValue(42))
+        );
+        assert_eq!(
+            span.attributes[1].value.as_ref().unwrap().value,
+            Some(Value::IntValue(7))
+        );
     }
 
     #[test]
@@ -169,7 +198,12 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(&vec![b'a'; 10_000]).unwrap();
         let gz = Bytes::from(enc.finish().unwrap());
-        assert_eq!(decompress(gz.clone(), Compression::Gzip, 10_000).unwrap().len(), 10_000);
+        assert_eq!(
+            decompress(gz.clone(), Compression::Gzip, 10_000)
+                .unwrap()
+                .len(),
+            10_000
+        );
         assert!(matches!(
             decompress(gz, Compression::Gzip, 9_999),
             Err(ExportError::TooLarge { .. })
@@ -182,8 +216,14 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(encoding_of(Some("application/json; charset=utf-8")).unwrap(), Encoding::Json);
-        assert_eq!(encoding_of(Some("application/x-protobuf")).unwrap(), Encoding::Protobuf);
+        assert_eq!(
+            encoding_of(Some("application/json; charset=utf-8")).unwrap(),
+            Encoding::Json
+        );
+        assert_eq!(
+            encoding_of(Some("application/x-protobuf")).unwrap(),
+            Encoding::Protobuf
+        );
         assert!(encoding_of(Some("text/plain")).is_err());
         assert!(encoding_of(None).is_err());
         assert!(compression_of(Some("br")).is_err());

@@ -9,7 +9,10 @@ use oxeye_model::ingest::IngestError;
 pub enum ExportError {
     /// The body is not a valid OTLP message in the declared encoding.
     #[error("malformed {encoding} request: {reason}")]
-    Malformed { encoding: &'static str, reason: String },
+    Malformed {
+        encoding: &'static str,
+        reason: String,
+    },
     /// The content type is neither protobuf nor JSON, or the content encoding is unknown.
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
@@ -18,10 +21,16 @@ pub enum ExportError {
     TooLarge { size: usize, limit: usize },
     /// The collector or the store cannot take more right now; retry after the given delay.
     #[error("overloaded: {reason}")]
-    Overloaded { reason: String, retry_after: Duration },
+    Overloaded {
+        reason: String,
+        retry_after: Duration,
+    },
     /// The store cannot be reached or the collector is shutting down; retry later.
     #[error("unavailable: {reason}")]
-    Unavailable { reason: String, retry_after: Duration },
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
     /// A bug or an unexpected failure inside oxeye.
     #[error("internal error: {0}")]
     Internal(String),
@@ -30,12 +39,20 @@ pub enum ExportError {
 impl From<IngestError> for ExportError {
     fn from(e: IngestError) -> Self {
         match e {
-            IngestError::Overloaded { reason, retry_after } => {
-                ExportError::Overloaded { reason, retry_after }
-            }
-            IngestError::Unavailable { reason, retry_after } => {
-                ExportError::Unavailable { reason, retry_after }
-            }
+            IngestError::Overloaded {
+                reason,
+                retry_after,
+            } => ExportError::Overloaded {
+                reason,
+                retry_after,
+            },
+            IngestError::Unavailable {
+                reason,
+                retry_after,
+            } => ExportError::Unavailable {
+                reason,
+                retry_after,
+            },
             IngestError::Rejected { reason } => ExportError::Internal(reason),
         }
     }

@@ -13,7 +13,9 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
 use prost::Message;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder, EnabledCompressionEncodings};
+use tonic::codec::{
+    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
+};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Status};
 
@@ -30,9 +32,12 @@ pub fn to_status(err: &ExportError) -> Status {
             Status::invalid_argument(message)
         }
         ExportError::TooLarge { .. } => Status::new(Code::OutOfRange, message),
-        ExportError::Overloaded { retry_after, .. } => {
-            with_retry_info(Code::ResourceExhausted, code::RESOURCE_EXHAUSTED, message, *retry_after)
-        }
+        ExportError::Overloaded { retry_after, .. } => with_retry_info(
+            Code::ResourceExhausted,
+            code::RESOURCE_EXHAUSTED,
+            message,
+            *retry_after,
+        ),
         ExportError::Unavailable { retry_after, .. } => {
             with_retry_info(Code::Unavailable, code::UNAVAILABLE, message, *retry_after)
         }
@@ -40,7 +45,12 @@ pub fn to_status(err: &ExportError) -> Status {
     }
 }
 
-fn with_retry_info(code: Code, rpc_code: i32, message: String, delay: std::time::Duration) -> Status {
+fn with_retry_info(
+    code: Code,
+    rpc_code: i32,
+    message: String,
+    delay: std::time::Duration,
+) -> Status {
     let details = RpcStatus {
         code: rpc_code,
         message: message.clone(),
@@ -131,12 +141,17 @@ impl<R: OtlpExport> UnaryService<Bytes> for ExportMethod<R> {
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
             let body = request.into_inner();
-            let reservation = pipeline.admit(body.len(), "grpc").map_err(|e| to_status(&e))?;
+            let reservation = pipeline
+                .admit(body.len(), "grpc")
+                .map_err(|e| to_status(&e))?;
             let accepted = pipeline
                 .export_encoded::<R>(body, Encoding::Protobuf, "grpc", reservation)
                 .await
                 .map_err(|e| to_status(&e))?;
-            Ok(tonic::Response::new(R::response(accepted.rejected, accepted.message)))
+            Ok(tonic::Response::new(R::response(
+                accepted.rejected,
+                accepted.message,
+            )))
         })
     }
 }

@@ -30,7 +30,11 @@ struct HttpState {
 }
 
 /// The OTLP/HTTP routes.
-pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize, max_decompressed_bytes: usize) -> Router {
+pub fn router(
+    pipeline: Arc<Pipeline>,
+    max_request_bytes: usize,
+    max_decompressed_bytes: usize,
+) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<ExportTraceServiceRequest>))
         .route("/v1/logs", post(export::<ExportLogsServiceRequest>))
@@ -44,7 +48,11 @@ pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize, max_decompresse
         })
 }
 
-async fn export<R: OtlpExport>(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+async fn export<R: OtlpExport>(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     // Errors before the encoding is known are answered in protobuf, OTLP's default.
     let encoding = match encoding_of(header_str(&headers, header::CONTENT_TYPE)) {
         Ok(e) => e,
@@ -64,7 +72,8 @@ async fn handle<R: OtlpExport>(
 ) -> Result<Response, ExportError> {
     let compression = compression_of(header_str(headers, header::CONTENT_ENCODING))?;
     let limit = state.max_request_bytes;
-    if let Some(len) = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) =
+        header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
         return Err(ExportError::TooLarge { size: len, limit });
@@ -110,16 +119,24 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 pub fn error_response(err: &ExportError, encoding: Encoding) -> Response {
     let (status, rpc_code, retry_after): (StatusCode, i32, Option<Duration>) = match err {
         ExportError::Malformed { .. } => (StatusCode::BAD_REQUEST, code::INVALID_ARGUMENT, None),
-        ExportError::UnsupportedMediaType(_) => {
-            (StatusCode::UNSUPPORTED_MEDIA_TYPE, code::INVALID_ARGUMENT, None)
+        ExportError::UnsupportedMediaType(_) => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code::INVALID_ARGUMENT,
+            None,
+        ),
+        ExportError::TooLarge { .. } => {
+            (StatusCode::PAYLOAD_TOO_LARGE, code::INVALID_ARGUMENT, None)
         }
-        ExportError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, code::INVALID_ARGUMENT, None),
-        ExportError::Overloaded { retry_after, .. } => {
-            (StatusCode::TOO_MANY_REQUESTS, code::RESOURCE_EXHAUSTED, Some(*retry_after))
-        }
-        ExportError::Unavailable { retry_after, .. } => {
-            (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, Some(*retry_after))
-        }
+        ExportError::Overloaded { retry_after, .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            code::RESOURCE_EXHAUSTED,
+            Some(*retry_after),
+        ),
+        ExportError::Unavailable { retry_after, .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::UNAVAILABLE,
+            Some(*retry_after),
+        ),
         ExportError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, None),
     };
     let message = err.to_string();
@@ -136,7 +153,12 @@ pub fn error_response(err: &ExportError, encoding: Encoding) -> Response {
         }))
         .unwrap_or_default(),
     };
-    let mut response = (status, [(header::CONTENT_TYPE, encoding.content_type())], body).into_response();
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response();
     if let Some(delay) = retry_after {
         let secs = delay.as_secs().max(1);
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

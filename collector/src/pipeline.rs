@@ -50,9 +50,11 @@ impl OtlpExport for ExportTraceServiceRequest {
     }
     fn response(rejected: u64, message: Option<String>) -> Self::Response {
         ExportTraceServiceResponse {
-            partial_success: (rejected > 0 || message.is_some()).then(|| ExportTracePartialSuccess {
-                rejected_spans: rejected as i64,
-                error_message: message.unwrap_or_default(),
+            partial_success: (rejected > 0 || message.is_some()).then(|| {
+                ExportTracePartialSuccess {
+                    rejected_spans: rejected as i64,
+                    error_message: message.unwrap_or_default(),
+                }
             }),
         }
     }
@@ -68,9 +70,11 @@ impl OtlpExport for ExportLogsServiceRequest {
     }
     fn response(rejected: u64, message: Option<String>) -> Self::Response {
         ExportLogsServiceResponse {
-            partial_success: (rejected > 0 || message.is_some()).then(|| ExportLogsPartialSuccess {
-                rejected_log_records: rejected as i64,
-                error_message: message.unwrap_or_default(),
+            partial_success: (rejected > 0 || message.is_some()).then(|| {
+                ExportLogsPartialSuccess {
+                    rejected_log_records: rejected as i64,
+                    error_message: message.unwrap_or_default(),
+                }
             }),
         }
     }
@@ -80,7 +84,8 @@ impl OtlpExport for ExportMetricsServiceRequest {
     type Response = ExportMetricsServiceResponse;
     const SIGNAL: &'static str = "metrics";
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
-    const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    const GRPC_PATH: &'static str =
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
     fn convert(&self) -> Result<Converted, ModelError> {
         metrics_from_otlp(self)
     }
@@ -117,7 +122,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(batcher: Batcher, memory: MemoryBudget, metrics: CollectorMetrics, retry_after: Duration) -> Self {
+    pub fn new(
+        batcher: Batcher,
+        memory: MemoryBudget,
+        metrics: CollectorMetrics,
+        retry_after: Duration,
+    ) -> Self {
         Pipeline {
             batcher,
             memory,
@@ -131,7 +141,11 @@ impl Pipeline {
     }
 
     /// Reserves memory for a request of `encoded_bytes`, or fails with a retryable error.
-    pub fn admit(&self, encoded_bytes: usize, protocol: &'static str) -> Result<Reservation, ExportError> {
+    pub fn admit(
+        &self,
+        encoded_bytes: usize,
+        protocol: &'static str,
+    ) -> Result<Reservation, ExportError> {
         self.metrics
             .received_bytes
             .get_or_create(&ProtocolLabels { protocol })
@@ -226,7 +240,9 @@ impl Pipeline {
             .inc();
         if let Err(e) = &result {
             match e {
-                ExportError::Internal(_) => tracing::error!(signal = R::SIGNAL, protocol, error = %e, "export failed"),
+                ExportError::Internal(_) => {
+                    tracing::error!(signal = R::SIGNAL, protocol, error = %e, "export failed")
+                }
                 _ => tracing::debug!(signal = R::SIGNAL, protocol, error = %e, "export refused"),
             }
         }

@@ -47,7 +47,11 @@ pub fn shard_key_hashes(batch: &SignalBatch) -> Vec<u64> {
                 .map(|i| {
                     let mut h = XxHash64::with_seed(KEY_SEED);
                     h.write_u64(services.as_ref().map(|s| s(i)).unwrap_or(0));
-                    h.write_i64(times.map(|t| t.value(i).div_euclid(LOG_BUCKET_NANOS)).unwrap_or(0));
+                    h.write_i64(
+                        times
+                            .map(|t| t.value(i).div_euclid(LOG_BUCKET_NANOS))
+                            .unwrap_or(0),
+                    );
                     h.finish()
                 })
                 .collect()
@@ -87,7 +91,10 @@ fn dict_key_hashes(array: Option<&dyn Array>) -> Option<impl Fn(usize) -> u64 + 
         if keys.is_null(row) {
             0
         } else {
-            value_hashes.get(keys.value(row) as usize).copied().unwrap_or(0)
+            value_hashes
+                .get(keys.value(row) as usize)
+                .copied()
+                .unwrap_or(0)
         }
     })
 }
@@ -134,7 +141,10 @@ pub fn owner(key: u64, shards: &[u32]) -> usize {
 }
 
 /// Splits a batch into one batch per shard position (empty shards are left out).
-pub fn split_by_shard(batch: &SignalBatch, shards: &[u32]) -> Result<Vec<(usize, SignalBatch)>, IngestError> {
+pub fn split_by_shard(
+    batch: &SignalBatch,
+    shards: &[u32],
+) -> Result<Vec<(usize, SignalBatch)>, IngestError> {
     if shards.len() <= 1 {
         return Ok(vec![(0, batch.clone())]);
     }
@@ -149,9 +159,10 @@ pub fn split_by_shard(batch: &SignalBatch, shards: &[u32]) -> Result<Vec<(usize,
             continue;
         }
         let indices = UInt32Array::from(rows);
-        let part = take_record_batch(&batch.batch, &indices).map_err(|e| IngestError::Rejected {
-            reason: format!("cannot split a {} batch by shard: {e}", batch.signal),
-        })?;
+        let part =
+            take_record_batch(&batch.batch, &indices).map_err(|e| IngestError::Rejected {
+                reason: format!("cannot split a {} batch by shard: {e}", batch.signal),
+            })?;
         out.push((pos, SignalBatch::new(batch.signal, part)));
     }
     Ok(out)
@@ -245,7 +256,11 @@ mod tests {
             let ids = ids.as_any().downcast_ref::<FixedSizeBinaryArray>().unwrap();
             for i in 0..ids.len() {
                 let owner_pos = owner(hash_bytes(ids.value(i)), &[10, 11, 12]);
-                assert!(parts.iter().any(|(pos, q)| *pos == owner_pos && std::ptr::eq(q, p)));
+                assert!(
+                    parts
+                        .iter()
+                        .any(|(pos, q)| *pos == owner_pos && std::ptr::eq(q, p))
+                );
             }
         }
     }
@@ -264,7 +279,10 @@ mod tests {
                 moved += 1;
             }
         }
-        assert!((1500..3500).contains(&moved), "about a quarter should move, moved {moved}");
+        assert!(
+            (1500..3500).contains(&moved),
+            "about a quarter should move, moved {moved}"
+        );
     }
 
     #[test]

@@ -87,9 +87,18 @@ pub async fn start(
     let stop_listeners = CancellationToken::new();
     let max = config.max_request_bytes;
     let grpc = tonic::transport::Server::builder()
-        .add_service(OtlpGrpc::<ExportTraceServiceRequest>::new(pipeline.clone(), max))
-        .add_service(OtlpGrpc::<ExportLogsServiceRequest>::new(pipeline.clone(), max))
-        .add_service(OtlpGrpc::<ExportMetricsServiceRequest>::new(pipeline.clone(), max));
+        .add_service(OtlpGrpc::<ExportTraceServiceRequest>::new(
+            pipeline.clone(),
+            max,
+        ))
+        .add_service(OtlpGrpc::<ExportLogsServiceRequest>::new(
+            pipeline.clone(),
+            max,
+        ))
+        .add_service(OtlpGrpc::<ExportMetricsServiceRequest>::new(
+            pipeline.clone(),
+            max,
+        ));
     let grpc_stop = stop_listeners.clone();
     let grpc_task = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
@@ -101,7 +110,11 @@ pub async fn start(
         }
     });
 
-    let app = crate::http::router(pipeline, config.max_request_bytes, config.max_decompressed_bytes);
+    let app = crate::http::router(
+        pipeline,
+        config.max_request_bytes,
+        config.max_decompressed_bytes,
+    );
     let http_stop = stop_listeners.clone();
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app)

@@ -13,16 +13,17 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, MapArray, MapBuilder, StringArray, StringBuilder,
-    StringDictionaryBuilder,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, MapArray, StringArray, StructArray,
 };
-use arrow::datatypes::Int32Type;
+use arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::Fields;
 use base64::Engine;
 use prost::Message;
 
 use crate::ModelError;
+use crate::dict::MapKeyEncoder;
 use crate::otlp::common::v1::{AnyValue, KeyValue, any_value::Value};
-use crate::schema::{map_key_field, map_value_field};
+use crate::schema::{attributes_entries_field, map_key_field, map_value_field};
 use crate::util::DictReader;
 
 /// One entry that the text map cannot hold exactly.
@@ -57,15 +58,32 @@ fn plain_string(kv: &KeyValue) -> Option<&str> {
 
 /// Text form of an attribute value as SQL shows it; `None` for an empty value.
 pub fn value_text(value: &AnyValue) -> Option<String> {
-    Some(match value.value.as_ref()? {
-        Value::StringValue(s) => s.clone(),
-        Value::BoolValue(b) => b.to_string(),
-        Value::IntValue(i) => i.to_string(),
-        Value::DoubleValue(d) => d.to_string(),
-        Value::BytesValue(b) => base64::engine::general_purpose::STANDARD.encode(b),
-        Value::ArrayValue(_) | Value::KvlistValue(_) => value_json(value).to_string(),
-        Value::StringValueStrindex(_) => return None,
-    })
+    let mut out = String::new();
+    write_value_text(value, &mut out).then_some(out)
+}
+
+/// Writes the text form of `value` into `out` (cleared first); false for an empty value.
+pub fn write_value_text(value: &AnyValue, out: &mut String) -> bool {
+    use std::fmt::Write;
+    out.clear();
+    match value.value.as_ref() {
+        None | Some(Value::StringValueStrindex(_)) => return false,
+        Some(Value::StringValue(s)) => out.push_str(s),
+        Some(Value::BoolValue(b)) => out.push_str(if *b { "true" } else { "false" }),
+        Some(Value::IntValue(i)) => {
+            let _ = write!(out, "{i}");
+        }
+        Some(Value::DoubleValue(d)) => {
+            let _ = write!(out, "{d}");
+        }
+        Some(Value::BytesValue(b)) => {
+            base64::engine::general_purpose::STANDARD.encode_string(b, out)
+        }
+        Some(Value::ArrayValue(_) | Value::KvlistValue(_)) => {
+            out.push_str(&value_json(value).to_string())
+        }
+    }
+    true
 }
 
 /// A natural JSON form of an attribute value (used for arrays and kvlists, and by the APIs).
@@ -97,11 +115,79 @@ pub fn value_json(value: &AnyValue) -> serde_json::Value {
     }
 }
 
+/// Text values of a map column, kept in our own buffers so a row can be repeated cheaply.
+#[derive(Default)]
+struct TextValues {
+    bytes: Vec<u8>,
+    offsets: Vec<i32>,
+    valid: Vec<bool>,
+    has_nulls: bool,
+}
+
+impl TextValues {
+    fn push(&mut self, s: Option<&str>) -> Result<(), ModelError> {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        if let Some(s) = s {
+            self.bytes.extend_from_slice(s.as_bytes());
+        } else {
+            self.has_nulls = true;
+        }
+        self.valid.push(s.is_some());
+        self.offsets.push(
+            i32::try_from(self.bytes.len()).map_err(|_| ModelError::Column {
+                table: "any",
+                column: "attribute values over 2 GiB in one batch".into(),
+            })?,
+        );
+        Ok(())
+    }
+
+    /// Appends a copy of entries `from..to`.
+    fn repeat(&mut self, from: usize, to: usize) -> Result<(), ModelError> {
+        for i in from..to {
+            let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+            self.bytes.extend_from_within(a..b);
+            let v = self.valid[i];
+            self.valid.push(v);
+            self.offsets.push(
+                i32::try_from(self.bytes.len()).map_err(|_| ModelError::Column {
+                    table: "any",
+                    column: "attribute values over 2 GiB in one batch".into(),
+                })?,
+            );
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> StringArray {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        let nulls = self
+            .has_nulls
+            .then(|| NullBuffer::from(std::mem::take(&mut self.valid)));
+        self.valid.clear();
+        self.has_nulls = false;
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::take(&mut self.offsets)));
+        // Bytes were only ever appended from &str values, whole.
+        StringArray::new(offsets, std::mem::take(&mut self.bytes).into(), nulls)
+    }
+}
+
 /// Builds an attribute map column and its typed sidecar, one row per `append`.
 pub struct AttributesBuilder {
-    map: MapBuilder<StringDictionaryBuilder<Int32Type>, StringBuilder>,
+    keys: MapKeyEncoder,
+    values: TextValues,
+    /// Entry offsets of the rows.
+    offsets: Vec<i32>,
     typed: BinaryBuilder,
+    /// The sidecar of the last row, for `repeat_last`.
+    last_typed: Option<Vec<u8>>,
     scratch: Vec<u8>,
+    typed_scratch: Vec<TypedAttribute>,
+    text_scratch: String,
 }
 
 impl Default for AttributesBuilder {
@@ -113,28 +199,41 @@ impl Default for AttributesBuilder {
 impl AttributesBuilder {
     pub fn new() -> Self {
         AttributesBuilder {
-            map: MapBuilder::new(None, StringDictionaryBuilder::new(), StringBuilder::new())
-                .with_keys_field(map_key_field())
-                .with_values_field(map_value_field()),
+            keys: MapKeyEncoder::default(),
+            values: TextValues::default(),
+            offsets: vec![0],
             typed: BinaryBuilder::new(),
+            last_typed: None,
             scratch: Vec::new(),
+            typed_scratch: Vec::new(),
+            text_scratch: String::new(),
         }
     }
 
+    fn close_row(&mut self) -> Result<(), ModelError> {
+        self.offsets.push(
+            i32::try_from(self.keys.len()).map_err(|_| ModelError::Column {
+                table: "any",
+                column: "more than 2^31 attributes in one batch".into(),
+            })?,
+        );
+        Ok(())
+    }
+
     pub fn append(&mut self, attributes: &[KeyValue]) -> Result<(), ModelError> {
-        let mut typed: Vec<TypedAttribute> = Vec::new();
+        let mut typed = std::mem::take(&mut self.typed_scratch);
+        typed.clear();
         for (index, kv) in attributes.iter().enumerate() {
-            self.map
-                .keys()
-                .append(&kv.key)
-                .map_err(ModelError::arrow("appending an attribute key"))?;
+            self.keys.append(&kv.key)?;
             match plain_string(kv) {
-                Some(s) => self.map.values().append_value(s),
+                Some(s) => self.values.push(Some(s))?,
                 None => {
-                    match kv.value.as_ref().and_then(value_text) {
-                        Some(t) => self.map.values().append_value(t),
-                        None => self.map.values().append_null(),
-                    }
+                    let has_text = kv
+                        .value
+                        .as_ref()
+                        .is_some_and(|v| write_value_text(v, &mut self.text_scratch));
+                    self.values
+                        .push(has_text.then_some(self.text_scratch.as_str()))?;
                     typed.push(TypedAttribute {
                         index: index as u32,
                         value: kv.value.clone(),
@@ -143,27 +242,74 @@ impl AttributesBuilder {
                 }
             }
         }
-        self.map
-            .append(true)
-            .map_err(ModelError::arrow("closing an attribute map"))?;
+        self.keys.end_list();
+        self.close_row()?;
         if typed.is_empty() {
             self.typed.append_null();
+            self.last_typed = None;
         } else {
             self.scratch.clear();
-            TypedAttributes { entries: typed }
+            let sidecar = TypedAttributes { entries: typed };
+            sidecar
                 .encode(&mut self.scratch)
                 .map_err(|e| ModelError::Sidecar {
                     column: "attributes_typed".into(),
                     reason: e.to_string(),
                 })?;
+            typed = sidecar.entries;
             self.typed.append_value(&self.scratch);
+            match &mut self.last_typed {
+                Some(last) => {
+                    last.clear();
+                    last.extend_from_slice(&self.scratch);
+                }
+                None => self.last_typed = Some(self.scratch.clone()),
+            }
+        }
+        self.typed_scratch = typed;
+        Ok(())
+    }
+
+    /// Appends a copy of the previous row (rows of one resource or scope share its attributes),
+    /// without hashing anything. `attributes` must be what the previous row was built from.
+    pub fn repeat_last(&mut self, attributes: &[KeyValue]) -> Result<(), ModelError> {
+        let n = self.offsets.len();
+        if n < 2 {
+            return self.append(attributes);
+        }
+        let (from, to) = (self.offsets[n - 2] as usize, self.offsets[n - 1] as usize);
+        debug_assert_eq!(
+            to - from,
+            attributes.len(),
+            "repeat_last of a different list"
+        );
+        self.keys.repeat_last(to - from);
+        self.values.repeat(from, to)?;
+        self.close_row()?;
+        match &self.last_typed {
+            Some(t) => self.typed.append_value(t),
+            None => self.typed.append_null(),
         }
         Ok(())
     }
 
     /// The map column and the sidecar column.
     pub fn finish(&mut self) -> (ArrayRef, ArrayRef) {
-        (Arc::new(self.map.finish()), Arc::new(self.typed.finish()))
+        let keys = self.keys.finish();
+        let values: ArrayRef = Arc::new(self.values.finish());
+        let entries = StructArray::new(
+            Fields::from(vec![map_key_field(), map_value_field()]),
+            vec![keys, values],
+            None,
+        );
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(
+            &mut self.offsets,
+            vec![0],
+        )));
+        // The entries were built to the schema's own field definitions.
+        let map = MapArray::new(attributes_entries_field(), offsets, entries, None, false);
+        self.last_typed = None;
+        (Arc::new(map), Arc::new(self.typed.finish()))
     }
 }
 
@@ -177,7 +323,11 @@ pub struct AttributesReader<'a> {
 }
 
 impl<'a> AttributesReader<'a> {
-    pub fn new(map: &'a dyn Array, typed: &'a dyn Array, column: &'a str) -> Result<Self, ModelError> {
+    pub fn new(
+        map: &'a dyn Array,
+        typed: &'a dyn Array,
+        column: &'a str,
+    ) -> Result<Self, ModelError> {
         let bad = || ModelError::Column {
             table: "any",
             column: column.to_string(),
@@ -189,7 +339,10 @@ impl<'a> AttributesReader<'a> {
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(bad)?;
-        let typed = typed.as_any().downcast_ref::<BinaryArray>().ok_or_else(bad)?;
+        let typed = typed
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .ok_or_else(bad)?;
         Ok(AttributesReader {
             map,
             keys,
@@ -226,10 +379,16 @@ impl<'a> AttributesReader<'a> {
                 }
             })?;
             for entry in typed.entries {
-                let slot = out.get_mut(entry.index as usize).ok_or_else(|| ModelError::Sidecar {
-                    column: self.column.to_string(),
-                    reason: format!("entry {} beyond the {} attributes", entry.index, end - start),
-                })?;
+                let slot =
+                    out.get_mut(entry.index as usize)
+                        .ok_or_else(|| ModelError::Sidecar {
+                            column: self.column.to_string(),
+                            reason: format!(
+                                "entry {} beyond the {} attributes",
+                                entry.index,
+                                end - start
+                            ),
+                        })?;
                 slot.value = entry.value;
                 slot.key_strindex = entry.key_strindex;
             }
@@ -293,7 +452,9 @@ mod tests {
 
         let map = map.as_any().downcast_ref::<MapArray>().unwrap();
         let values = map.values().as_any().downcast_ref::<StringArray>().unwrap();
-        let texts: Vec<Option<&str>> = (0..9).map(|i| values.is_valid(i).then(|| values.value(i))).collect();
+        let texts: Vec<Option<&str>> = (0..9)
+            .map(|i| values.is_valid(i).then(|| values.value(i)))
+            .collect();
         assert_eq!(
             texts,
             vec![

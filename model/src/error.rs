@@ -14,7 +14,9 @@ pub enum ModelError {
     Column { table: &'static str, column: String },
     #[error("corrupt typed attribute sidecar in column `{column}`: {reason}")]
     Sidecar { column: String, reason: String },
-    #[error("unknown signal `{0}`; expected one of spans, logs, metrics, histograms, exp_histograms, summaries")]
+    #[error(
+        "unknown signal `{0}`; expected one of spans, logs, metrics, histograms, exp_histograms, summaries"
+    )]
     UnknownSignal(String),
 }
 

@@ -55,6 +55,9 @@ mod tests {
         assert_eq!(text, "abababababababababababababababab");
         assert_eq!(parse_trace_id(&text.to_uppercase()), Some(id));
         assert_eq!(parse_trace_id("abc"), None);
-        assert_eq!(parse_span_id("0102030405060708"), Some([1, 2, 3, 4, 5, 6, 7, 8]));
+        assert_eq!(
+            parse_span_id("0102030405060708"),
+            Some([1, 2, 3, 4, 5, 6, 7, 8])
+        );
     }
 }

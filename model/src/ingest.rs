@@ -10,10 +10,16 @@ use crate::SignalBatch;
 pub enum IngestError {
     /// The store is alive but cannot take more now (memory, queue or disk pressure). Retry later.
     #[error("store overloaded: {reason}")]
-    Overloaded { reason: String, retry_after: Duration },
+    Overloaded {
+        reason: String,
+        retry_after: Duration,
+    },
     /// The store cannot be reached or is shutting down. Retry later, perhaps elsewhere.
     #[error("store unavailable: {reason}")]
-    Unavailable { reason: String, retry_after: Duration },
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
     /// The batch itself is unacceptable; retrying the same batch will fail again.
     #[error("batch rejected by the store: {reason}")]
     Rejected { reason: String },

@@ -11,6 +11,7 @@
 //! values, so that the collector, the store and the tests can share it.
 
 pub mod attributes;
+pub mod dict;
 pub mod enums;
 pub mod error;
 pub mod ids;

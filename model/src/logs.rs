@@ -93,7 +93,7 @@ impl LogsBuilder {
             .append_value(nanos(r.observed_time_unix_nano));
         self.time_unset.append_value(unset);
         self.severity_number.append_value(r.severity_number);
-        self.severity_text.append_value(&r.severity_text);
+        self.severity_text.append_value(&r.severity_text)?;
         match r.body.as_ref() {
             None => {
                 self.body.append_null();
@@ -128,7 +128,7 @@ impl LogsBuilder {
         self.flags.append_value(r.flags);
         self.dropped_attributes
             .append_value(r.dropped_attributes_count);
-        self.event_name.append_value(&r.event_name);
+        self.event_name.append_value(&r.event_name)?;
         self.origin.append(origin)?;
         self.rows += 1;
         Ok(())
@@ -145,7 +145,7 @@ impl LogsBuilder {
             Arc::new(self.observed_time.finish()),
             Arc::new(self.time_unset.finish()),
             Arc::new(self.severity_number.finish()),
-            Arc::new(self.severity_text.finish()),
+            self.severity_text.finish(),
             Arc::new(self.body.finish()),
             Arc::new(self.body_typed.finish()),
             Arc::new(self.trace_id.finish()),
@@ -154,7 +154,7 @@ impl LogsBuilder {
             attrs_typed,
             Arc::new(self.flags.finish()),
             Arc::new(self.dropped_attributes.finish()),
-            Arc::new(self.event_name.finish()),
+            self.event_name.finish(),
         ];
         columns.extend(self.origin.finish());
         self.rows = 0;
@@ -186,7 +186,8 @@ pub fn logs_from_otlp(request: &ExportLogsServiceRequest) -> Result<Converted, M
         }
     }
     if !builder.is_empty() {
-        out.batches.push(SignalBatch::new(Signal::Logs, builder.finish()?));
+        out.batches
+            .push(SignalBatch::new(Signal::Logs, builder.finish()?));
     }
     Ok(out)
 }
@@ -216,10 +217,12 @@ pub fn logs_to_otlp(batches: &[RecordBatch]) -> Result<ExportLogsServiceRequest,
         let origins = ResourceScopeReader::new(&cols)?;
         for i in 0..batch.num_rows() {
             let body = if body_typed.is_valid(i) {
-                Some(AnyValue::decode(body_typed.value(i)).map_err(|e| ModelError::Sidecar {
-                    column: "body_typed".into(),
-                    reason: e.to_string(),
-                })?)
+                Some(
+                    AnyValue::decode(body_typed.value(i)).map_err(|e| ModelError::Sidecar {
+                        column: "body_typed".into(),
+                        reason: e.to_string(),
+                    })?,
+                )
             } else if body.is_valid(i) {
                 Some(AnyValue {
                     value: Some(Value::StringValue(body.value(i).to_string())),
@@ -261,7 +264,8 @@ pub fn logs_to_otlp(batches: &[RecordBatch]) -> Result<ExportLogsServiceRequest,
 
 fn push_record(request: &mut ExportLogsServiceRequest, origin: RowOrigin, record: LogRecord) {
     let same_resource = request.resource_logs.last().is_some_and(|rl| {
-        rl.resource.as_ref() == Some(&origin.resource) && rl.schema_url == origin.resource_schema_url
+        rl.resource.as_ref() == Some(&origin.resource)
+            && rl.schema_url == origin.resource_schema_url
     });
     if !same_resource {
         request.resource_logs.push(ResourceLogs {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Float64Array,
     Float64Builder, Int32Array, Int32Builder, Int64Array, Int64Builder, ListArray, StructArray,
-    TimestampNanosecondArray, TimestampNanosecondBuilder, UInt32Array, UInt32Builder,
-    UInt64Array, UInt64Builder,
+    TimestampNanosecondArray, TimestampNanosecondBuilder, UInt32Array, UInt32Builder, UInt64Array,
+    UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field};
 use arrow::record_batch::RecordBatch;
@@ -104,7 +104,8 @@ impl ExemplarsBuilder {
             None,
         );
         self.len = 0;
-        self.offsets.finish(item(DataType::Struct(fields)), Arc::new(values))
+        self.offsets
+            .finish(item(DataType::Struct(fields)), Arc::new(values))
     }
 }
 
@@ -131,6 +132,8 @@ struct HeadBuilder {
     metadata: AttributesBuilder,
     origin: ResourceScopeBuilder,
     rows: usize,
+    /// The metric of the previous point: points of one metric arrive together.
+    last_metric: Option<*const Metric>,
 }
 
 impl HeadBuilder {
@@ -142,16 +145,30 @@ impl HeadBuilder {
         }
     }
 
-    fn append(&mut self, metric: &Metric, p: PointHead<'_>, origin: &Origin<'_>) -> Result<(), ModelError> {
+    fn append(
+        &mut self,
+        metric: &Metric,
+        p: PointHead<'_>,
+        origin: &Origin<'_>,
+    ) -> Result<(), ModelError> {
         self.time.append_value(nanos(p.time_unix_nano));
         self.start_time.append_value(nanos(p.start_time_unix_nano));
-        self.name.append_value(&metric.name);
-        self.description.append_value(&metric.description);
-        self.unit.append_value(&metric.unit);
+        let same = self.last_metric == Some(metric as *const Metric);
+        self.last_metric = Some(metric as *const Metric);
+        if same {
+            self.name.repeat_last();
+            self.description.repeat_last();
+            self.unit.repeat_last();
+            self.metadata.repeat_last(&metric.metadata)?;
+        } else {
+            self.name.append_value(&metric.name)?;
+            self.description.append_value(&metric.description)?;
+            self.unit.append_value(&metric.unit)?;
+            self.metadata.append(&metric.metadata)?;
+        }
         self.attributes.append(p.attributes)?;
         self.flags.append_value(p.flags);
         self.exemplars.append(p.exemplars)?;
-        self.metadata.append(&metric.metadata)?;
         self.origin.append(origin)?;
         self.rows += 1;
         Ok(())
@@ -164,9 +181,9 @@ impl HeadBuilder {
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.time.finish()),
             Arc::new(self.start_time.finish()),
-            Arc::new(self.name.finish()),
-            Arc::new(self.description.finish()),
-            Arc::new(self.unit.finish()),
+            self.name.finish(),
+            self.description.finish(),
+            self.unit.finish(),
             attrs,
             attrs_typed,
             Arc::new(self.flags.finish()),
@@ -177,6 +194,7 @@ impl HeadBuilder {
         columns.extend(tail);
         columns.extend(self.origin.finish());
         self.rows = 0;
+        self.last_metric = None;
         RecordBatch::try_new(signal.schema(), columns)
             .map_err(ModelError::arrow("assembling a metrics batch"))
     }
@@ -229,13 +247,13 @@ impl NumberBuilder {
         )?;
         match sum {
             Some(s) => {
-                self.kind.append_value(METRIC_TYPE_SUM);
+                self.kind.append_value(METRIC_TYPE_SUM)?;
                 self.is_monotonic.append_value(s.is_monotonic);
                 self.temporality
-                    .append_value(temporality_name(s.aggregation_temporality));
+                    .append_value(temporality_name(s.aggregation_temporality))?;
             }
             None => {
-                self.kind.append_value(METRIC_TYPE_GAUGE);
+                self.kind.append_value(METRIC_TYPE_GAUGE)?;
                 self.is_monotonic.append_null();
                 self.temporality.append_null();
             }
@@ -259,9 +277,9 @@ impl NumberBuilder {
 
     fn finish(&mut self) -> Result<RecordBatch, ModelError> {
         let tail: Vec<ArrayRef> = vec![
-            Arc::new(self.kind.finish()),
+            self.kind.finish(),
             Arc::new(self.is_monotonic.finish()),
-            Arc::new(self.temporality.finish()),
+            self.temporality.finish(),
             Arc::new(self.value.finish()),
             Arc::new(self.value_int.finish()),
         ];
@@ -305,7 +323,7 @@ impl HistogramBuilder {
             origin,
         )?;
         self.temporality
-            .append_value(temporality_name(h.aggregation_temporality));
+            .append_value(temporality_name(h.aggregation_temporality))?;
         self.count.append_value(p.count);
         self.sum.append_option(p.sum);
         self.min.append_option(p.min);
@@ -326,13 +344,15 @@ impl HistogramBuilder {
         self.bucket_len = 0;
         self.bound_len = 0;
         let tail: Vec<ArrayRef> = vec![
-            Arc::new(self.temporality.finish()),
+            self.temporality.finish(),
             Arc::new(self.count.finish()),
             Arc::new(self.sum.finish()),
             Arc::new(self.min.finish()),
             Arc::new(self.max.finish()),
-            self.bucket_offsets
-                .finish(item(DataType::UInt64), Arc::new(self.bucket_counts.finish())),
+            self.bucket_offsets.finish(
+                item(DataType::UInt64),
+                Arc::new(self.bucket_counts.finish()),
+            ),
             self.bound_offsets
                 .finish(item(DataType::Float64), Arc::new(self.bounds.finish())),
         ];
@@ -381,7 +401,7 @@ impl ExpHistogramBuilder {
             origin,
         )?;
         self.temporality
-            .append_value(temporality_name(h.aggregation_temporality));
+            .append_value(temporality_name(h.aggregation_temporality))?;
         self.count.append_value(p.count);
         self.sum.append_option(p.sum);
         self.min.append_option(p.min);
@@ -395,7 +415,10 @@ impl ExpHistogramBuilder {
             &mut self.positive_counts,
             &mut self.positive_offsets,
             &mut self.positive_len,
-            p.positive.as_ref().map(|b| b.bucket_counts.as_slice()).unwrap_or(&[]),
+            p.positive
+                .as_ref()
+                .map(|b| b.bucket_counts.as_slice())
+                .unwrap_or(&[]),
         );
         self.negative_offset
             .append_option(p.negative.as_ref().map(|b| b.offset));
@@ -403,7 +426,10 @@ impl ExpHistogramBuilder {
             &mut self.negative_counts,
             &mut self.negative_offsets,
             &mut self.negative_len,
-            p.negative.as_ref().map(|b| b.bucket_counts.as_slice()).unwrap_or(&[]),
+            p.negative
+                .as_ref()
+                .map(|b| b.bucket_counts.as_slice())
+                .unwrap_or(&[]),
         );
         Ok(())
     }
@@ -412,7 +438,7 @@ impl ExpHistogramBuilder {
         self.positive_len = 0;
         self.negative_len = 0;
         let tail: Vec<ArrayRef> = vec![
-            Arc::new(self.temporality.finish()),
+            self.temporality.finish(),
             Arc::new(self.count.finish()),
             Arc::new(self.sum.finish()),
             Arc::new(self.min.finish()),
@@ -421,11 +447,15 @@ impl ExpHistogramBuilder {
             Arc::new(self.zero_count.finish()),
             Arc::new(self.zero_threshold.finish()),
             Arc::new(self.positive_offset.finish()),
-            self.positive_offsets
-                .finish(item(DataType::UInt64), Arc::new(self.positive_counts.finish())),
+            self.positive_offsets.finish(
+                item(DataType::UInt64),
+                Arc::new(self.positive_counts.finish()),
+            ),
             Arc::new(self.negative_offset.finish()),
-            self.negative_offsets
-                .finish(item(DataType::UInt64), Arc::new(self.negative_counts.finish())),
+            self.negative_offsets.finish(
+                item(DataType::UInt64),
+                Arc::new(self.negative_counts.finish()),
+            ),
         ];
         self.head.finish(Signal::ExpHistograms, tail)
     }
@@ -443,7 +473,12 @@ struct SummaryBuilder {
 }
 
 impl SummaryBuilder {
-    fn append(&mut self, metric: &Metric, p: &SummaryDataPoint, origin: &Origin<'_>) -> Result<(), ModelError> {
+    fn append(
+        &mut self,
+        metric: &Metric,
+        p: &SummaryDataPoint,
+        origin: &Origin<'_>,
+    ) -> Result<(), ModelError> {
         self.head.append(
             metric,
             PointHead {
@@ -597,7 +632,11 @@ struct ExemplarsReader<'a> {
     attributes: AttributesReader<'a>,
 }
 
-fn child<'a, T: Array + 'static>(s: &'a StructArray, name: &str, table: &'static str) -> Result<&'a T, ModelError> {
+fn child<'a, T: Array + 'static>(
+    s: &'a StructArray,
+    name: &str,
+    table: &'static str,
+) -> Result<&'a T, ModelError> {
     s.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
         .ok_or_else(|| ModelError::Column {
@@ -728,7 +767,12 @@ impl<'a> HeadReader<'a> {
     }
 }
 
-fn u64s(list: &ListArray, row: usize, column: &str, table: &'static str) -> Result<Vec<u64>, ModelError> {
+fn u64s(
+    list: &ListArray,
+    row: usize,
+    column: &str,
+    table: &'static str,
+) -> Result<Vec<u64>, ModelError> {
     let values = list.value(row);
     let values = values
         .as_any()
@@ -744,7 +788,8 @@ fn u64s(list: &ListArray, row: usize, column: &str, table: &'static str) -> Resu
 /// previous metric when resource, scope and metric identity are the same.
 fn push_point(request: &mut ExportMetricsServiceRequest, origin: RowOrigin, metric: Metric) {
     let same_resource = request.resource_metrics.last().is_some_and(|rm| {
-        rm.resource.as_ref() == Some(&origin.resource) && rm.schema_url == origin.resource_schema_url
+        rm.resource.as_ref() == Some(&origin.resource)
+            && rm.schema_url == origin.resource_schema_url
     });
     if !same_resource {
         request.resource_metrics.push(ResourceMetrics {
@@ -793,13 +838,18 @@ fn push_point(request: &mut ExportMetricsServiceRequest, origin: RowOrigin, metr
 
 /// Same metric: same identity and the same kind of data with the same aggregation settings.
 fn same_metric(a: &Metric, b: &Metric) -> bool {
-    if a.name != b.name || a.description != b.description || a.unit != b.unit || a.metadata != b.metadata {
+    if a.name != b.name
+        || a.description != b.description
+        || a.unit != b.unit
+        || a.metadata != b.metadata
+    {
         return false;
     }
     match (&a.data, &b.data) {
         (Some(Data::Gauge(_)), Some(Data::Gauge(_))) => true,
         (Some(Data::Sum(x)), Some(Data::Sum(y))) => {
-            x.aggregation_temporality == y.aggregation_temporality && x.is_monotonic == y.is_monotonic
+            x.aggregation_temporality == y.aggregation_temporality
+                && x.is_monotonic == y.is_monotonic
         }
         (Some(Data::Histogram(x)), Some(Data::Histogram(y))) => {
             x.aggregation_temporality == y.aggregation_temporality
@@ -859,7 +909,14 @@ pub fn metrics_to_otlp(batches: &[SignalBatch]) -> Result<ExportMetricsServiceRe
                             data_points: vec![point],
                         })
                     };
-                    push_point(&mut request, h.origin, Metric { data: Some(data), ..h.metric });
+                    push_point(
+                        &mut request,
+                        h.origin,
+                        Metric {
+                            data: Some(data),
+                            ..h.metric
+                        },
+                    );
                 }
             }
             Signal::Histograms => {
@@ -897,7 +954,14 @@ pub fn metrics_to_otlp(batches: &[SignalBatch]) -> Result<ExportMetricsServiceRe
                         data_points: vec![point],
                         aggregation_temporality: temporality(&temp, i),
                     });
-                    push_point(&mut request, h.origin, Metric { data: Some(data), ..h.metric });
+                    push_point(
+                        &mut request,
+                        h.origin,
+                        Metric {
+                            data: Some(data),
+                            ..h.metric
+                        },
+                    );
                 }
             }
             Signal::ExpHistograms => {
@@ -944,7 +1008,14 @@ pub fn metrics_to_otlp(batches: &[SignalBatch]) -> Result<ExportMetricsServiceRe
                         data_points: vec![point],
                         aggregation_temporality: temporality(&temp, i),
                     });
-                    push_point(&mut request, h.origin, Metric { data: Some(data), ..h.metric });
+                    push_point(
+                        &mut request,
+                        h.origin,
+                        Metric {
+                            data: Some(data),
+                            ..h.metric
+                        },
+                    );
                 }
             }
             Signal::Summaries => {
@@ -981,7 +1052,14 @@ pub fn metrics_to_otlp(batches: &[SignalBatch]) -> Result<ExportMetricsServiceRe
                     let data = Data::Summary(Summary {
                         data_points: vec![point],
                     });
-                    push_point(&mut request, h.origin, Metric { data: Some(data), ..h.metric });
+                    push_point(
+                        &mut request,
+                        h.origin,
+                        Metric {
+                            data: Some(data),
+                            ..h.metric
+                        },
+                    );
                 }
             }
             Signal::Spans | Signal::Logs => {

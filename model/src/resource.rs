@@ -45,6 +45,10 @@ pub(crate) struct ResourceScopeBuilder {
     scope_attributes: AttributesBuilder,
     scope_dropped: UInt32Builder,
     scope_schema_url: DictBuilder,
+    /// Identity of the origin of the previous row: rows of one resource and scope arrive
+    /// together, and their attribute columns are then copied instead of rebuilt.
+    last_origin: Option<[usize; 4]>,
+    last_entity_refs: Option<Vec<u8>>,
 }
 
 /// The resource and scope of the rows being appended.
@@ -63,54 +67,93 @@ impl Origin<'_> {
 
 static NO_ATTRIBUTES: &[KeyValue] = &[];
 
+impl Origin<'_> {
+    fn identity(&self) -> [usize; 4] {
+        [
+            self.resource
+                .map(|r| r as *const Resource as usize)
+                .unwrap_or(0),
+            self.scope
+                .map(|s| s as *const InstrumentationScope as usize)
+                .unwrap_or(0),
+            self.resource_schema_url.as_ptr() as usize,
+            self.scope_schema_url.as_ptr() as usize,
+        ]
+    }
+}
+
 impl ResourceScopeBuilder {
     pub fn append(&mut self, origin: &Origin<'_>) -> Result<(), ModelError> {
-        self.service_name.append_value(origin.service_name());
+        let identity = origin.identity();
+        let same = self.last_origin == Some(identity);
+        self.last_origin = Some(identity);
         let resource = origin.resource;
-        self.attributes
-            .append(resource.map(|r| r.attributes.as_slice()).unwrap_or(NO_ATTRIBUTES))?;
+        let scope = origin.scope;
+        let resource_attrs = resource
+            .map(|r| r.attributes.as_slice())
+            .unwrap_or(NO_ATTRIBUTES);
+        let scope_attrs = scope
+            .map(|s| s.attributes.as_slice())
+            .unwrap_or(NO_ATTRIBUTES);
+        if same {
+            self.service_name.repeat_last();
+            self.attributes.repeat_last(resource_attrs)?;
+            self.schema_url.repeat_last();
+            self.scope_name.repeat_last();
+            self.scope_version.repeat_last();
+            self.scope_attributes.repeat_last(scope_attrs)?;
+            self.scope_schema_url.repeat_last();
+        } else {
+            self.service_name.append_value(origin.service_name())?;
+            self.attributes.append(resource_attrs)?;
+            self.schema_url.append_value(origin.resource_schema_url)?;
+            self.scope_name
+                .append_value(scope.map(|s| s.name.as_str()).unwrap_or(""))?;
+            self.scope_version
+                .append_value(scope.map(|s| s.version.as_str()).unwrap_or(""))?;
+            self.scope_attributes.append(scope_attrs)?;
+            self.scope_schema_url
+                .append_value(origin.scope_schema_url)?;
+            self.last_entity_refs = match resource {
+                Some(r) if !r.entity_refs.is_empty() => Some(
+                    EntityRefs {
+                        entity_refs: r.entity_refs.clone(),
+                    }
+                    .encode_to_vec(),
+                ),
+                _ => None,
+            };
+        }
         self.dropped
             .append_value(resource.map(|r| r.dropped_attributes_count).unwrap_or(0));
-        self.schema_url.append_value(origin.resource_schema_url);
-        match resource {
-            Some(r) if !r.entity_refs.is_empty() => self.entity_refs.append_value(
-                EntityRefs {
-                    entity_refs: r.entity_refs.clone(),
-                }
-                .encode_to_vec(),
-            ),
-            _ => self.entity_refs.append_null(),
+        match &self.last_entity_refs {
+            Some(b) => self.entity_refs.append_value(b),
+            None => self.entity_refs.append_null(),
         }
-        let scope = origin.scope;
-        self.scope_name
-            .append_value(scope.map(|s| s.name.as_str()).unwrap_or(""));
-        self.scope_version
-            .append_value(scope.map(|s| s.version.as_str()).unwrap_or(""));
-        self.scope_attributes
-            .append(scope.map(|s| s.attributes.as_slice()).unwrap_or(NO_ATTRIBUTES))?;
         self.scope_dropped
             .append_value(scope.map(|s| s.dropped_attributes_count).unwrap_or(0));
-        self.scope_schema_url.append_value(origin.scope_schema_url);
         Ok(())
     }
 
     /// Columns in [`crate::schema::resource_scope_fields`] order.
     pub fn finish(&mut self) -> Vec<ArrayRef> {
+        self.last_origin = None;
+        self.last_entity_refs = None;
         let (attrs, attrs_typed) = self.attributes.finish();
         let (scope_attrs, scope_attrs_typed) = self.scope_attributes.finish();
         vec![
-            Arc::new(self.service_name.finish()),
+            self.service_name.finish(),
             attrs,
             attrs_typed,
             Arc::new(self.dropped.finish()),
-            Arc::new(self.schema_url.finish()),
+            self.schema_url.finish(),
             Arc::new(self.entity_refs.finish()),
-            Arc::new(self.scope_name.finish()),
-            Arc::new(self.scope_version.finish()),
+            self.scope_name.finish(),
+            self.scope_version.finish(),
             scope_attrs,
             scope_attrs_typed,
             Arc::new(self.scope_dropped.finish()),
-            Arc::new(self.scope_schema_url.finish()),
+            self.scope_schema_url.finish(),
         ]
     }
 }

@@ -31,18 +31,20 @@ pub fn map_value_field() -> FieldRef {
     Arc::new(Field::new("value", DataType::Utf8, true))
 }
 
+/// The entries field of an attribute map.
+pub fn attributes_entries_field() -> FieldRef {
+    Arc::new(Field::new(
+        "entries",
+        DataType::Struct(Fields::from(vec![map_key_field(), map_value_field()])),
+        false,
+    ))
+}
+
 /// `Map<key: dictionary text, value: text>`: every attribute as text, so that
 /// `attributes['http.request.method']` works in SQL. Non-string values are rendered as text here
 /// and kept exactly in the matching `*_typed` column.
 pub fn attributes_type() -> DataType {
-    DataType::Map(
-        Arc::new(Field::new(
-            "entries",
-            DataType::Struct(Fields::from(vec![map_key_field(), map_value_field()])),
-            false,
-        )),
-        false,
-    )
+    DataType::Map(attributes_entries_field(), false)
 }
 
 fn attrs(name: &str) -> Field {
@@ -317,33 +319,76 @@ mod tests {
             (
                 Signal::Spans,
                 &[
-                    "trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind",
-                    "service_name", "start_time", "end_time", "duration_ns", "status_code",
-                    "status_message", "attributes", "resource_attributes", "scope_name",
-                    "scope_version", "events", "links",
+                    "trace_id",
+                    "span_id",
+                    "parent_span_id",
+                    "trace_state",
+                    "name",
+                    "kind",
+                    "service_name",
+                    "start_time",
+                    "end_time",
+                    "duration_ns",
+                    "status_code",
+                    "status_message",
+                    "attributes",
+                    "resource_attributes",
+                    "scope_name",
+                    "scope_version",
+                    "events",
+                    "links",
                 ],
             ),
             (
                 Signal::Logs,
                 &[
-                    "time", "observed_time", "severity_number", "severity_text", "body",
-                    "trace_id", "span_id", "service_name", "attributes", "resource_attributes",
+                    "time",
+                    "observed_time",
+                    "severity_number",
+                    "severity_text",
+                    "body",
+                    "trace_id",
+                    "span_id",
+                    "service_name",
+                    "attributes",
+                    "resource_attributes",
                     "scope_name",
                 ],
             ),
             (
                 Signal::Metrics,
                 &[
-                    "time", "start_time", "name", "description", "unit", "type", "is_monotonic",
-                    "temporality", "service_name", "attributes", "resource_attributes", "value",
+                    "time",
+                    "start_time",
+                    "name",
+                    "description",
+                    "unit",
+                    "type",
+                    "is_monotonic",
+                    "temporality",
+                    "service_name",
+                    "attributes",
+                    "resource_attributes",
+                    "value",
                 ],
             ),
             (
                 Signal::Histograms,
                 &[
-                    "time", "start_time", "name", "unit", "service_name", "attributes",
-                    "resource_attributes", "count", "sum", "min", "max", "bucket_counts",
-                    "explicit_bounds", "temporality",
+                    "time",
+                    "start_time",
+                    "name",
+                    "unit",
+                    "service_name",
+                    "attributes",
+                    "resource_attributes",
+                    "count",
+                    "sum",
+                    "min",
+                    "max",
+                    "bucket_counts",
+                    "explicit_bounds",
+                    "temporality",
                 ],
             ),
         ];

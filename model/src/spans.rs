@@ -97,7 +97,8 @@ impl EventsBuilder {
             None,
         );
         self.len = 0;
-        self.offsets.finish(list_item(DataType::Struct(fields)), Arc::new(values))
+        self.offsets
+            .finish(list_item(DataType::Struct(fields)), Arc::new(values))
     }
 }
 
@@ -149,7 +150,8 @@ impl LinksBuilder {
             None,
         );
         self.len = 0;
-        self.offsets.finish(list_item(DataType::Struct(fields)), Arc::new(values))
+        self.offsets
+            .finish(list_item(DataType::Struct(fields)), Arc::new(values))
     }
 }
 
@@ -220,15 +222,18 @@ impl SpansBuilder {
                 .map_err(ModelError::arrow("appending a parent span id"))?;
         }
         self.trace_state.append_value(&span.trace_state);
-        self.name.append_value(&span.name);
-        self.kind.append_value(span_kind_name(span.kind));
-        let (start, end) = (nanos(span.start_time_unix_nano), nanos(span.end_time_unix_nano));
+        self.name.append_value(&span.name)?;
+        self.kind.append_value(span_kind_name(span.kind))?;
+        let (start, end) = (
+            nanos(span.start_time_unix_nano),
+            nanos(span.end_time_unix_nano),
+        );
         self.start_time.append_value(start);
         self.end_time.append_value(end);
         self.duration.append_value(end.wrapping_sub(start));
         let status = span.status.as_ref();
         self.status_code
-            .append_value(status_code_name(status.map(|s| s.code).unwrap_or(0)));
+            .append_value(status_code_name(status.map(|s| s.code).unwrap_or(0)))?;
         self.status_message
             .append_value(status.map(|s| s.message.as_str()).unwrap_or(""));
         self.attributes.append(&span.attributes)?;
@@ -259,12 +264,12 @@ impl SpansBuilder {
             Arc::new(self.span_id.finish()),
             Arc::new(self.parent_span_id.finish()),
             Arc::new(self.trace_state.finish()),
-            Arc::new(self.name.finish()),
-            Arc::new(self.kind.finish()),
+            self.name.finish(),
+            self.kind.finish(),
             Arc::new(self.start_time.finish()),
             Arc::new(self.end_time.finish()),
             Arc::new(self.duration.finish()),
-            Arc::new(self.status_code.finish()),
+            self.status_code.finish(),
             Arc::new(self.status_message.finish()),
             attrs,
             attrs_typed,
@@ -380,7 +385,8 @@ pub fn spans_to_otlp(batches: &[RecordBatch]) -> Result<ExportTraceServiceReques
 
 fn push_span(request: &mut ExportTraceServiceRequest, origin: RowOrigin, span: Span) {
     let same_resource = request.resource_spans.last().is_some_and(|rs| {
-        rs.resource.as_ref() == Some(&origin.resource) && rs.schema_url == origin.resource_schema_url
+        rs.resource.as_ref() == Some(&origin.resource)
+            && rs.schema_url == origin.resource_schema_url
     });
     if !same_resource {
         request.resource_spans.push(ResourceSpans {
@@ -418,7 +424,10 @@ struct EventsReader<'a> {
     dropped: &'a UInt32Array,
 }
 
-fn struct_child<'a, T: Array + 'static>(s: &'a StructArray, name: &str) -> Result<&'a T, ModelError> {
+fn struct_child<'a, T: Array + 'static>(
+    s: &'a StructArray,
+    name: &str,
+) -> Result<&'a T, ModelError> {
     s.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
         .ok_or_else(|| ModelError::Column {
@@ -427,7 +436,10 @@ fn struct_child<'a, T: Array + 'static>(s: &'a StructArray, name: &str) -> Resul
         })
 }
 
-fn list_struct<'a>(list: &'a arrow::array::ListArray, column: &str) -> Result<&'a StructArray, ModelError> {
+fn list_struct<'a>(
+    list: &'a arrow::array::ListArray,
+    column: &str,
+) -> Result<&'a StructArray, ModelError> {
     list.values()
         .as_any()
         .downcast_ref::<StructArray>()
@@ -445,18 +457,18 @@ impl<'a> EventsReader<'a> {
             time: struct_child(s, "time")?,
             name: struct_child(s, "name")?,
             attributes: AttributesReader::new(
-                s.column_by_name("attributes").map(|a| a.as_ref()).ok_or_else(|| {
-                    ModelError::Column {
+                s.column_by_name("attributes")
+                    .map(|a| a.as_ref())
+                    .ok_or_else(|| ModelError::Column {
                         table: "spans",
                         column: "events.attributes".into(),
-                    }
-                })?,
-                s.column_by_name("attributes_typed").map(|a| a.as_ref()).ok_or_else(|| {
-                    ModelError::Column {
+                    })?,
+                s.column_by_name("attributes_typed")
+                    .map(|a| a.as_ref())
+                    .ok_or_else(|| ModelError::Column {
                         table: "spans",
                         column: "events.attributes_typed".into(),
-                    }
-                })?,
+                    })?,
                 "events.attributes",
             )?,
             dropped: struct_child(s, "dropped_attributes_count")?,

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, DictionaryArray, ListArray, StringArray, StringDictionaryBuilder,
-};
+use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, ListArray, StringArray};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Int32Type};
 use arrow::record_batch::RecordBatch;
@@ -21,7 +19,9 @@ impl<'a> DictReader<'a> {
     pub fn new(array: &'a dyn Array) -> Option<Self> {
         match array.data_type() {
             DataType::Dictionary(_, _) => {
-                let keys = array.as_any().downcast_ref::<DictionaryArray<Int32Type>>()?;
+                let keys = array
+                    .as_any()
+                    .downcast_ref::<DictionaryArray<Int32Type>>()?;
                 let values = keys.values().as_any().downcast_ref::<StringArray>()?;
                 Some(DictReader {
                     keys: Some(keys),
@@ -55,7 +55,7 @@ impl<'a> DictReader<'a> {
     }
 }
 
-pub type DictBuilder = StringDictionaryBuilder<Int32Type>;
+pub type DictBuilder = crate::dict::DictEncoder;
 
 /// Typed access to the columns of one batch, with errors that name the column.
 pub struct Columns<'a> {

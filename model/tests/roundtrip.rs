@@ -7,6 +7,8 @@
 //! must reject (invalid ids, unnamed metrics) are left out of the expectation and counted.
 //! Comparison is on protobuf bytes, so NaN payloads must survive bit for bit too.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use oxeye_model::logs::{logs_from_otlp, logs_to_otlp};
 use oxeye_model::metrics::{metrics_from_otlp, metrics_to_otlp, point_count};
 use oxeye_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
@@ -56,7 +58,11 @@ fn any_value(depth: u32) -> BoxedStrategy<AnyValue> {
 
 fn key_value(depth: u32) -> BoxedStrategy<KeyValue> {
     (
-        prop_oneof!["[a-z.]{1,10}", Just("http.request.method".to_string()), Just(String::new())],
+        prop_oneof![
+            "[a-z.]{1,10}",
+            Just("http.request.method".to_string()),
+            Just(String::new())
+        ],
         prop_oneof![8 => any_value(depth).prop_map(Some), 1 => Just(None)],
         prop_oneof![9 => Just(0i32), 1 => any::<i32>()],
     )
@@ -73,14 +79,17 @@ fn attributes() -> impl Strategy<Value = Vec<KeyValue>> {
 }
 
 fn resource() -> impl Strategy<Value = Option<Resource>> {
-    let entity = (".{0,5}", ".{0,5}", proptest::collection::vec(".{0,4}", 0..2)).prop_map(
-        |(schema_url, r#type, id_keys)| EntityRef {
+    let entity = (
+        ".{0,5}",
+        ".{0,5}",
+        proptest::collection::vec(".{0,4}", 0..2),
+    )
+        .prop_map(|(schema_url, r#type, id_keys)| EntityRef {
             schema_url,
             r#type,
             id_keys,
             description_keys: vec!["d".into()],
-        },
-    );
+        });
     prop_oneof![
         1 => Just(None),
         5 => (
@@ -143,28 +152,54 @@ fn event() -> impl Strategy<Value = span::Event> {
 }
 
 fn link() -> impl Strategy<Value = span::Link> {
-    (id(16), id(8), ".{0,6}", attributes(), any::<u32>(), any::<u32>()).prop_map(
-        |(trace_id, span_id, trace_state, attributes, dropped_attributes_count, flags)| span::Link {
-            trace_id,
-            span_id,
-            trace_state,
-            attributes,
-            dropped_attributes_count,
-            flags,
-        },
+    (
+        id(16),
+        id(8),
+        ".{0,6}",
+        attributes(),
+        any::<u32>(),
+        any::<u32>(),
     )
+        .prop_map(
+            |(trace_id, span_id, trace_state, attributes, dropped_attributes_count, flags)| {
+                span::Link {
+                    trace_id,
+                    span_id,
+                    trace_state,
+                    attributes,
+                    dropped_attributes_count,
+                    flags,
+                }
+            },
+        )
 }
 
 fn span() -> impl Strategy<Value = Span> {
     (
-        (id(16), id(8), ".{0,6}", prop_oneof![Just(vec![]), id(8)], any::<u32>(), ".{0,10}"),
-        (-2i32..8, any::<u64>(), any::<u64>(), attributes(), any::<u32>()),
+        (
+            id(16),
+            id(8),
+            ".{0,6}",
+            prop_oneof![Just(vec![]), id(8)],
+            any::<u32>(),
+            ".{0,10}",
+        ),
+        (
+            -2i32..8,
+            any::<u64>(),
+            any::<u64>(),
+            attributes(),
+            any::<u32>(),
+        ),
         (
             proptest::collection::vec(event(), 0..3),
             any::<u32>(),
             proptest::collection::vec(link(), 0..2),
             any::<u32>(),
-            prop_oneof![Just(None), (-1i32..4, ".{0,6}").prop_map(|(code, message)| Some(Status { message, code }))],
+            prop_oneof![
+                Just(None),
+                (-1i32..4, ".{0,6}").prop_map(|(code, message)| Some(Status { message, code }))
+            ],
         ),
     )
         .prop_map(
@@ -201,7 +236,11 @@ fn trace_request() -> impl Strategy<Value = ExportTraceServiceRequest> {
             schema_url,
         },
     );
-    let resource_spans = (resource(), proptest::collection::vec(scope_spans, 0..3), ".{0,4}")
+    let resource_spans = (
+        resource(),
+        proptest::collection::vec(scope_spans, 0..3),
+        ".{0,4}",
+    )
         .prop_map(|(resource, scope_spans, schema_url)| ResourceSpans {
             resource,
             scope_spans,
@@ -218,7 +257,10 @@ fn span_is_valid(s: &Span) -> bool {
 }
 
 /// One container per span, with OTLP's presence normalisations applied.
-fn flatten_traces(request: &ExportTraceServiceRequest, keep: impl Fn(&Span) -> bool) -> Vec<Vec<u8>> {
+fn flatten_traces(
+    request: &ExportTraceServiceRequest,
+    keep: impl Fn(&Span) -> bool,
+) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for rs in &request.resource_spans {
         for ss in &rs.scope_spans {
@@ -247,9 +289,23 @@ fn flatten_traces(request: &ExportTraceServiceRequest, keep: impl Fn(&Span) -> b
 
 fn log_record() -> impl Strategy<Value = LogRecord> {
     (
-        (prop_oneof![Just(0u64), any::<u64>()], any::<u64>(), -1i32..26, ".{0,6}"),
-        (prop_oneof![1 => Just(None), 6 => any_value(2).prop_map(Some)], attributes(), any::<u32>(), any::<u32>()),
-        (prop_oneof![Just(vec![]), id(16)], prop_oneof![Just(vec![]), id(8)], ".{0,6}"),
+        (
+            prop_oneof![Just(0u64), any::<u64>()],
+            any::<u64>(),
+            -1i32..26,
+            ".{0,6}",
+        ),
+        (
+            prop_oneof![1 => Just(None), 6 => any_value(2).prop_map(Some)],
+            attributes(),
+            any::<u32>(),
+            any::<u32>(),
+        ),
+        (
+            prop_oneof![Just(vec![]), id(16)],
+            prop_oneof![Just(vec![]), id(8)],
+            ".{0,6}",
+        ),
     )
         .prop_map(
             |(
@@ -273,14 +329,21 @@ fn log_record() -> impl Strategy<Value = LogRecord> {
 }
 
 fn logs_request() -> impl Strategy<Value = ExportLogsServiceRequest> {
-    let scope_logs = (scope(), proptest::collection::vec(log_record(), 0..4), ".{0,4}").prop_map(
-        |(scope, log_records, schema_url)| ScopeLogs {
+    let scope_logs = (
+        scope(),
+        proptest::collection::vec(log_record(), 0..4),
+        ".{0,4}",
+    )
+        .prop_map(|(scope, log_records, schema_url)| ScopeLogs {
             scope,
             log_records,
             schema_url,
-        },
-    );
-    let resource_logs = (resource(), proptest::collection::vec(scope_logs, 0..3), ".{0,4}")
+        });
+    let resource_logs = (
+        resource(),
+        proptest::collection::vec(scope_logs, 0..3),
+        ".{0,4}",
+    )
         .prop_map(|(resource, scope_logs, schema_url)| ResourceLogs {
             resource,
             scope_logs,
@@ -291,10 +354,14 @@ fn logs_request() -> impl Strategy<Value = ExportLogsServiceRequest> {
 }
 
 fn log_is_valid(r: &LogRecord) -> bool {
-    (r.trace_id.is_empty() || r.trace_id.len() == 16) && (r.span_id.is_empty() || r.span_id.len() == 8)
+    (r.trace_id.is_empty() || r.trace_id.len() == 16)
+        && (r.span_id.is_empty() || r.span_id.len() == 8)
 }
 
-fn flatten_logs(request: &ExportLogsServiceRequest, keep: impl Fn(&LogRecord) -> bool) -> Vec<Vec<u8>> {
+fn flatten_logs(
+    request: &ExportLogsServiceRequest,
+    keep: impl Fn(&LogRecord) -> bool,
+) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for rl in &request.resource_logs {
         for sl in &rl.scope_logs {
@@ -329,13 +396,15 @@ fn exemplars() -> impl Strategy<Value = Vec<Exemplar>> {
             any::<i64>().prop_map(|i| Some(exemplar::Value::AsInt(i)))
         ],
     )
-        .prop_map(|(filtered_attributes, time_unix_nano, span_id, trace_id, value)| Exemplar {
-            filtered_attributes,
-            time_unix_nano,
-            span_id,
-            trace_id,
-            value,
-        });
+        .prop_map(
+            |(filtered_attributes, time_unix_nano, span_id, trace_id, value)| Exemplar {
+                filtered_attributes,
+                time_unix_nano,
+                span_id,
+                trace_id,
+                value,
+            },
+        );
     proptest::collection::vec(e, 0..2)
 }
 
@@ -352,19 +421,27 @@ fn number_point() -> impl Strategy<Value = NumberDataPoint> {
             any::<i64>().prop_map(|i| Some(number_data_point::Value::AsInt(i)))
         ],
     )
-        .prop_map(|(attributes, start, time, exemplars, flags, value)| NumberDataPoint {
-            attributes,
-            start_time_unix_nano: start,
-            time_unix_nano: time,
-            exemplars,
-            flags,
-            value,
-        })
+        .prop_map(
+            |(attributes, start, time, exemplars, flags, value)| NumberDataPoint {
+                attributes,
+                start_time_unix_nano: start,
+                time_unix_nano: time,
+                exemplars,
+                flags,
+                value,
+            },
+        )
 }
 
 fn histogram_point() -> impl Strategy<Value = HistogramDataPoint> {
     (
-        (attributes(), any::<u64>(), any::<u64>(), any::<u64>(), proptest::option::of(any::<f64>())),
+        (
+            attributes(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(any::<f64>()),
+        ),
         (
             proptest::collection::vec(any::<u64>(), 0..5),
             proptest::collection::vec(any::<f64>(), 0..4),
@@ -375,7 +452,10 @@ fn histogram_point() -> impl Strategy<Value = HistogramDataPoint> {
         ),
     )
         .prop_map(
-            |((attributes, start, time, count, sum), (bucket_counts, explicit_bounds, exemplars, flags, min, max))| {
+            |(
+                (attributes, start, time, count, sum),
+                (bucket_counts, explicit_bounds, exemplars, flags, min, max),
+            )| {
                 HistogramDataPoint {
                     attributes,
                     start_time_unix_nano: start,
@@ -395,16 +475,37 @@ fn histogram_point() -> impl Strategy<Value = HistogramDataPoint> {
 
 fn buckets() -> impl Strategy<Value = Option<Buckets>> {
     proptest::option::of(
-        (any::<i32>(), proptest::collection::vec(any::<u64>(), 0..4))
-            .prop_map(|(offset, bucket_counts)| Buckets { offset, bucket_counts }),
+        (any::<i32>(), proptest::collection::vec(any::<u64>(), 0..4)).prop_map(
+            |(offset, bucket_counts)| Buckets {
+                offset,
+                bucket_counts,
+            },
+        ),
     )
 }
 
 fn exp_histogram_point() -> impl Strategy<Value = ExponentialHistogramDataPoint> {
     (
-        (attributes(), any::<u64>(), any::<u64>(), any::<u64>(), proptest::option::of(any::<f64>()), any::<i32>()),
-        (any::<u64>(), buckets(), buckets(), any::<u32>(), exemplars()),
-        (proptest::option::of(any::<f64>()), proptest::option::of(any::<f64>()), any::<f64>()),
+        (
+            attributes(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(any::<f64>()),
+            any::<i32>(),
+        ),
+        (
+            any::<u64>(),
+            buckets(),
+            buckets(),
+            any::<u32>(),
+            exemplars(),
+        ),
+        (
+            proptest::option::of(any::<f64>()),
+            proptest::option::of(any::<f64>()),
+            any::<f64>(),
+        ),
     )
         .prop_map(
             |(
@@ -438,20 +539,23 @@ fn summary_point() -> impl Strategy<Value = SummaryDataPoint> {
         any::<u64>(),
         any::<f64>(),
         proptest::collection::vec(
-            (any::<f64>(), any::<f64>()).prop_map(|(quantile, value)| ValueAtQuantile { quantile, value }),
+            (any::<f64>(), any::<f64>())
+                .prop_map(|(quantile, value)| ValueAtQuantile { quantile, value }),
             0..3,
         ),
         any::<u32>(),
     )
-        .prop_map(|(attributes, start, time, count, sum, quantile_values, flags)| SummaryDataPoint {
-            attributes,
-            start_time_unix_nano: start,
-            time_unix_nano: time,
-            count,
-            sum,
-            quantile_values,
-            flags,
-        })
+        .prop_map(
+            |(attributes, start, time, count, sum, quantile_values, flags)| SummaryDataPoint {
+                attributes,
+                start_time_unix_nano: start,
+                time_unix_nano: time,
+                count,
+                sum,
+                quantile_values,
+                flags,
+            },
+        )
 }
 
 fn metric() -> impl Strategy<Value = Metric> {
@@ -459,25 +563,38 @@ fn metric() -> impl Strategy<Value = Metric> {
     let data = prop_oneof![
         proptest::collection::vec(number_point(), points.clone())
             .prop_map(|data_points| Data::Gauge(Gauge { data_points })),
-        (proptest::collection::vec(number_point(), points.clone()), -1i32..4, any::<bool>()).prop_map(
-            |(data_points, aggregation_temporality, is_monotonic)| Data::Sum(Sum {
-                data_points,
-                aggregation_temporality,
-                is_monotonic,
-            })
-        ),
-        (proptest::collection::vec(histogram_point(), points.clone()), 0i32..3).prop_map(
-            |(data_points, aggregation_temporality)| Data::Histogram(Histogram {
-                data_points,
-                aggregation_temporality,
-            })
-        ),
-        (proptest::collection::vec(exp_histogram_point(), points.clone()), 0i32..3).prop_map(
-            |(data_points, aggregation_temporality)| Data::ExponentialHistogram(ExponentialHistogram {
-                data_points,
-                aggregation_temporality,
-            })
-        ),
+        (
+            proptest::collection::vec(number_point(), points.clone()),
+            -1i32..4,
+            any::<bool>()
+        )
+            .prop_map(|(data_points, aggregation_temporality, is_monotonic)| {
+                Data::Sum(Sum {
+                    data_points,
+                    aggregation_temporality,
+                    is_monotonic,
+                })
+            }),
+        (
+            proptest::collection::vec(histogram_point(), points.clone()),
+            0i32..3
+        )
+            .prop_map(|(data_points, aggregation_temporality)| Data::Histogram(
+                Histogram {
+                    data_points,
+                    aggregation_temporality,
+                }
+            )),
+        (
+            proptest::collection::vec(exp_histogram_point(), points.clone()),
+            0i32..3
+        )
+            .prop_map(|(data_points, aggregation_temporality)| {
+                Data::ExponentialHistogram(ExponentialHistogram {
+                    data_points,
+                    aggregation_temporality,
+                })
+            }),
         proptest::collection::vec(summary_point(), points)
             .prop_map(|data_points| Data::Summary(Summary { data_points })),
     ];
@@ -505,7 +622,11 @@ fn metrics_request() -> impl Strategy<Value = ExportMetricsServiceRequest> {
             schema_url,
         },
     );
-    let resource_metrics = (resource(), proptest::collection::vec(scope_metrics, 0..3), ".{0,4}")
+    let resource_metrics = (
+        resource(),
+        proptest::collection::vec(scope_metrics, 0..3),
+        ".{0,4}",
+    )
         .prop_map(|(resource, scope_metrics, schema_url)| ResourceMetrics {
             resource,
             scope_metrics,
@@ -553,13 +674,30 @@ fn flatten_metrics(request: &ExportMetricsServiceRequest, only_valid: bool) -> V
                 let table = table_of(data);
                 match data {
                     Data::Gauge(g) => out.extend(g.data_points.iter().map(|p| {
-                        (table, single(Data::Gauge(Gauge { data_points: vec![p.clone()] })))
+                        (
+                            table,
+                            single(Data::Gauge(Gauge {
+                                data_points: vec![p.clone()],
+                            })),
+                        )
                     })),
                     Data::Sum(s) => out.extend(s.data_points.iter().map(|p| {
-                        (table, single(Data::Sum(Sum { data_points: vec![p.clone()], ..s.clone() })))
+                        (
+                            table,
+                            single(Data::Sum(Sum {
+                                data_points: vec![p.clone()],
+                                ..s.clone()
+                            })),
+                        )
                     })),
                     Data::Histogram(h) => out.extend(h.data_points.iter().map(|p| {
-                        (table, single(Data::Histogram(Histogram { data_points: vec![p.clone()], ..h.clone() })))
+                        (
+                            table,
+                            single(Data::Histogram(Histogram {
+                                data_points: vec![p.clone()],
+                                ..h.clone()
+                            })),
+                        )
                     })),
                     Data::ExponentialHistogram(h) => out.extend(h.data_points.iter().map(|p| {
                         (
@@ -571,7 +709,12 @@ fn flatten_metrics(request: &ExportMetricsServiceRequest, only_valid: bool) -> V
                         )
                     })),
                     Data::Summary(s) => out.extend(s.data_points.iter().map(|p| {
-                        (table, single(Data::Summary(Summary { data_points: vec![p.clone()] })))
+                        (
+                            table,
+                            single(Data::Summary(Summary {
+                                data_points: vec![p.clone()],
+                            })),
+                        )
                     })),
                 }
             }
@@ -688,14 +831,20 @@ fn service_name_and_enums_read_as_text() {
     let converted = spans_from_otlp(&request).unwrap();
     let batch = &converted.batches[0].batch;
     let text = |name: &str| {
-        let dict = batch.column_by_name(name).unwrap().as_dictionary::<Int32Type>();
+        let dict = batch
+            .column_by_name(name)
+            .unwrap()
+            .as_dictionary::<Int32Type>();
         let values = dict.values().as_string::<i32>();
         values.value(dict.keys().value(0) as usize).to_string()
     };
     assert_eq!(text("service_name"), "checkout");
     assert_eq!(text("kind"), "SERVER");
     assert_eq!(text("status_code"), "ERROR");
-    let duration = batch.column_by_name("duration_ns").unwrap().as_primitive::<arrow::datatypes::Int64Type>();
+    let duration = batch
+        .column_by_name("duration_ns")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Int64Type>();
     assert_eq!(duration.value(0), 2_500);
     assert!(batch.column_by_name("parent_span_id").unwrap().is_null(0));
 }

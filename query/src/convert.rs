@@ -24,7 +24,9 @@ pub fn sql_field(field: &Field) -> Option<Field> {
         return None;
     }
     let dt = match field.data_type() {
-        DataType::FixedSizeBinary(_) | DataType::Binary if is_id_column(field.name()) => DataType::Utf8,
+        DataType::FixedSizeBinary(_) | DataType::Binary if is_id_column(field.name()) => {
+            DataType::Utf8
+        }
         DataType::List(item) => match item.data_type() {
             DataType::Struct(children) => {
                 let kept: Vec<Field> = children.iter().filter_map(|c| sql_field(c)).collect();
@@ -76,7 +78,10 @@ impl SqlShape {
         }
     }
 
-    pub fn projected_schema(&self, projection: Option<&Vec<usize>>) -> Result<SchemaRef, ArrowError> {
+    pub fn projected_schema(
+        &self,
+        projection: Option<&Vec<usize>>,
+    ) -> Result<SchemaRef, ArrowError> {
         match projection {
             Some(p) => Ok(Arc::new(self.schema.project(p)?)),
             None => Ok(self.schema.clone()),
@@ -89,7 +94,10 @@ impl SqlShape {
 }
 
 /// Converts a batch of (projected) storage columns to the (projected) SQL schema.
-pub fn to_sql_batch(batch: &RecordBatch, sql_schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+pub fn to_sql_batch(
+    batch: &RecordBatch,
+    sql_schema: &SchemaRef,
+) -> Result<RecordBatch, ArrowError> {
     let columns = batch
         .columns()
         .iter()
@@ -97,16 +105,27 @@ pub fn to_sql_batch(batch: &RecordBatch, sql_schema: &SchemaRef) -> Result<Recor
         .zip(sql_schema.fields())
         .map(|((array, storage_field), sql_field)| to_sql_array(array, storage_field, sql_field))
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(sql_schema.clone(), columns)
+    // `count(*)` projects no column at all; the row count must survive.
+    let options =
+        arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(sql_schema.clone(), columns, &options)
 }
 
-fn to_sql_array(array: &ArrayRef, storage: &FieldRef, sql: &FieldRef) -> Result<ArrayRef, ArrowError> {
+fn to_sql_array(
+    array: &ArrayRef,
+    storage: &FieldRef,
+    sql: &FieldRef,
+) -> Result<ArrayRef, ArrowError> {
     if storage.data_type() == sql.data_type() {
         return Ok(array.clone());
     }
     match (storage.data_type(), sql.data_type()) {
-        (DataType::FixedSizeBinary(_), DataType::Utf8) => Ok(hex_array(array.as_fixed_size_binary().iter(), array.len())),
-        (DataType::Binary, DataType::Utf8) => Ok(hex_array(array.as_binary::<i32>().iter(), array.len())),
+        (DataType::FixedSizeBinary(_), DataType::Utf8) => {
+            Ok(hex_array(array.as_fixed_size_binary().iter(), array.len()))
+        }
+        (DataType::Binary, DataType::Utf8) => {
+            Ok(hex_array(array.as_binary::<i32>().iter(), array.len()))
+        }
         (DataType::List(storage_item), DataType::List(sql_item)) => {
             let list = array.as_list::<i32>();
             let values = list.values();
@@ -118,10 +137,23 @@ fn to_sql_array(array: &ArrayRef, storage: &FieldRef, sql: &FieldRef) -> Result<
                         let idx = storage_children
                             .iter()
                             .position(|c| c.name() == sql_child.name())
-                            .ok_or_else(|| ArrowError::SchemaError(format!("no storage field {}", sql_child.name())))?;
-                        columns.push(to_sql_array(s.column(idx), &storage_children[idx], sql_child)?);
+                            .ok_or_else(|| {
+                                ArrowError::SchemaError(format!(
+                                    "no storage field {}",
+                                    sql_child.name()
+                                ))
+                            })?;
+                        columns.push(to_sql_array(
+                            s.column(idx),
+                            &storage_children[idx],
+                            sql_child,
+                        )?);
                     }
-                    Arc::new(StructArray::try_new(sql_children.clone(), columns, s.nulls().cloned())?) as ArrayRef
+                    Arc::new(StructArray::try_new(
+                        sql_children.clone(),
+                        columns,
+                        s.nulls().cloned(),
+                    )?) as ArrayRef
                 }
                 _ => values.clone(),
             };
@@ -163,16 +195,34 @@ mod tests {
     #[test]
     fn ids_are_hex_and_sidecars_hidden() {
         let shape = SqlShape::new(Signal::Spans);
-        assert_eq!(shape.schema.field_with_name("trace_id").unwrap().data_type(), &DataType::Utf8);
+        assert_eq!(
+            shape
+                .schema
+                .field_with_name("trace_id")
+                .unwrap()
+                .data_type(),
+            &DataType::Utf8
+        );
         assert!(shape.schema.field_with_name("attributes_typed").is_err());
         assert!(shape.schema.field_with_name("attributes").is_ok());
         let events = shape.schema.field_with_name("events").unwrap();
-        let DataType::List(item) = events.data_type() else { panic!() };
-        let DataType::Struct(children) = item.data_type() else { panic!() };
+        let DataType::List(item) = events.data_type() else {
+            panic!()
+        };
+        let DataType::Struct(children) = item.data_type() else {
+            panic!()
+        };
         assert!(children.iter().all(|c| !c.name().ends_with("_typed")));
         let links = shape.schema.field_with_name("links").unwrap();
-        let DataType::List(item) = links.data_type() else { panic!() };
-        let DataType::Struct(children) = item.data_type() else { panic!() };
-        assert_eq!(children.find("trace_id").unwrap().1.data_type(), &DataType::Utf8);
+        let DataType::List(item) = links.data_type() else {
+            panic!()
+        };
+        let DataType::Struct(children) = item.data_type() else {
+            panic!()
+        };
+        assert_eq!(
+            children.find("trace_id").unwrap().1.data_type(),
+            &DataType::Utf8
+        );
     }
 }

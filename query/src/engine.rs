@@ -37,7 +37,9 @@ pub struct QueryConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         QueryConfig {
             timeout: Duration::from_secs(30),
             memory_limit_bytes: 2 * 1024 * 1024 * 1024,
@@ -103,7 +105,11 @@ struct EngineInner {
 }
 
 impl QueryEngine {
-    pub async fn new(store: Store, config: QueryConfig, registry: &mut Registry) -> Result<QueryEngine, QueryError> {
+    pub async fn new(
+        store: Store,
+        config: QueryConfig,
+        registry: &mut Registry,
+    ) -> Result<QueryEngine, QueryError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.threads.max(1))
             .thread_name("oxeye-query")
@@ -120,8 +126,11 @@ impl QueryEngine {
             .with_batch_size(8192);
         let ctx = SessionContext::new_with_config_rt(session_config, rt_env);
         for signal in Signal::ALL {
-            ctx.register_table(signal.table_name(), Arc::new(OxeyeTable::new(store.clone(), signal)))
-                .map_err(|e| QueryError::Internal(e.to_string()))?;
+            ctx.register_table(
+                signal.table_name(),
+                Arc::new(OxeyeTable::new(store.clone(), signal)),
+            )
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
         }
         ctx.register_udf(SearchUdf::udf());
         for (name, ddl) in VIEWS {
@@ -156,13 +165,19 @@ impl QueryEngine {
 
     /// Runs a read-only SQL query with the engine's limits.
     pub async fn sql(&self, sql: &str) -> Result<QueryResult, QueryError> {
-        self.sql_limited(sql, self.inner.config.max_result_rows).await
+        self.sql_limited(sql, self.inner.config.max_result_rows)
+            .await
     }
 
     /// Runs a query with a smaller row cap (the APIs use this).
     pub async fn sql_limited(&self, sql: &str, max_rows: usize) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
-        let result = self.run(sql.to_string(), max_rows.min(self.inner.config.max_result_rows)).await;
+        let result = self
+            .run(
+                sql.to_string(),
+                max_rows.min(self.inner.config.max_result_rows),
+            )
+            .await;
         self.inner.metrics.observe(&result, started.elapsed());
         if let Err(e) = &result {
             tracing::debug!(error = %e, sql, "query failed");
@@ -210,21 +225,30 @@ fn statement_kind(sql: &str) -> String {
         .to_uppercase()
 }
 
-async fn execute(inner: &EngineInner, sql: &str, max_rows: usize) -> Result<QueryResult, QueryError> {
+async fn execute(
+    inner: &EngineInner,
+    sql: &str,
+    max_rows: usize,
+) -> Result<QueryResult, QueryError> {
     let started = Instant::now();
     let limit = inner.config.memory_limit_bytes;
     let df = match inner.ctx.sql_with_options(sql, read_only_options()).await {
         Ok(df) => df,
         Err(e) => {
             let msg = e.to_string();
-            if msg.contains("not supported") && (msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement")) {
+            if msg.contains("not supported")
+                && (msg.contains("DDL") || msg.contains("DML") || msg.contains("Statement"))
+            {
                 return Err(QueryError::ReadOnly(statement_kind(sql)));
             }
             return Err(QueryError::from_datafusion(e, limit));
         }
     };
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let mut stream = df.execute_stream().await.map_err(|e| QueryError::from_datafusion(e, limit))?;
+    let mut stream = df
+        .execute_stream()
+        .await
+        .map_err(|e| QueryError::from_datafusion(e, limit))?;
     let mut batches = Vec::new();
     let mut rows = 0usize;
     let mut truncated = false;

@@ -13,9 +13,13 @@ pub enum QueryError {
         position: Option<(u64, u64)>,
     },
     /// The SQL surface is read-only.
-    #[error("oxeye's SQL is read-only: {0} statements are not allowed; use SELECT, WITH, EXPLAIN or SHOW")]
+    #[error(
+        "oxeye's SQL is read-only: {0} statements are not allowed; use SELECT, WITH, EXPLAIN or SHOW"
+    )]
     ReadOnly(String),
-    #[error("the query ran longer than the {0:?} limit; narrow the time range or raise --query-timeout")]
+    #[error(
+        "the query ran longer than the {0:?} limit; narrow the time range or raise --query-timeout"
+    )]
     Timeout(Duration),
     #[error("the query needs more memory than the {limit}-byte limit: {message}")]
     Memory { limit: usize, message: String },
@@ -65,7 +69,11 @@ impl QueryError {
 fn position_of(message: &str) -> Option<(u64, u64)> {
     let at = message.find("Line: ")?;
     let rest = &message[at + 6..];
-    let line: u64 = rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    let line: u64 = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
     let col_at = rest.find("Column: ")?;
     let col: u64 = rest[col_at + 8..]
         .split(|c: char| !c.is_ascii_digit())
@@ -80,7 +88,9 @@ mod tests {
     #[test]
     fn finds_positions() {
         assert_eq!(
-            super::position_of("sql parser error: Expected: end of statement, found: x at Line: 1, Column: 15"),
+            super::position_of(
+                "sql parser error: Expected: end of statement, found: x at Line: 1, Column: 15"
+            ),
             Some((1, 15))
         );
         assert_eq!(super::position_of("no position"), None);

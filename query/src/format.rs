@@ -28,10 +28,17 @@ pub fn type_name(dt: &DataType) -> String {
         DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
         DataType::Timestamp(_, None) => "timestamp".into(),
         DataType::Date32 | DataType::Date64 => "date".into(),
-        DataType::Duration(TimeUnit::Nanosecond) | DataType::Interval(_) | DataType::Duration(_) => "interval".into(),
-        DataType::Binary | DataType::LargeBinary | DataType::FixedSizeBinary(_) | DataType::BinaryView => "bytea".into(),
+        DataType::Duration(TimeUnit::Nanosecond)
+        | DataType::Interval(_)
+        | DataType::Duration(_) => "interval".into(),
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::FixedSizeBinary(_)
+        | DataType::BinaryView => "bytea".into(),
         DataType::Map(_, _) => "map".into(),
-        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => format!("{}[]", type_name(f.data_type())),
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            format!("{}[]", type_name(f.data_type()))
+        }
         DataType::Struct(_) => "struct".into(),
         DataType::Null => "null".into(),
         other => other.to_string(),
@@ -46,12 +53,17 @@ fn has_dictionary_map_keys(dt: &DataType) -> bool {
     match dt {
         DataType::Map(entries, _) => match entries.data_type() {
             DataType::Struct(f) => {
-                matches!(f[0].data_type(), DataType::Dictionary(_, _)) || f.iter().any(|c| has_dictionary_map_keys(c.data_type()))
+                matches!(f[0].data_type(), DataType::Dictionary(_, _))
+                    || f.iter().any(|c| has_dictionary_map_keys(c.data_type()))
             }
             _ => false,
         },
-        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => has_dictionary_map_keys(f.data_type()),
-        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary_map_keys(f.data_type())),
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            has_dictionary_map_keys(f.data_type())
+        }
+        DataType::Struct(fields) => fields
+            .iter()
+            .any(|f| has_dictionary_map_keys(f.data_type())),
         _ => false,
     }
 }
@@ -71,10 +83,18 @@ pub fn plain_map_keys(array: &ArrayRef) -> Result<ArrayRef, ArrowError> {
             };
             let fields = Fields::from(vec![
                 Field::new(children[0].name(), DataType::Utf8, false),
-                Field::new(children[1].name(), values.data_type().clone(), children[1].is_nullable()),
+                Field::new(
+                    children[1].name(),
+                    values.data_type().clone(),
+                    children[1].is_nullable(),
+                ),
             ]);
             let entries_array = StructArray::try_new(fields, vec![keys, values], None)?;
-            let entries_field = Arc::new(Field::new(entries.name(), entries_array.data_type().clone(), false));
+            let entries_field = Arc::new(Field::new(
+                entries.name(),
+                entries_array.data_type().clone(),
+                false,
+            ));
             Ok(Arc::new(MapArray::try_new(
                 entries_field,
                 m.offsets().clone(),
@@ -86,12 +106,25 @@ pub fn plain_map_keys(array: &ArrayRef) -> Result<ArrayRef, ArrowError> {
         DataType::List(item) => {
             let l = array.as_list::<i32>();
             let values = plain_map_keys(l.values())?;
-            let item = Arc::new(Field::new(item.name(), values.data_type().clone(), item.is_nullable()));
-            Ok(Arc::new(ListArray::try_new(item, l.offsets().clone(), values, l.nulls().cloned())?))
+            let item = Arc::new(Field::new(
+                item.name(),
+                values.data_type().clone(),
+                item.is_nullable(),
+            ));
+            Ok(Arc::new(ListArray::try_new(
+                item,
+                l.offsets().clone(),
+                values,
+                l.nulls().cloned(),
+            )?))
         }
         DataType::Struct(fields) => {
             let s = array.as_struct();
-            let columns = s.columns().iter().map(plain_map_keys).collect::<Result<Vec<_>, _>>()?;
+            let columns = s
+                .columns()
+                .iter()
+                .map(plain_map_keys)
+                .collect::<Result<Vec<_>, _>>()?;
             let fields = Fields::from(
                 fields
                     .iter()
@@ -99,7 +132,11 @@ pub fn plain_map_keys(array: &ArrayRef) -> Result<ArrayRef, ArrowError> {
                     .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), f.is_nullable()))
                     .collect::<Vec<_>>(),
             );
-            Ok(Arc::new(StructArray::try_new(fields, columns, s.nulls().cloned())?))
+            Ok(Arc::new(StructArray::try_new(
+                fields,
+                columns,
+                s.nulls().cloned(),
+            )?))
         }
         _ => Ok(array.clone()),
     }
@@ -107,10 +144,19 @@ pub fn plain_map_keys(array: &ArrayRef) -> Result<ArrayRef, ArrowError> {
 
 /// A batch whose nested columns the JSON encoders accept.
 pub fn text_ready(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    if !batch.schema().fields().iter().any(|f| has_dictionary_map_keys(f.data_type())) {
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| has_dictionary_map_keys(f.data_type()))
+    {
         return Ok(batch.clone());
     }
-    let columns = batch.columns().iter().map(plain_map_keys).collect::<Result<Vec<_>, _>>()?;
+    let columns = batch
+        .columns()
+        .iter()
+        .map(plain_map_keys)
+        .collect::<Result<Vec<_>, _>>()?;
     let fields: Vec<Field> = batch
         .schema()
         .fields()
@@ -209,11 +255,11 @@ pub fn to_ndjson(result: &QueryResult) -> Result<Vec<u8>, ArrowError> {
         let mut enc = CellEncoder::new(batch)?;
         for row in 0..batch.num_rows() {
             out.push(b'{');
-            for col in 0..batch.num_columns() {
+            for (col, name) in names.iter().enumerate() {
                 if col > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(names[col].as_bytes());
+                out.extend_from_slice(name.as_bytes());
                 out.push(b':');
                 enc.encode(col, row, &mut out);
             }
@@ -226,7 +272,11 @@ pub fn to_ndjson(result: &QueryResult) -> Result<Vec<u8>, ArrowError> {
 fn is_nested(dt: &DataType) -> bool {
     matches!(
         dt,
-        DataType::Map(_, _) | DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _) | DataType::Struct(_)
+        DataType::Map(_, _)
+            | DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::FixedSizeList(_, _)
+            | DataType::Struct(_)
     )
 }
 
@@ -299,4 +349,18 @@ pub fn to_arrow(result: &QueryResult) -> Result<Vec<u8>, ArrowError> {
 /// A field with a friendlier type, for column listings.
 pub fn describe_field(f: &FieldRef) -> Field {
     Field::new(f.name(), f.data_type().clone(), f.is_nullable())
+}
+
+/// Result rows as JSON objects (for APIs that reshape results).
+pub fn to_objects(
+    result: &QueryResult,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, ArrowError> {
+    let text = to_ndjson(result)?;
+    text.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line)
+                .map_err(|e| ArrowError::JsonError(e.to_string()))
+        })
+        .collect()
 }

@@ -25,7 +25,9 @@ pub struct ApiState {
 /// Maps a query error to an HTTP response (the one place this is decided).
 pub fn error_response(err: &QueryError) -> Response {
     let status = match err {
-        QueryError::Invalid { .. } | QueryError::ReadOnly(_) | QueryError::Memory { .. } => StatusCode::BAD_REQUEST,
+        QueryError::Invalid { .. } | QueryError::ReadOnly(_) | QueryError::Memory { .. } => {
+            StatusCode::BAD_REQUEST
+        }
         QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         QueryError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -67,10 +69,18 @@ struct SqlParams {
     format: Option<String>,
 }
 
-async fn sql(State(state): State<ApiState>, Query(params): Query<SqlParams>, body: axum::body::Bytes) -> Response {
+async fn sql(
+    State(state): State<ApiState>,
+    Query(params): Query<SqlParams>,
+    body: axum::body::Bytes,
+) -> Response {
     let request: SqlBody = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return bad_request(format!("the body must be JSON like {{\"sql\": \"SELECT 1\"}}: {e}")),
+        Err(e) => {
+            return bad_request(format!(
+                "the body must be JSON like {{\"sql\": \"SELECT 1\"}}: {e}"
+            ));
+        }
     };
     let result = match state.engine.sql(&request.sql).await {
         Ok(r) => r,
@@ -80,12 +90,24 @@ async fn sql(State(state): State<ApiState>, Query(params): Query<SqlParams>, bod
         "json" => ("application/json", format::to_json(&result)),
         "ndjson" => ("application/x-ndjson", format::to_ndjson(&result)),
         "csv" => ("text/csv; charset=utf-8", format::to_csv(&result)),
-        "arrow" => ("application/vnd.apache.arrow.stream", format::to_arrow(&result)),
-        other => return bad_request(format!("unknown format `{other}`; use json, ndjson, csv or arrow")),
+        "arrow" => (
+            "application/vnd.apache.arrow.stream",
+            format::to_arrow(&result),
+        ),
+        other => {
+            return bad_request(format!(
+                "unknown format `{other}`; use json, ndjson, csv or arrow"
+            ));
+        }
     };
     match encoded {
         Ok(bytes) => {
-            let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], bytes).into_response();
+            let mut r = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, content_type)],
+                bytes,
+            )
+                .into_response();
             if result.truncated
                 && let Ok(v) = header::HeaderValue::from_str(&result.rows.to_string())
             {
@@ -93,7 +115,9 @@ async fn sql(State(state): State<ApiState>, Query(params): Query<SqlParams>, bod
             }
             r
         }
-        Err(e) => error_response(&QueryError::Internal(format!("cannot encode the result: {e}"))),
+        Err(e) => error_response(&QueryError::Internal(format!(
+            "cannot encode the result: {e}"
+        ))),
     }
 }
 
@@ -115,7 +139,10 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             text,
         )
             .into_response(),
@@ -130,6 +157,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::api::router())
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
 }

@@ -6,6 +6,7 @@
 //! `/metrics`) and the PostgreSQL wire protocol. It reads through `oxeye_store`'s scan API and
 //! never writes: the SQL surface is read-only.
 
+pub mod api;
 pub mod convert;
 pub mod engine;
 pub mod error;

@@ -32,7 +32,9 @@ fn literal(expr: &Expr) -> Option<&ScalarValue> {
 
 fn text(expr: &Expr) -> Option<&str> {
     match literal(expr)? {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => Some(s),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Some(s),
         _ => None,
     }
 }
@@ -68,7 +70,9 @@ fn column_name(expr: &Expr) -> Option<&str> {
 fn attribute_key(expr: &Expr) -> Option<&str> {
     match expr {
         Expr::ScalarFunction(f) if f.name() == "get_field" || f.name() == "map_extract" => {
-            let [map, key] = f.args.as_slice() else { return None };
+            let [map, key] = f.args.as_slice() else {
+                return None;
+            };
             let col = column_name(map)?;
             if col == "attributes" || col == "resource_attributes" {
                 text(key)
@@ -90,19 +94,30 @@ impl Analyzer {
     /// An index predicate equivalent to (or implied by) `expr`, if there is one.
     fn index(&self, expr: &Expr) -> Option<IndexPredicate> {
         match expr {
-            Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => {
-                self.equality(left, right).or_else(|| self.equality(right, left))
-            }
-            Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
-                match (self.index(left), self.index(right)) {
-                    (Some(a), Some(b)) => Some(IndexPredicate::And(vec![a, b])),
-                    (Some(a), None) | (None, Some(a)) => Some(a),
-                    (None, None) => None,
-                }
-            }
-            Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => {
-                Some(IndexPredicate::Or(vec![self.index(left)?, self.index(right)?]))
-            }
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) => self
+                .equality(left, right)
+                .or_else(|| self.equality(right, left)),
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => match (self.index(left), self.index(right)) {
+                (Some(a), Some(b)) => Some(IndexPredicate::And(vec![a, b])),
+                (Some(a), None) | (None, Some(a)) => Some(a),
+                (None, None) => None,
+            },
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Or,
+                right,
+            }) => Some(IndexPredicate::Or(vec![
+                self.index(left)?,
+                self.index(right)?,
+            ])),
             Expr::InList(list) if !list.negated => {
                 let mut alternatives = Vec::new();
                 for v in &list.list {
@@ -111,7 +126,9 @@ impl Analyzer {
                 Some(IndexPredicate::Or(alternatives))
             }
             Expr::ScalarFunction(f) if f.name() == "search" => {
-                let [col, query] = f.args.as_slice() else { return None };
+                let [col, query] = f.args.as_slice() else {
+                    return None;
+                };
                 let col = column_name(col)?;
                 // The index's text field holds log bodies, status messages and event names.
                 let indexed = matches!(
@@ -121,7 +138,9 @@ impl Analyzer {
                 if !indexed {
                     return None;
                 }
-                TextQuery::parse(text(query)?).ok().map(IndexPredicate::Text)
+                TextQuery::parse(text(query)?)
+                    .ok()
+                    .map(IndexPredicate::Text)
             }
             _ => None,
         }
@@ -142,14 +161,19 @@ impl Analyzer {
             }
             "service_name" => Some(IndexPredicate::Service(v.to_string())),
             "name" if self.signal != Signal::Logs => Some(IndexPredicate::Name(v.to_string())),
-            "status_code" if self.signal == Signal::Spans => Some(IndexPredicate::Status(v.to_string())),
-            "severity_text" if self.signal == Signal::Logs => Some(IndexPredicate::Status(v.to_string())),
+            "status_code" if self.signal == Signal::Spans => {
+                Some(IndexPredicate::Status(v.to_string()))
+            }
+            "severity_text" if self.signal == Signal::Logs => {
+                Some(IndexPredicate::Status(v.to_string()))
+            }
             _ => None,
         }
     }
 
     fn time_bounds(&self, expr: &Expr, hints: &mut ScanHints) {
-        let tighten_start = |h: &mut ScanHints, v: i64| h.start = Some(h.start.map_or(v, |s| s.max(v)));
+        let tighten_start =
+            |h: &mut ScanHints, v: i64| h.start = Some(h.start.map_or(v, |s| s.max(v)));
         let tighten_end = |h: &mut ScanHints, v: i64| h.end = Some(h.end.map_or(v, |e| e.min(v)));
         match expr {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
@@ -176,7 +200,12 @@ impl Analyzer {
                     _ => {}
                 }
             }
-            Expr::Between(Between { expr, negated: false, low, high }) if column_name(expr) == Some(self.time_column) => {
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) if column_name(expr) == Some(self.time_column) => {
                 if let Some(v) = nanos(low) {
                     tighten_start(hints, v);
                 }
@@ -226,7 +255,12 @@ mod tests {
 
     #[test]
     fn recognises_time_ranges_and_index_predicates() {
-        let ts = |n: i64| lit(ScalarValue::TimestampNanosecond(Some(n), Some("UTC".into())));
+        let ts = |n: i64| {
+            lit(ScalarValue::TimestampNanosecond(
+                Some(n),
+                Some("UTC".into()),
+            ))
+        };
         let filters = vec![
             col("start_time").gt_eq(ts(100)),
             ts(200).gt(col("start_time")),
@@ -237,7 +271,9 @@ mod tests {
         let h = analyze(Signal::Spans, &filters);
         assert_eq!(h.start, Some(100));
         assert_eq!(h.end, Some(200));
-        let Some(IndexPredicate::And(ps)) = h.index else { panic!("{:?}", h.index) };
+        let Some(IndexPredicate::And(ps)) = h.index else {
+            panic!("{:?}", h.index)
+        };
         assert_eq!(ps.len(), 2);
         assert!(matches!(ps[0], IndexPredicate::TraceId(_)));
         assert_eq!(ps[1], IndexPredicate::Service("cart".into()));
@@ -245,9 +281,16 @@ mod tests {
 
     #[test]
     fn or_needs_every_branch_indexed() {
-        let f = col("service_name").eq(lit("a")).or(col("duration_ns").gt(lit(1)));
+        let f = col("service_name")
+            .eq(lit("a"))
+            .or(col("duration_ns").gt(lit(1)));
         assert_eq!(analyze(Signal::Spans, &[f]).index, None);
-        let f = col("service_name").eq(lit("a")).or(col("service_name").eq(lit("b")));
-        assert!(matches!(analyze(Signal::Spans, &[f]).index, Some(IndexPredicate::Or(_))));
+        let f = col("service_name")
+            .eq(lit("a"))
+            .or(col("service_name").eq(lit("b")));
+        assert!(matches!(
+            analyze(Signal::Spans, &[f]).index,
+            Some(IndexPredicate::Or(_))
+        ));
     }
 }

@@ -15,7 +15,9 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use futures::{StreamExt, TryStreamExt};
 use oxeye_model::Signal;
 use oxeye_store::{ScanPart, ScanPlan, ScanRequest, Store};
@@ -49,7 +51,10 @@ impl TableProvider for OxeyeTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
             .map(|f| {
@@ -117,7 +122,9 @@ pub struct OxeyeScanExec {
 
 impl fmt::Debug for OxeyeScanExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OxeyeScanExec").field("signal", &self.signal).finish()
+        f.debug_struct("OxeyeScanExec")
+            .field("signal", &self.signal)
+            .finish()
     }
 }
 
@@ -211,11 +218,18 @@ impl ExecutionPlan for OxeyeScanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(self)
     }
 
-    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let parts: Vec<ScanPart> = self
             .assignment
             .get(partition)
@@ -244,21 +258,22 @@ impl ExecutionPlan for OxeyeScanExec {
             })
             .try_flatten()
             .map(move |r| r.and_then(|b| to_sql_batch(&b, &schema).map_err(DataFusionError::from)));
-        let stream: futures::stream::BoxStream<'static, Result<arrow::record_batch::RecordBatch>> = match self.limit {
-            Some(limit) => {
-                let mut remaining = limit;
-                stream
-                    .take_while(move |r| {
-                        let go = remaining > 0;
-                        if let Ok(b) = r {
-                            remaining = remaining.saturating_sub(b.num_rows());
-                        }
-                        futures::future::ready(go)
-                    })
-                    .boxed()
-            }
-            None => stream.boxed(),
-        };
+        let stream: futures::stream::BoxStream<'static, Result<arrow::record_batch::RecordBatch>> =
+            match self.limit {
+                Some(limit) => {
+                    let mut remaining = limit;
+                    stream
+                        .take_while(move |r| {
+                            let go = remaining > 0;
+                            if let Ok(b) = r {
+                                remaining = remaining.saturating_sub(b.num_rows());
+                            }
+                            futures::future::ready(go)
+                        })
+                        .boxed()
+                }
+                None => stream.boxed(),
+            };
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
     }
 }

@@ -66,7 +66,9 @@ impl ScalarUDFImpl for SearchUdf {
 
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         match args.get(1) {
-            Some(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null) => Ok(DataType::Boolean),
+            Some(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null) => {
+                Ok(DataType::Boolean)
+            }
             _ => plan_err!("search(column, 'query') takes a text column and a text query"),
         }
     }
@@ -81,7 +83,8 @@ impl ScalarUDFImpl for SearchUdf {
             | ColumnarValue::Scalar(ScalarValue::Utf8View(Some(q))) => q,
             _ => return exec_err!("the query of search() must be a constant text"),
         };
-        let query = TextQuery::parse(query).map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        let query =
+            TextQuery::parse(query).map_err(|e| DataFusionError::Execution(e.to_string()))?;
         match text {
             ColumnarValue::Array(a) => Ok(ColumnarValue::Array(Arc::new(text_values(a, &query)?))),
             ColumnarValue::Scalar(s) => {

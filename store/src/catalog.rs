@@ -150,15 +150,18 @@ impl FileMetastore {
     fn write(path: &Path, state: &CatalogState) -> Result<(), StoreError> {
         use std::io::Write;
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io("creating the catalog directory", dir, e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io("creating the catalog directory", dir, e))?;
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| StoreError::Catalog(format!("cannot serialise the catalog: {e}")))?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| StoreError::io("writing the catalog", &tmp, e))?;
+        let mut f = std::fs::File::create(&tmp)
+            .map_err(|e| StoreError::io("writing the catalog", &tmp, e))?;
         f.write_all(&bytes)
             .and_then(|_| f.sync_all())
             .map_err(|e| StoreError::io("writing the catalog", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| StoreError::io("replacing the catalog", path, e))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| StoreError::io("replacing the catalog", path, e))?;
         crate::wal::sync_dir(dir)
     }
 }
@@ -242,7 +245,14 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("no longer in the catalog"));
         let reopened = FileMetastore::new(dir.path()).load().await.unwrap();
-        assert_eq!(reopened.segments.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["c"]);
+        assert_eq!(
+            reopened
+                .segments
+                .iter()
+                .map(|s| s.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["c"]
+        );
         assert_eq!(reopened.shards[&0].flushed_wal_seq, 3);
         assert_eq!(reopened.generation, 2);
     }

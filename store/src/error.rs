@@ -38,7 +38,9 @@ pub enum StoreError {
     Catalog(String),
     #[error("invalid input: {reason}")]
     Invalid { reason: String },
-    #[error("the disk holding {path} has {available} bytes free, below the {required} bytes oxeye keeps free; free space or raise --min-free-disk")]
+    #[error(
+        "the disk holding {path} has {available} bytes free, below the {required} bytes oxeye keeps free; free space or raise --min-free-disk"
+    )]
     DiskFull {
         path: PathBuf,
         available: u64,

@@ -18,7 +18,9 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, FixedSizeBinaryArray, ListArray, MapArray, StringArray, StructArray};
+use arrow::array::{
+    Array, AsArray, FixedSizeBinaryArray, ListArray, MapArray, StringArray, StructArray,
+};
 use arrow::datatypes::Int32Type;
 use arrow::record_batch::RecordBatch;
 use oxeye_model::Signal;
@@ -52,7 +54,11 @@ struct Fields {
     status: Field,
     attr: Field,
     text: Field,
+    series: Field,
 }
+
+/// Separates the parts of a `series` term.
+pub const SERIES_SEPARATOR: char = '\u{1f}';
 
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
@@ -62,6 +68,9 @@ fn schema() -> (Schema, Fields) {
     let name = b.add_text_field("name", STRING);
     let status = b.add_text_field("status", STRING);
     let attr = b.add_text_field("attr", STRING);
+    // What the catalog APIs list: `service␟kind␟span name` for spans, `service␟metric name`
+    // for metrics, `service` for logs.
+    let series = b.add_text_field("series", STRING);
     let text = b.add_text_field(
         "text",
         TextOptions::default().set_indexing_options(
@@ -80,6 +89,7 @@ fn schema() -> (Schema, Fields) {
             status,
             attr,
             text,
+            series,
         },
     )
 }
@@ -93,6 +103,17 @@ fn cap(term: &str) -> &str {
         end -= 1;
     }
     &term[..end]
+}
+
+/// The `series` term of a row.
+pub fn series_term(signal: Signal, service: &str, kind: &str, name: &str) -> String {
+    let sep = SERIES_SEPARATOR;
+    let t = match signal {
+        Signal::Spans => format!("{service}{sep}{kind}{sep}{name}"),
+        Signal::Logs => service.to_string(),
+        _ => format!("{service}{sep}{name}"),
+    };
+    cap(&t).to_string()
 }
 
 /// The term an attribute equality is indexed (and looked up) as.
@@ -113,12 +134,17 @@ struct GranuleTerms {
     status: HashSet<String>,
     attr: HashSet<String>,
     text: HashSet<String>,
+    series: HashSet<String>,
 }
 
 fn dict_text(batch: &RecordBatch, column: &str) -> Option<Vec<Option<String>>> {
     let a = batch.column_by_name(column)?;
     let reader = oxeye_model::DictReader::new(a.as_ref())?;
-    Some((0..batch.num_rows()).map(|i| reader.opt(i).map(str::to_string)).collect())
+    Some(
+        (0..batch.num_rows())
+            .map(|i| reader.opt(i).map(str::to_string))
+            .collect(),
+    )
 }
 
 fn add_map_terms(set: &mut HashSet<String>, map: &MapArray, row: usize) {
@@ -144,14 +170,20 @@ fn add_map_terms(set: &mut HashSet<String>, map: &MapArray, row: usize) {
 }
 
 /// Builds the index of a sorted segment batch and returns its bundle.
-pub fn build(signal: Signal, batch: &RecordBatch, granule_rows: usize, scratch: &Path) -> Result<Vec<u8>, StoreError> {
+pub fn build(
+    signal: Signal,
+    batch: &RecordBatch,
+    granule_rows: usize,
+    scratch: &Path,
+) -> Result<Vec<u8>, StoreError> {
     let granule_rows = granule_rows.max(1);
     let dir = tempfile::Builder::new()
         .prefix("index-")
         .tempdir_in(scratch)
         .map_err(|e| StoreError::io("creating an index build directory", scratch, e))?;
     let (schema, f) = schema();
-    let index = Index::create_in_dir(dir.path(), schema).map_err(|e| StoreError::index("creating an index", e))?;
+    let index = Index::create_in_dir(dir.path(), schema)
+        .map_err(|e| StoreError::index("creating an index", e))?;
     let mut writer = index
         .writer_with_num_threads::<TantivyDocument>(1, WRITER_MEMORY)
         .map_err(|e| StoreError::index("opening an index writer", e))?;
@@ -159,6 +191,10 @@ pub fn build(signal: Signal, batch: &RecordBatch, granule_rows: usize, scratch: 
     let rows = batch.num_rows();
     let service = dict_text(batch, "service_name");
     let name = dict_text(batch, "name");
+    let kind = match signal {
+        Signal::Spans => dict_text(batch, "kind"),
+        _ => None,
+    };
     let status = match signal {
         Signal::Spans => dict_text(batch, "status_code"),
         Signal::Logs => dict_text(batch, "severity_text"),
@@ -167,11 +203,21 @@ pub fn build(signal: Signal, batch: &RecordBatch, granule_rows: usize, scratch: 
     let trace_ids = batch
         .column_by_name("trace_id")
         .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>());
-    let attrs = batch.column_by_name("attributes").and_then(|c| c.as_map_opt());
-    let resource_attrs = batch.column_by_name("resource_attributes").and_then(|c| c.as_map_opt());
-    let body = batch.column_by_name("body").and_then(|c| c.as_string_opt::<i32>());
-    let status_message = batch.column_by_name("status_message").and_then(|c| c.as_string_opt::<i32>());
-    let events = batch.column_by_name("events").and_then(|c| c.as_list_opt::<i32>());
+    let attrs = batch
+        .column_by_name("attributes")
+        .and_then(|c| c.as_map_opt());
+    let resource_attrs = batch
+        .column_by_name("resource_attributes")
+        .and_then(|c| c.as_map_opt());
+    let body = batch
+        .column_by_name("body")
+        .and_then(|c| c.as_string_opt::<i32>());
+    let status_message = batch
+        .column_by_name("status_message")
+        .and_then(|c| c.as_string_opt::<i32>());
+    let events = batch
+        .column_by_name("events")
+        .and_then(|c| c.as_list_opt::<i32>());
     let event_names = events.and_then(|l: &ListArray| {
         l.values()
             .as_any()
@@ -191,11 +237,24 @@ pub fn build(signal: Signal, batch: &RecordBatch, granule_rows: usize, scratch: 
             {
                 t.trace_id.insert(hex::encode(ids.value(row)));
             }
-            for (col, set) in [(&service, &mut t.service), (&name, &mut t.name), (&status, &mut t.status)] {
+            for (col, set) in [
+                (&service, &mut t.service),
+                (&name, &mut t.name),
+                (&status, &mut t.status),
+            ] {
                 if let Some(Some(v)) = col.as_ref().map(|c| &c[row]) {
                     set.insert(cap(v).to_string());
                 }
             }
+            t.series.insert(series_term(
+                signal,
+                service
+                    .as_ref()
+                    .and_then(|c| c[row].as_deref())
+                    .unwrap_or(""),
+                kind.as_ref().and_then(|c| c[row].as_deref()).unwrap_or(""),
+                name.as_ref().and_then(|c| c[row].as_deref()).unwrap_or(""),
+            ));
             if let Some(m) = attrs {
                 add_map_terms(&mut t.attr, m, row);
             }
@@ -228,6 +287,7 @@ pub fn build(signal: Signal, batch: &RecordBatch, granule_rows: usize, scratch: 
             (f.status, &t.status),
             (f.attr, &t.attr),
             (f.text, &t.text),
+            (f.series, &t.series),
         ] {
             for v in set {
                 doc.add_text(field, v);
@@ -268,7 +328,8 @@ fn bundle_dir(dir: &Path) -> Result<Vec<u8>, StoreError> {
         if name.ends_with(".lock") {
             continue;
         }
-        let bytes = std::fs::read(entry.path()).map_err(|e| StoreError::io("reading an index file", entry.path(), e))?;
+        let bytes = std::fs::read(entry.path())
+            .map_err(|e| StoreError::io("reading an index file", entry.path(), e))?;
         toc.push(BundleEntry {
             name,
             offset: out.len() as u64,
@@ -276,7 +337,8 @@ fn bundle_dir(dir: &Path) -> Result<Vec<u8>, StoreError> {
         });
         out.extend_from_slice(&bytes);
     }
-    let toc = serde_json::to_vec(&toc).map_err(|e| StoreError::index("writing a bundle table of contents", e))?;
+    let toc = serde_json::to_vec(&toc)
+        .map_err(|e| StoreError::index("writing a bundle table of contents", e))?;
     out.extend_from_slice(&toc);
     out.extend_from_slice(&(toc.len() as u64).to_le_bytes());
     out.extend_from_slice(BUNDLE_MAGIC);
@@ -296,8 +358,8 @@ fn unbundle(bytes: OwnedBytes) -> Result<HashMap<PathBuf, OwnedBytes>, StoreErro
         return Err(bad("table of contents longer than the bundle"));
     }
     let toc_start = n - 16 - toc_len;
-    let toc: Vec<BundleEntry> =
-        serde_json::from_slice(&bytes.as_slice()[toc_start..n - 16]).map_err(|e| bad(&e.to_string()))?;
+    let toc: Vec<BundleEntry> = serde_json::from_slice(&bytes.as_slice()[toc_start..n - 16])
+        .map_err(|e| bad(&e.to_string()))?;
     let mut files = HashMap::new();
     for e in toc {
         let (start, end) = (e.offset as usize, (e.offset + e.len) as usize);
@@ -316,7 +378,10 @@ struct BundleDirectory {
 }
 
 fn read_only() -> io::Error {
-    io::Error::new(io::ErrorKind::PermissionDenied, "segment indexes are read-only")
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "segment indexes are read-only",
+    )
 }
 
 impl Directory for BundleDirectory {
@@ -377,7 +442,10 @@ pub enum IndexPredicate {
     /// Span status code or log severity text.
     Status(String),
     /// `attributes[key] = value` or `resource_attributes[key] = value`.
-    Attribute { key: String, value: String },
+    Attribute {
+        key: String,
+        value: String,
+    },
     /// Words of log bodies, span event names and status messages.
     Text(TextQuery),
     And(Vec<IndexPredicate>),
@@ -428,13 +496,17 @@ impl SegmentIndex {
             IndexPredicate::Service(s) => self.term(f.service, s),
             IndexPredicate::Name(s) => self.term(f.name, s),
             IndexPredicate::Status(s) => self.term(f.status, s),
-            IndexPredicate::Attribute { key, value } => self.term(f.attr, &attribute_term(key, value)),
+            IndexPredicate::Attribute { key, value } => {
+                self.term(f.attr, &attribute_term(key, value))
+            }
             IndexPredicate::Text(q) => self.text_query(&q.ast),
             IndexPredicate::And(ps) => Box::new(BooleanQuery::new(
                 ps.iter().map(|p| (Occur::Must, self.to_query(p))).collect(),
             )),
             IndexPredicate::Or(ps) => Box::new(BooleanQuery::new(
-                ps.iter().map(|p| (Occur::Should, self.to_query(p))).collect(),
+                ps.iter()
+                    .map(|p| (Occur::Should, self.to_query(p)))
+                    .collect(),
             )),
         }
     }
@@ -452,13 +524,22 @@ impl SegmentIndex {
                 ))
             }
             TextAst::Phrase(words) => Box::new(BooleanQuery::new(
-                words.iter().map(|w| (Occur::Must, self.term(field, w))).collect(),
+                words
+                    .iter()
+                    .map(|w| (Occur::Must, self.term(field, w)))
+                    .collect(),
             )),
             TextAst::And(children) => Box::new(BooleanQuery::new(
-                children.iter().map(|c| (Occur::Must, self.text_query(c))).collect(),
+                children
+                    .iter()
+                    .map(|c| (Occur::Must, self.text_query(c)))
+                    .collect(),
             )),
             TextAst::Or(children) => Box::new(BooleanQuery::new(
-                children.iter().map(|c| (Occur::Should, self.text_query(c))).collect(),
+                children
+                    .iter()
+                    .map(|c| (Occur::Should, self.text_query(c)))
+                    .collect(),
             )),
             // A granule is a union of rows, so "not in some row" says nothing about a granule.
             TextAst::Not(_) | TextAst::All => Box::new(AllQuery),
@@ -492,6 +573,30 @@ impl SegmentIndex {
         granules.sort_unstable();
         granules.dedup();
         Ok(granules)
+    }
+
+    /// Every `series` term starting with `prefix` (see [`series_term`]).
+    pub fn series_terms(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let searcher = self.reader.searcher();
+        let mut out = Vec::new();
+        for segment in searcher.segment_readers() {
+            let inverted = segment
+                .inverted_index(self.fields.series)
+                .map_err(|e| StoreError::index("opening series terms", e))?;
+            let mut upper = prefix.as_bytes().to_vec();
+            upper.push(0xff);
+            let mut stream = inverted
+                .terms()
+                .range()
+                .ge(prefix.as_bytes())
+                .lt(&upper)
+                .into_stream()
+                .map_err(|e| StoreError::index("listing series terms", e))?;
+            while stream.advance() {
+                out.push(String::from_utf8_lossy(stream.key()).into_owned());
+            }
+        }
+        Ok(out)
     }
 
     pub fn num_granules(&self) -> u64 {
@@ -624,10 +729,18 @@ fn convert(ast: &UserInputAst, analyzer: &mut TextAnalyzer) -> Result<TextAst, S
                     _ => TextAst::Phrase(words),
                 })
             }
-            UserInputLeaf::Range { .. } => Err("ranges are not supported in full-text search".into()),
-            UserInputLeaf::Set { .. } => Err("term sets are not supported in full-text search".into()),
-            UserInputLeaf::Exists { .. } => Err("exists queries are not supported in full-text search".into()),
-            UserInputLeaf::Regex { .. } => Err("regular expressions are not supported in full-text search".into()),
+            UserInputLeaf::Range { .. } => {
+                Err("ranges are not supported in full-text search".into())
+            }
+            UserInputLeaf::Set { .. } => {
+                Err("term sets are not supported in full-text search".into())
+            }
+            UserInputLeaf::Exists { .. } => {
+                Err("exists queries are not supported in full-text search".into())
+            }
+            UserInputLeaf::Regex { .. } => {
+                Err("regular expressions are not supported in full-text search".into())
+            }
         },
         UserInputAst::Clause(clauses) => {
             let mut musts = Vec::new();
@@ -640,11 +753,9 @@ fn convert(ast: &UserInputAst, analyzer: &mut TextAnalyzer) -> Result<TextAst, S
                     Some(UserOccur::Must) | None => musts.push(c),
                 }
             }
-            if !shoulds.is_empty() {
-                if musts.is_empty() {
-                    return Ok(or_of(shoulds));
-                }
-                // Optional clauses next to required ones change nothing about matching.
+            // Optional clauses next to required ones change nothing about matching.
+            if !shoulds.is_empty() && musts.is_empty() {
+                return Ok(or_of(shoulds));
             }
             Ok(match musts.len() {
                 0 => TextAst::All,
@@ -656,7 +767,11 @@ fn convert(ast: &UserInputAst, analyzer: &mut TextAnalyzer) -> Result<TextAst, S
 }
 
 fn or_of(mut v: Vec<TextAst>) -> TextAst {
-    if v.len() == 1 { v.remove(0) } else { TextAst::Or(v) }
+    if v.len() == 1 {
+        v.remove(0)
+    } else {
+        TextAst::Or(v)
+    }
 }
 
 fn eval(ast: &TextAst, words: &[String]) -> bool {
@@ -682,7 +797,10 @@ mod tests {
         assert!(q.matches("DB connection Timeout after 30s"));
         assert!(!q.matches("timeout talking to cache"));
         let q = TextQuery::parse("timeout db").unwrap();
-        assert!(q.matches("db timeout"), "words without operators must all match");
+        assert!(
+            q.matches("db timeout"),
+            "words without operators must all match"
+        );
         let q = TextQuery::parse("\"connection refused\" OR panic*").unwrap();
         assert!(q.matches("error: Connection refused (os error 111)"));
         assert!(q.matches("thread panicked at"));
@@ -698,21 +816,40 @@ mod tests {
     fn index_finds_the_granules_that_hold_a_trace_and_a_word() {
         let dir = tempfile::tempdir().unwrap();
         // 100 spans, 10 per trace, in segment order (a trace's spans adjacent).
-        let batch = crate::segment::sort_for_segment(Signal::Spans, &spans_batch(0, 100).batch).unwrap();
+        let batch =
+            crate::segment::sort_for_segment(Signal::Spans, &spans_batch(0, 100).batch).unwrap();
         let bundle = build(Signal::Spans, &batch, 16, dir.path()).unwrap();
         let index = SegmentIndex::open(bundle).unwrap();
         assert_eq!(index.num_granules(), 7);
-        let ids = batch.column_by_name("trace_id").unwrap().as_any().downcast_ref::<FixedSizeBinaryArray>().unwrap();
+        let ids = batch
+            .column_by_name("trace_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()
+            .unwrap();
         let id: [u8; 16] = ids.value(35).try_into().unwrap();
-        let mut expected: Vec<u32> = (0..ids.len()).filter(|i| ids.value(*i) == id).map(|i| (i / 16) as u32).collect();
+        let mut expected: Vec<u32> = (0..ids.len())
+            .filter(|i| ids.value(*i) == id)
+            .map(|i| (i / 16) as u32)
+            .collect();
         expected.dedup();
         assert_eq!((0..ids.len()).filter(|i| ids.value(*i) == id).count(), 10);
         let g = index.search(&IndexPredicate::TraceId(id)).unwrap();
         assert_eq!(g, expected);
-        assert!(g.len() <= 2, "ten adjacent rows touch at most two granules of 16");
+        assert!(
+            g.len() <= 2,
+            "ten adjacent rows touch at most two granules of 16"
+        );
         let none = index.search(&IndexPredicate::TraceId([9; 16])).unwrap();
         assert!(none.is_empty());
-        let svc = index.search(&IndexPredicate::Service("svc-1".into())).unwrap();
+        let svc = index
+            .search(&IndexPredicate::Service("svc-1".into()))
+            .unwrap();
+        let ops = index.series_terms("svc-1\u{1f}").unwrap();
+        let want: Vec<String> = (0..5)
+            .map(|i| format!("svc-1\u{1f}UNSPECIFIED\u{1f}op-{i}"))
+            .collect();
+        assert_eq!(ops, want);
         assert!(!svc.is_empty());
         let attr = index
             .search(&IndexPredicate::Attribute {
@@ -722,7 +859,8 @@ mod tests {
             .unwrap();
         assert_eq!(attr.len(), 7);
 
-        let logs = logs_batch_with_bodies(&["all good", "db timeout here", "fine", "fine again"]).batch;
+        let logs =
+            logs_batch_with_bodies(&["all good", "db timeout here", "fine", "fine again"]).batch;
         let bundle = build(Signal::Logs, &logs, 2, dir.path()).unwrap();
         let index = SegmentIndex::open(bundle).unwrap();
         let hit = index

@@ -85,6 +85,37 @@ pub(crate) struct Inner {
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// `series` terms of unflushed rows, computed from their dictionary columns.
+fn memory_series(
+    signal: Signal,
+    batches: &[RecordBatch],
+    prefix: &str,
+) -> std::collections::BTreeSet<String> {
+    fn text<'a>(r: &Option<oxeye_model::DictReader<'a>>, row: usize) -> &'a str {
+        r.as_ref().and_then(|d| d.opt(row)).unwrap_or("")
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for b in batches {
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .and_then(|c| oxeye_model::DictReader::new(c.as_ref()))
+        };
+        let (service, kind, name) = (col("service_name"), col("kind"), col("name"));
+        for row in 0..b.num_rows() {
+            let term = index::series_term(
+                signal,
+                text(&service, row),
+                text(&kind, row),
+                text(&name, row),
+            );
+            if term.starts_with(prefix) {
+                out.insert(term);
+            }
+        }
+    }
+    out
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
@@ -97,7 +128,10 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens the store on the embedded defaults: segments under `data_dir/objects`, catalog in
     /// `data_dir/catalog.json`.
-    pub async fn open_local(config: StoreConfig, registry: &mut Registry) -> Result<Store, StoreError> {
+    pub async fn open_local(
+        config: StoreConfig,
+        registry: &mut Registry,
+    ) -> Result<Store, StoreError> {
         let storage = Storage::local(&config.data_dir.join("objects"))?;
         let catalog: Arc<dyn Metastore> = Arc::new(FileMetastore::new(&config.data_dir));
         Store::open(config, storage, catalog, registry).await
@@ -119,7 +153,10 @@ impl Store {
         {
             let mut st = state.write();
             for seg in &catalog_state.segments {
-                st.segments.entry(seg.signal).or_default().push(Arc::new(seg.clone()));
+                st.segments
+                    .entry(seg.signal)
+                    .or_default()
+                    .push(Arc::new(seg.clone()));
             }
         }
         let config = Arc::new(config);
@@ -230,18 +267,30 @@ impl Store {
         let (segments, memory) = {
             let st = self.inner.state.read();
             (
-                st.segments.get(&request.signal).cloned().unwrap_or_default(),
+                st.segments
+                    .get(&request.signal)
+                    .cloned()
+                    .unwrap_or_default(),
                 st.memory_batches(request.signal, request.start, request.end),
             )
         };
-        let plan = scan::plan(request, segments, memory, &self.inner.storage, &self.inner.caches).await?;
+        let plan = scan::plan(
+            request,
+            segments,
+            memory,
+            &self.inner.storage,
+            &self.inner.caches,
+        )
+        .await?;
         let m = &self.inner.metrics;
-        m.scan_segments_pruned
-            .inc_by((plan.stats.segments_pruned_by_time + plan.stats.segments_pruned_by_index) as u64);
+        m.scan_segments_pruned.inc_by(
+            (plan.stats.segments_pruned_by_time + plan.stats.segments_pruned_by_index) as u64,
+        );
         if plan.request.index.is_some() {
             m.index_searches.inc();
         }
-        m.index_cache_bytes.set(self.inner.caches.index_bytes() as i64);
+        m.index_cache_bytes
+            .set(self.inner.caches.index_bytes() as i64);
         Ok(plan)
     }
 
@@ -256,7 +305,15 @@ impl Store {
         if matches!(part, ScanPart::Segment { .. }) {
             self.inner.metrics.scan_segments_read.inc();
         }
-        scan::read_part(part, &plan.request, projection, batch_size, &self.inner.storage, &self.inner.caches).await
+        scan::read_part(
+            part,
+            &plan.request,
+            projection,
+            batch_size,
+            &self.inner.storage,
+            &self.inner.caches,
+        )
+        .await
     }
 
     /// Plans and reads everything, part after part.
@@ -281,6 +338,37 @@ impl Store {
             })
             .flatten();
         Ok(stream.boxed())
+    }
+
+    /// Distinct `series` terms of a signal (see [`index::series_term`]) starting with `prefix`,
+    /// over segments overlapping the time range and unflushed rows: the services, operations
+    /// and metric names there are, without scanning rows.
+    pub async fn series(
+        &self,
+        signal: Signal,
+        prefix: &str,
+        start: Option<i64>,
+        end: Option<i64>,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let (segments, memory) = {
+            let st = self.inner.state.read();
+            (
+                st.segments.get(&signal).cloned().unwrap_or_default(),
+                st.memory_batches(signal, start, end),
+            )
+        };
+        let mut out = std::collections::BTreeSet::new();
+        for seg in segments.iter().filter(|s| s.overlaps(start, end)) {
+            let index = self.inner.caches.index(&self.inner.storage, seg).await?;
+            out.extend(index.series_terms(prefix)?);
+        }
+        let prefix = prefix.to_string();
+        let from_memory =
+            tokio::task::spawn_blocking(move || memory_series(signal, &memory, &prefix))
+                .await
+                .map_err(|e| StoreError::index("listing series", e))?;
+        out.extend(from_memory);
+        Ok(out)
     }
 
     /// Flushes every shard's unflushed rows into segments now.
@@ -327,16 +415,24 @@ impl Store {
     pub(crate) fn update_segment_gauges(inner: &Inner) {
         let st = inner.state.read();
         for signal in Signal::ALL {
-            let segs = st.segments.get(&signal).map(|v| v.as_slice()).unwrap_or(&[]);
+            let segs = st
+                .segments
+                .get(&signal)
+                .map(|v| v.as_slice())
+                .unwrap_or(&[]);
             let labels = SignalLabels {
                 signal: signal.table_name(),
             };
-            inner.metrics.segments.get_or_create(&labels).set(segs.len() as i64);
             inner
                 .metrics
-                .segment_bytes
+                .segments
                 .get_or_create(&labels)
-                .set(segs.iter().map(|s| (s.data_bytes + s.index_bytes) as i64).sum());
+                .set(segs.len() as i64);
+            inner.metrics.segment_bytes.get_or_create(&labels).set(
+                segs.iter()
+                    .map(|s| (s.data_bytes + s.index_bytes) as i64)
+                    .sum(),
+            );
             inner
                 .metrics
                 .segment_rows

@@ -107,10 +107,14 @@ pub(crate) fn start(inner: &Arc<Inner>) {
 /// (a flush is due now, a failed flush is waiting to be retried)
 fn flush_due(inner: &Inner, id: u32) -> (bool, bool) {
     let st = inner.state.read();
-    let Some(m) = st.shards.get(&id) else { return (false, false) };
+    let Some(m) = st.shards.get(&id) else {
+        return (false, false);
+    };
     let due = !m.active.is_empty()
         && (m.active.bytes >= inner.config.flush_bytes
-            || m.active.first_at.is_some_and(|t| t.elapsed() >= inner.config.flush_age)
+            || m.active
+                .first_at
+                .is_some_and(|t| t.elapsed() >= inner.config.flush_age)
             || inner.shutdown.is_cancelled());
     (due, !m.frozen.is_empty())
 }
@@ -125,17 +129,7 @@ pub(crate) async fn flush_shard(inner: &Inner, id: u32, seal: bool) -> Result<()
     let Some(handle) = inner.shards.iter().find(|s| s.id == id) else {
         return Ok(());
     };
-    crate::shard::flush_shard(
-        id,
-        &handle.tx,
-        &inner.state,
-        &inner.catalog,
-        &inner.storage,
-        &inner.config,
-        &inner.metrics,
-        seal,
-    )
-    .await?;
+    crate::shard::flush_shard(inner, id, &handle.tx, seal).await?;
     Store::update_segment_gauges(inner);
     Ok(())
 }
@@ -165,7 +159,11 @@ async fn check_disk(inner: &Inner) {
 }
 
 /// Picks the next group of small segments to merge: same signal and shard, adjacent in time.
-pub(crate) fn pick_merge(segments: &[SegmentRef], target_rows: u64, max_inputs: usize) -> Vec<SegmentRef> {
+pub(crate) fn pick_merge(
+    segments: &[SegmentRef],
+    target_rows: u64,
+    max_inputs: usize,
+) -> Vec<SegmentRef> {
     let mut by_shard: std::collections::BTreeMap<u32, Vec<SegmentRef>> = Default::default();
     for s in segments.iter().filter(|s| s.rows < target_rows) {
         by_shard.entry(s.shard).or_default().push(s.clone());
@@ -179,7 +177,11 @@ pub(crate) fn pick_merge(segments: &[SegmentRef], target_rows: u64, max_inputs: 
         let (mut rows, mut memory) = (0u64, 0u64);
         for s in small {
             let m = s.data_bytes * PARQUET_TO_ARROW;
-            if !group.is_empty() && (rows + s.rows > target_rows * 2 || memory + m > MERGE_MEMORY || group.len() >= max_inputs) {
+            if !group.is_empty()
+                && (rows + s.rows > target_rows * 2
+                    || memory + m > MERGE_MEMORY
+                    || group.len() >= max_inputs)
+            {
                 break;
             }
             rows += s.rows;
@@ -197,8 +199,18 @@ pub(crate) fn pick_merge(segments: &[SegmentRef], target_rows: u64, max_inputs: 
 pub(crate) async fn compact_once(inner: &Inner) -> Result<bool, StoreError> {
     let _guard = inner.maintenance_lock.lock().await;
     for signal in Signal::ALL {
-        let segments = inner.state.read().segments.get(&signal).cloned().unwrap_or_default();
-        let group = pick_merge(&segments, inner.config.compaction_target_rows, inner.config.compaction_max_inputs);
+        let segments = inner
+            .state
+            .read()
+            .segments
+            .get(&signal)
+            .cloned()
+            .unwrap_or_default();
+        let group = pick_merge(
+            &segments,
+            inner.config.compaction_target_rows,
+            inner.config.compaction_max_inputs,
+        );
         if group.is_empty() {
             continue;
         }
@@ -217,7 +229,15 @@ async fn merge(inner: &Inner, signal: Signal, inputs: Vec<SegmentRef>) -> Result
             meta: meta.clone(),
             granules: None,
         };
-        let stream = crate::scan::read_part(&part, &request, None, 64 * 1024, &inner.storage, &inner.caches).await?;
+        let stream = crate::scan::read_part(
+            &part,
+            &request,
+            None,
+            64 * 1024,
+            &inner.storage,
+            &inner.caches,
+        )
+        .await?;
         let mut got: Vec<_> = stream.try_collect().await?;
         batches.append(&mut got);
     }
@@ -225,7 +245,15 @@ async fn merge(inner: &Inner, signal: Signal, inputs: Vec<SegmentRef>) -> Result
     let shard = inputs[0].shard;
     let cfg = inner.config.clone();
     let built = tokio::task::spawn_blocking(move || {
-        build_segment(signal, shard, level, &batches, cfg.granule_rows, cfg.row_group_rows, &cfg.data_dir)
+        build_segment(
+            signal,
+            shard,
+            level,
+            &batches,
+            cfg.granule_rows,
+            cfg.row_group_rows,
+            &cfg.data_dir,
+        )
     })
     .await
     .map_err(|e| StoreError::Invalid {
@@ -234,14 +262,22 @@ async fn merge(inner: &Inner, signal: Signal, inputs: Vec<SegmentRef>) -> Result
     let removed: Vec<String> = inputs.iter().map(|s| s.id.clone()).collect();
     let Some(seg) = built else {
         // Inputs held no rows: just drop them.
-        inner.catalog.commit(CatalogChange::Remove { removed: removed.clone() }).await?;
+        inner
+            .catalog
+            .commit(CatalogChange::Remove {
+                removed: removed.clone(),
+            })
+            .await?;
         swap_segments(inner, signal, &removed, None);
         return Ok(());
     };
     let expected: u64 = inputs.iter().map(|s| s.rows).sum();
     if seg.meta.rows != expected {
         return Err(StoreError::Invalid {
-            reason: format!("merge produced {} rows from {expected}; not committing", seg.meta.rows),
+            reason: format!(
+                "merge produced {} rows from {expected}; not committing",
+                seg.meta.rows
+            ),
         });
     }
     inner.storage.put(&seg.meta.data_path, seg.data).await?;
@@ -263,13 +299,21 @@ async fn merge(inner: &Inner, signal: Signal, inputs: Vec<SegmentRef>) -> Result
     let rows = meta.rows;
     swap_segments(inner, signal, &removed, Some(meta));
     inner.metrics.compactions.inc();
-    inner.metrics.compaction_seconds.observe(started.elapsed().as_secs_f64());
+    inner
+        .metrics
+        .compaction_seconds
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(%signal, inputs = removed.len(), rows, level, elapsed_ms = started.elapsed().as_millis() as u64, "merged segments");
     Ok(())
 }
 
 /// Replaces segments in the read state (one lock) and queues the removed ones for deletion.
-fn swap_segments(inner: &Inner, signal: Signal, removed: &[String], added: Option<crate::SegmentMeta>) {
+fn swap_segments(
+    inner: &Inner,
+    signal: Signal,
+    removed: &[String],
+    added: Option<crate::SegmentMeta>,
+) {
     let mut gone = Vec::new();
     {
         let mut st = inner.state.write();
@@ -287,7 +331,10 @@ fn swap_segments(inner: &Inner, signal: Signal, removed: &[String], added: Optio
         }
     }
     let now = Instant::now();
-    inner.pending_deletes.lock().extend(gone.into_iter().map(|s| (s, now)));
+    inner
+        .pending_deletes
+        .lock()
+        .extend(gone.into_iter().map(|s| (s, now)));
 }
 
 /// Drops segments whose newest row is older than their signal's retention.
@@ -302,15 +349,28 @@ pub(crate) async fn retention(inner: &Inner) -> Result<usize, StoreError> {
             .read()
             .segments
             .get(signal)
-            .map(|v| v.iter().filter(|s| s.max_time < cutoff).map(|s| s.id.clone()).collect())
+            .map(|v| {
+                v.iter()
+                    .filter(|s| s.max_time < cutoff)
+                    .map(|s| s.id.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         if expired.is_empty() {
             continue;
         }
-        inner.catalog.commit(CatalogChange::Remove { removed: expired.clone() }).await?;
+        inner
+            .catalog
+            .commit(CatalogChange::Remove {
+                removed: expired.clone(),
+            })
+            .await?;
         swap_segments(inner, *signal, &expired, None);
         dropped += expired.len();
-        inner.metrics.retention_deleted_segments.inc_by(expired.len() as u64);
+        inner
+            .metrics
+            .retention_deleted_segments
+            .inc_by(expired.len() as u64);
         tracing::info!(%signal, segments = expired.len(), "dropped expired segments");
     }
     Ok(dropped)
@@ -321,9 +381,9 @@ pub(crate) async fn delete_pending(inner: &Inner, ignore_grace: bool) -> Result<
     let ready: Vec<SegmentRef> = {
         let mut pending = inner.pending_deletes.lock();
         let grace = inner.config.deletion_grace;
-        let (ready, keep): (Vec<_>, Vec<_>) = pending
-            .drain(..)
-            .partition(|(s, at)| Arc::strong_count(s) == 1 && (ignore_grace || at.elapsed() >= grace));
+        let (ready, keep): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(s, at)| {
+            Arc::strong_count(s) == 1 && (ignore_grace || at.elapsed() >= grace)
+        });
         *pending = keep;
         ready.into_iter().map(|(s, _)| s).collect()
     };
@@ -352,7 +412,13 @@ async fn delete_orphans(inner: &Inner) -> Result<usize, StoreError> {
             .values()
             .flat_map(|v| v.iter())
             .flat_map(|s| [s.data_path.clone(), s.index_path.clone()])
-            .chain(inner.pending_deletes.lock().iter().flat_map(|(s, _)| [s.data_path.clone(), s.index_path.clone()]))
+            .chain(
+                inner
+                    .pending_deletes
+                    .lock()
+                    .iter()
+                    .flat_map(|(s, _)| [s.data_path.clone(), s.index_path.clone()]),
+            )
             .collect()
     };
     let cutoff = now_unix_ms() as i64 - ORPHAN_AGE.as_millis() as i64;

@@ -84,7 +84,12 @@ pub struct ReadState {
 
 impl ReadState {
     /// In-memory batches of `signal` across all shards that overlap the time range.
-    pub fn memory_batches(&self, signal: Signal, start: Option<i64>, end: Option<i64>) -> Vec<RecordBatch> {
+    pub fn memory_batches(
+        &self,
+        signal: Signal,
+        start: Option<i64>,
+        end: Option<i64>,
+    ) -> Vec<RecordBatch> {
         let mut out = Vec::new();
         for shard in self.shards.values() {
             let tables = shard
@@ -94,7 +99,11 @@ impl ReadState {
                 .chain(std::iter::once(&shard.active));
             for t in tables {
                 if let Some(bs) = t.batches.get(&signal) {
-                    out.extend(bs.iter().filter(|b| b.overlaps(start, end)).map(|b| b.batch.clone()));
+                    out.extend(
+                        bs.iter()
+                            .filter(|b| b.overlaps(start, end))
+                            .map(|b| b.batch.clone()),
+                    );
                 }
             }
         }

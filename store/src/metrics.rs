@@ -75,38 +75,122 @@ impl StoreMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = StoreMetrics::default();
         let r = registry.sub_registry_with_prefix("oxeye_store");
-        r.register("ingested_rows", "Rows made durable", m.ingested_rows.clone());
-        r.register("ingested_bytes", "Arrow bytes made durable", m.ingested_bytes.clone());
-        r.register("wal_bytes", "Bytes appended to WAL files", m.wal_bytes.clone());
-        r.register("wal_fsyncs", "WAL group commits (one fsync each)", m.wal_fsyncs.clone());
-        r.register("wal_fsync_seconds", "Time to append and fsync one WAL group", m.wal_fsync_seconds.clone());
-        r.register("wal_group_size", "Writes sharing one WAL fsync", m.wal_group_size.clone());
-        r.register("wal_tails_cut", "Torn or corrupt WAL tails cut off during replay", m.wal_tails_cut.clone());
-        r.register("memtable_bytes", "Unflushed bytes in memtables", m.memtable_bytes.clone());
-        r.register("flushes", "Memtables flushed to segments", m.flushes.clone());
-        r.register("flush_seconds", "Time to flush one memtable", m.flush_seconds.clone());
-        r.register("flush_failures", "Flush attempts that failed (retried later)", m.flush_failures.clone());
+        r.register(
+            "ingested_rows",
+            "Rows made durable",
+            m.ingested_rows.clone(),
+        );
+        r.register(
+            "ingested_bytes",
+            "Arrow bytes made durable",
+            m.ingested_bytes.clone(),
+        );
+        r.register(
+            "wal_bytes",
+            "Bytes appended to WAL files",
+            m.wal_bytes.clone(),
+        );
+        r.register(
+            "wal_fsyncs",
+            "WAL group commits (one fsync each)",
+            m.wal_fsyncs.clone(),
+        );
+        r.register(
+            "wal_fsync_seconds",
+            "Time to append and fsync one WAL group",
+            m.wal_fsync_seconds.clone(),
+        );
+        r.register(
+            "wal_group_size",
+            "Writes sharing one WAL fsync",
+            m.wal_group_size.clone(),
+        );
+        r.register(
+            "wal_tails_cut",
+            "Torn or corrupt WAL tails cut off during replay",
+            m.wal_tails_cut.clone(),
+        );
+        r.register(
+            "memtable_bytes",
+            "Unflushed bytes in memtables",
+            m.memtable_bytes.clone(),
+        );
+        r.register(
+            "flushes",
+            "Memtables flushed to segments",
+            m.flushes.clone(),
+        );
+        r.register(
+            "flush_seconds",
+            "Time to flush one memtable",
+            m.flush_seconds.clone(),
+        );
+        r.register(
+            "flush_failures",
+            "Flush attempts that failed (retried later)",
+            m.flush_failures.clone(),
+        );
         r.register("segments", "Committed segments", m.segments.clone());
-        r.register("segment_bytes", "Bytes of committed segments (data and index)", m.segment_bytes.clone());
-        r.register("segment_rows", "Rows in committed segments", m.segment_rows.clone());
-        r.register("compactions", "Segment merges committed", m.compactions.clone());
-        r.register("compaction_seconds", "Time of one merge", m.compaction_seconds.clone());
-        r.register("compaction_failures", "Merges that failed or lost a race", m.compaction_failures.clone());
+        r.register(
+            "segment_bytes",
+            "Bytes of committed segments (data and index)",
+            m.segment_bytes.clone(),
+        );
+        r.register(
+            "segment_rows",
+            "Rows in committed segments",
+            m.segment_rows.clone(),
+        );
+        r.register(
+            "compactions",
+            "Segment merges committed",
+            m.compactions.clone(),
+        );
+        r.register(
+            "compaction_seconds",
+            "Time of one merge",
+            m.compaction_seconds.clone(),
+        );
+        r.register(
+            "compaction_failures",
+            "Merges that failed or lost a race",
+            m.compaction_failures.clone(),
+        );
         r.register(
             "retention_deleted_segments",
             "Segments deleted because they expired",
             m.retention_deleted_segments.clone(),
         );
-        r.register("disk_available_bytes", "Free bytes on the data disk", m.disk_available_bytes.clone());
+        r.register(
+            "disk_available_bytes",
+            "Free bytes on the data disk",
+            m.disk_available_bytes.clone(),
+        );
         r.register(
             "writes_refused_disk",
             "Writes refused because the disk was nearly full",
             m.writes_refused_disk.clone(),
         );
-        r.register("index_searches", "Segment index lookups", m.index_searches.clone());
-        r.register("index_cache_bytes", "Bytes of opened segment indexes in memory", m.index_cache_bytes.clone());
-        r.register("scan_segments_pruned", "Segments skipped by time or index", m.scan_segments_pruned.clone());
-        r.register("scan_segments_read", "Segments read by scans", m.scan_segments_read.clone());
+        r.register(
+            "index_searches",
+            "Segment index lookups",
+            m.index_searches.clone(),
+        );
+        r.register(
+            "index_cache_bytes",
+            "Bytes of opened segment indexes in memory",
+            m.index_cache_bytes.clone(),
+        );
+        r.register(
+            "scan_segments_pruned",
+            "Segments skipped by time or index",
+            m.scan_segments_pruned.clone(),
+        );
+        r.register(
+            "scan_segments_read",
+            "Segments read by scans",
+            m.scan_segments_read.clone(),
+        );
         m
     }
 }

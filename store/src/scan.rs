@@ -14,15 +14,17 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use oxeye_model::Signal;
 use parking_lot::Mutex;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::statistics::Statistics;
 
+use crate::StoreError;
 use crate::index::{IndexPredicate, SegmentIndex};
 use crate::segment::SegmentRef;
 use crate::storage::{ObjectFileReader, Storage};
-use crate::StoreError;
 
 /// What to scan.
 #[derive(Debug, Clone)]
@@ -107,7 +109,11 @@ impl Caches {
         *self.index_bytes.lock()
     }
 
-    pub async fn index(&self, storage: &Storage, meta: &SegmentRef) -> Result<Arc<SegmentIndex>, StoreError> {
+    pub async fn index(
+        &self,
+        storage: &Storage,
+        meta: &SegmentRef,
+    ) -> Result<Arc<SegmentIndex>, StoreError> {
         if let Some(ix) = self.indexes.lock().get(&meta.id) {
             return Ok(ix.clone());
         }
@@ -120,7 +126,9 @@ impl Caches {
         let mut total = self.index_bytes.lock();
         // Evict arbitrary entries until the new one fits (indexes are cheap to reopen).
         while *total + ix.bytes > self.index_budget && !map.is_empty() {
-            let Some(victim) = map.keys().next().cloned() else { break };
+            let Some(victim) = map.keys().next().cloned() else {
+                break;
+            };
             if let Some(v) = map.remove(&victim) {
                 *total -= v.bytes;
             }
@@ -130,7 +138,11 @@ impl Caches {
         Ok(ix)
     }
 
-    pub async fn footer(&self, storage: &Storage, meta: &SegmentRef) -> Result<ArrowReaderMetadata, StoreError> {
+    pub async fn footer(
+        &self,
+        storage: &Storage,
+        meta: &SegmentRef,
+    ) -> Result<ArrowReaderMetadata, StoreError> {
         if let Some(m) = self.footers.lock().get(&meta.id) {
             return Ok(m.clone());
         }
@@ -138,7 +150,9 @@ impl Caches {
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
         let footer = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
-            .map_err(|e| StoreError::parquet(format!("reading the footer of segment {}", meta.id), e))?;
+            .map_err(|e| {
+                StoreError::parquet(format!("reading the footer of segment {}", meta.id), e)
+            })?;
         let mut map = self.footers.lock();
         if map.len() >= self.footer_budget
             && let Some(victim) = map.keys().next().cloned()
@@ -161,7 +175,10 @@ fn plan_row_groups(
 ) -> (Vec<usize>, RowSelection) {
     let md = footer.metadata();
     let schema = md.file_metadata().schema_descr();
-    let time_idx = schema.columns().iter().position(|c| c.path().string() == time_column);
+    let time_idx = schema
+        .columns()
+        .iter()
+        .position(|c| c.path().string() == time_column);
     let mut groups = Vec::new();
     let mut selectors: Vec<RowSelector> = Vec::new();
     let mut first_row = 0usize;
@@ -169,9 +186,14 @@ fn plan_row_groups(
     for (i, rg) in md.row_groups().iter().enumerate() {
         let rows = rg.num_rows() as usize;
         let last_row = first_row + rows;
-        let in_time = match (time_idx.and_then(|c| rg.column(c).statistics()), start.is_some() || end.is_some()) {
+        let in_time = match (
+            time_idx.and_then(|c| rg.column(c).statistics()),
+            start.is_some() || end.is_some(),
+        ) {
             (Some(Statistics::Int64(s)), true) => match (s.min_opt(), s.max_opt()) {
-                (Some(min), Some(max)) => start.is_none_or(|st| *max >= st) && end.is_none_or(|en| *min < en),
+                (Some(min), Some(max)) => {
+                    start.is_none_or(|st| *max >= st) && end.is_none_or(|en| *min < en)
+                }
                 _ => true,
             },
             _ => true,
@@ -215,7 +237,9 @@ fn plan_row_groups(
                 }
             }
         } else if let Some(gs) = granules {
-            while next_granule < gs.len() && (gs[next_granule] as usize + 1) * granule_rows <= last_row {
+            while next_granule < gs.len()
+                && (gs[next_granule] as usize + 1) * granule_rows <= last_row
+            {
                 next_granule += 1;
             }
         }
@@ -227,7 +251,9 @@ fn plan_row_groups(
 /// Applies a projection (storage-schema column indices) to an in-memory batch.
 fn project(batch: &RecordBatch, projection: Option<&[usize]>) -> Result<RecordBatch, StoreError> {
     match projection {
-        Some(p) => batch.project(p).map_err(|e| StoreError::arrow("projecting memory rows", e)),
+        Some(p) => batch
+            .project(p)
+            .map_err(|e| StoreError::arrow("projecting memory rows", e)),
         None => Ok(batch.clone()),
     }
 }
@@ -271,7 +297,11 @@ pub(crate) async fn plan(
     if !memory.is_empty() {
         parts.push(ScanPart::Memory { batches: memory });
     }
-    Ok(ScanPlan { request, parts, stats })
+    Ok(ScanPlan {
+        request,
+        parts,
+        stats,
+    })
 }
 
 /// Reads one part. `projection` holds column indices of the signal's storage schema.
@@ -285,8 +315,10 @@ pub(crate) async fn read_part(
 ) -> Result<BoxStream<'static, Result<RecordBatch, StoreError>>, StoreError> {
     match part {
         ScanPart::Memory { batches } => {
-            let out: Vec<Result<RecordBatch, StoreError>> =
-                batches.iter().map(|b| project(b, projection.as_deref())).collect();
+            let out: Vec<Result<RecordBatch, StoreError>> = batches
+                .iter()
+                .map(|b| project(b, projection.as_deref()))
+                .collect();
             Ok(stream::iter(out).boxed())
         }
         ScanPart::Segment { meta, granules } => {
@@ -324,12 +356,17 @@ pub(crate) async fn read_part(
 }
 
 /// The schema a projection of `signal` produces.
-pub fn projected_schema(signal: Signal, projection: Option<&[usize]>) -> Result<SchemaRef, StoreError> {
+pub fn projected_schema(
+    signal: Signal,
+    projection: Option<&[usize]>,
+) -> Result<SchemaRef, StoreError> {
     let schema = signal.schema();
     match projection {
-        Some(p) => Ok(Arc::new(
-            schema.project(p).map_err(|e| StoreError::arrow("projecting a schema", e))?,
-        )),
+        Some(p) => {
+            Ok(Arc::new(schema.project(p).map_err(|e| {
+                StoreError::arrow("projecting a schema", e)
+            })?))
+        }
         None => Ok(schema),
     }
 }

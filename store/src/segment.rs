@@ -121,8 +121,8 @@ pub fn sort_for_segment(signal: Signal, batch: &RecordBatch) -> Result<RecordBat
     if columns.is_empty() || batch.num_rows() <= 1 {
         return Ok(batch.clone());
     }
-    let indices: UInt32Array =
-        lexsort_to_indices(&columns, None).map_err(|e| StoreError::arrow("sorting a segment", e))?;
+    let indices: UInt32Array = lexsort_to_indices(&columns, None)
+        .map_err(|e| StoreError::arrow("sorting a segment", e))?;
     take_record_batch(batch, &indices).map_err(|e| StoreError::arrow("reordering a segment", e))
 }
 
@@ -137,7 +137,11 @@ pub fn time_range(signal: Signal, batch: &RecordBatch) -> Option<(i64, i64)> {
 }
 
 /// Parquet settings for a segment of `signal`.
-pub fn writer_properties(signal: Signal, granule_rows: usize, row_group_rows: usize) -> WriterProperties {
+pub fn writer_properties(
+    signal: Signal,
+    granule_rows: usize,
+    row_group_rows: usize,
+) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
         .set_statistics_enabled(EnabledStatistics::Page)
@@ -145,7 +149,10 @@ pub fn writer_properties(signal: Signal, granule_rows: usize, row_group_rows: us
         .set_data_page_row_count_limit(granule_rows)
         .set_write_batch_size(granule_rows)
         .set_key_value_metadata(Some(vec![
-            KeyValue::new("oxeye.segment_format".into(), SEGMENT_FORMAT_VERSION.to_string()),
+            KeyValue::new(
+                "oxeye.segment_format".into(),
+                SEGMENT_FORMAT_VERSION.to_string(),
+            ),
             KeyValue::new("oxeye.signal".into(), signal.table_name().to_string()),
         ]));
     if matches!(signal, Signal::Spans | Signal::Logs) {
@@ -236,7 +243,11 @@ pub fn build_segment(
 }
 
 /// Granule numbers -> the row selection that reads only them.
-pub fn granules_to_selection(granules: &[u32], granule_rows: usize, total_rows: usize) -> parquet::arrow::arrow_reader::RowSelection {
+pub fn granules_to_selection(
+    granules: &[u32],
+    granule_rows: usize,
+    total_rows: usize,
+) -> parquet::arrow::arrow_reader::RowSelection {
     use parquet::arrow::arrow_reader::RowSelector;
     let mut selectors = Vec::new();
     let mut pos = 0usize;
@@ -273,7 +284,12 @@ mod tests {
     fn spans_sort_by_trace_then_time() {
         let b = spans_batch(0, 50).batch;
         let sorted = sort_for_segment(Signal::Spans, &b).unwrap();
-        let ids = sorted.column_by_name("trace_id").unwrap().as_any().downcast_ref::<FixedSizeBinaryArray>().unwrap();
+        let ids = sorted
+            .column_by_name("trace_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<FixedSizeBinaryArray>()
+            .unwrap();
         for i in 1..ids.len() {
             assert!(ids.value(i - 1) <= ids.value(i));
         }

@@ -19,13 +19,12 @@ use oxeye_model::ingest::{Ingest, IngestError};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::catalog::{CatalogChange, Metastore};
+use crate::catalog::CatalogChange;
 use crate::memtable::{Frozen, MemBatch, ReadState};
 use crate::metrics::StoreMetrics;
 use crate::segment::build_segment;
-use crate::storage::Storage;
 use crate::wal::{self, WalFile};
-use crate::{StoreConfig, StoreError};
+use crate::{Inner, StoreConfig, StoreError};
 
 /// Most appends one fsync covers.
 const MAX_GROUP: usize = 256;
@@ -57,14 +56,16 @@ pub(crate) fn open(
     metrics: StoreMetrics,
 ) -> Result<ShardHandle, StoreError> {
     let dir = config.data_dir.join("wal").join(format!("shard-{id:04}"));
-    std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("creating the WAL directory", &dir, e))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| StoreError::io("creating the WAL directory", &dir, e))?;
     let mut next_seq = flushed_wal_seq + 1;
     let mut replayed_rows = 0usize;
     for seq in wal::list(&dir)? {
         let path = dir.join(wal::file_name(seq));
         if seq <= flushed_wal_seq {
             // Its rows are already in committed segments; the flusher stopped before deleting it.
-            std::fs::remove_file(&path).map_err(|e| StoreError::io("deleting a flushed WAL file", &path, e))?;
+            std::fs::remove_file(&path)
+                .map_err(|e| StoreError::io("deleting a flushed WAL file", &path, e))?;
             continue;
         }
         let replayed = wal::replay_file(&path)?;
@@ -157,7 +158,9 @@ fn wal_thread(
                     .collect();
                 let bytes: usize = framed.iter().map(Vec::len).sum();
                 let result = file.append_durably(&framed);
-                metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+                metrics
+                    .wal_fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 metrics.wal_group_size.observe(group.len() as f64);
                 match result {
                     Ok(()) => {
@@ -188,7 +191,9 @@ fn wal_thread(
                         for c in group {
                             if let WalCommand::Append { ack, .. } = c {
                                 let err = if disk_full {
-                                    StoreError::Overloaded(format!("the WAL disk is full: {message}"))
+                                    StoreError::Overloaded(format!(
+                                        "the WAL disk is full: {message}"
+                                    ))
                                 } else {
                                     StoreError::Invalid {
                                         reason: format!("WAL write failed: {message}"),
@@ -205,7 +210,12 @@ fn wal_thread(
     tracing::debug!(shard = id, "WAL thread stopped");
 }
 
-fn seal(id: u32, dir: &std::path::Path, file: &mut WalFile, state: &Arc<RwLock<ReadState>>) -> Result<Option<u64>, StoreError> {
+fn seal(
+    id: u32,
+    dir: &std::path::Path,
+    file: &mut WalFile,
+    state: &Arc<RwLock<ReadState>>,
+) -> Result<Option<u64>, StoreError> {
     {
         let st = state.read();
         if st.shards.get(&id).is_none_or(|m| m.active.is_empty()) {
@@ -317,13 +327,9 @@ impl Ingest for ShardSink {
 
 /// Seals the shard's memtable (if it has rows) and flushes every frozen memtable, oldest first.
 pub(crate) async fn flush_shard(
+    inner: &Inner,
     id: u32,
     tx: &mpsc::Sender<WalCommand>,
-    state: &Arc<RwLock<ReadState>>,
-    catalog: &Arc<dyn Metastore>,
-    storage: &Storage,
-    config: &Arc<StoreConfig>,
-    metrics: &StoreMetrics,
     seal_first: bool,
 ) -> Result<(), StoreError> {
     if seal_first {
@@ -334,21 +340,25 @@ pub(crate) async fn flush_shard(
         done.await.map_err(|_| StoreError::ShuttingDown)??;
     }
     loop {
-        let frozen = state.read().shards.get(&id).and_then(|m| m.frozen.first().cloned());
+        let frozen = inner
+            .state
+            .read()
+            .shards
+            .get(&id)
+            .and_then(|m| m.frozen.first().cloned());
         let Some(frozen) = frozen else { return Ok(()) };
-        flush_frozen(id, &frozen, state, catalog, storage, config, metrics).await?;
+        flush_frozen(inner, id, &frozen).await?;
     }
 }
 
-async fn flush_frozen(
-    id: u32,
-    frozen: &Arc<Frozen>,
-    state: &Arc<RwLock<ReadState>>,
-    catalog: &Arc<dyn Metastore>,
-    storage: &Storage,
-    config: &Arc<StoreConfig>,
-    metrics: &StoreMetrics,
-) -> Result<(), StoreError> {
+async fn flush_frozen(inner: &Inner, id: u32, frozen: &Arc<Frozen>) -> Result<(), StoreError> {
+    let (state, catalog, storage, config, metrics) = (
+        &inner.state,
+        &inner.catalog,
+        &inner.storage,
+        &inner.config,
+        &inner.metrics,
+    );
     let started = Instant::now();
     let mut built = Vec::new();
     for (signal, batches) in &frozen.memtable.batches {
@@ -356,7 +366,15 @@ async fn flush_frozen(
         let batches: Vec<_> = batches.iter().map(|b| b.batch.clone()).collect();
         let cfg = config.clone();
         let seg = tokio::task::spawn_blocking(move || {
-            build_segment(signal, id, 0, &batches, cfg.granule_rows, cfg.row_group_rows, &cfg.data_dir)
+            build_segment(
+                signal,
+                id,
+                0,
+                &batches,
+                cfg.granule_rows,
+                cfg.row_group_rows,
+                &cfg.data_dir,
+            )
         })
         .await
         .map_err(|e| StoreError::Invalid {
@@ -379,7 +397,10 @@ async fn flush_frozen(
     {
         let mut st = state.write();
         for meta in built.iter() {
-            st.segments.entry(meta.signal).or_default().push(Arc::new(meta.clone()));
+            st.segments
+                .entry(meta.signal)
+                .or_default()
+                .push(Arc::new(meta.clone()));
         }
         if let Some(mem) = st.shards.get_mut(&id) {
             mem.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
@@ -392,7 +413,8 @@ async fn flush_frozen(
         for seq in wal::list(&dir)? {
             if seq <= sealed {
                 let p = dir.join(wal::file_name(seq));
-                std::fs::remove_file(&p).map_err(|e| StoreError::io("deleting a flushed WAL file", &p, e))?;
+                std::fs::remove_file(&p)
+                    .map_err(|e| StoreError::io("deleting a flushed WAL file", &p, e))?;
             }
         }
         Ok(())
@@ -402,7 +424,9 @@ async fn flush_frozen(
         reason: format!("WAL cleanup task failed: {e}"),
     })??;
     metrics.flushes.inc();
-    metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+    metrics
+        .flush_seconds
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(
         shard = id,
         segments = built.len(),

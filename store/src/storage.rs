@@ -24,7 +24,8 @@ pub struct Storage {
 impl Storage {
     /// Objects under a local directory.
     pub fn local(root: &Path) -> Result<Storage, StoreError> {
-        std::fs::create_dir_all(root).map_err(|e| StoreError::io("creating the object directory", root, e))?;
+        std::fs::create_dir_all(root)
+            .map_err(|e| StoreError::io("creating the object directory", root, e))?;
         let store = LocalFileSystem::new_with_prefix(root)
             .map_err(|e| StoreError::object_store(format!("opening {}", root.display()), e))?;
         Ok(Storage {
@@ -59,10 +60,15 @@ impl Storage {
         self.store
             .put(&Self::path(path), PutPayload::from(bytes))
             .await
-            .map_err(|e| StoreError::object_store(format!("writing {path} to {}", self.description), e))?;
+            .map_err(|e| {
+                StoreError::object_store(format!("writing {path} to {}", self.description), e)
+            })?;
         if let Some(root) = &self.local_root {
             let file = root.join(path);
-            let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
+            let dir = file
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| root.clone());
             tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
                 std::fs::File::open(&file)
                     .and_then(|f| f.sync_all())
@@ -92,7 +98,10 @@ impl Storage {
     pub async fn delete(&self, path: &str) -> Result<(), StoreError> {
         match self.store.delete(&Self::path(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(StoreError::object_store(format!("deleting {path} from {}", self.description), e)),
+            Err(e) => Err(StoreError::object_store(
+                format!("deleting {path} from {}", self.description),
+                e,
+            )),
         }
     }
 
@@ -104,7 +113,9 @@ impl Storage {
             .list(Some(&Self::path(prefix)))
             .try_collect()
             .await
-            .map_err(|e| StoreError::object_store(format!("listing {prefix} in {}", self.description), e))?;
+            .map_err(|e| {
+                StoreError::object_store(format!("listing {prefix} in {}", self.description), e)
+            })?;
         Ok(items
             .into_iter()
             .map(|m| (m.location.to_string(), m.last_modified.timestamp_millis()))
@@ -140,7 +151,10 @@ impl parquet::arrow::async_reader::AsyncFileReader for ObjectFileReader {
         range: std::ops::Range<u64>,
     ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Bytes>> {
         use futures::{FutureExt, TryFutureExt};
-        self.store.get_range(&self.path, range).map_err(parquet_err).boxed()
+        self.store
+            .get_range(&self.path, range)
+            .map_err(parquet_err)
+            .boxed()
     }
 
     fn get_byte_ranges(
@@ -148,13 +162,22 @@ impl parquet::arrow::async_reader::AsyncFileReader for ObjectFileReader {
         ranges: Vec<std::ops::Range<u64>>,
     ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         use futures::FutureExt;
-        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(parquet_err) }.boxed()
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(parquet_err)
+        }
+        .boxed()
     }
 
     fn get_metadata<'a>(
         &'a mut self,
         options: Option<&'a parquet::arrow::arrow_reader::ArrowReaderOptions>,
-    ) -> futures::future::BoxFuture<'a, parquet::errors::Result<Arc<parquet::file::metadata::ParquetMetaData>>> {
+    ) -> futures::future::BoxFuture<
+        'a,
+        parquet::errors::Result<Arc<parquet::file::metadata::ParquetMetaData>>,
+    > {
         use futures::FutureExt;
         async move {
             let size = self.size;

@@ -1,12 +1,12 @@
 //! Batches for unit tests.
 
+use oxeye_model::SignalBatch;
 use oxeye_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use oxeye_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use oxeye_model::otlp::common::v1::{AnyValue, KeyValue, any_value::Value};
 use oxeye_model::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use oxeye_model::otlp::resource::v1::Resource;
 use oxeye_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use oxeye_model::SignalBatch;
 
 pub fn kv(k: &str, v: &str) -> KeyValue {
     KeyValue {

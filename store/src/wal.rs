@@ -35,7 +35,8 @@ const MAX_RECORD_BYTES: u32 = 1 << 30;
 
 /// Encodes the payload of one record.
 pub fn encode_record(batches: &[SignalBatch]) -> Result<Vec<u8>, StoreError> {
-    let mut payload = Vec::with_capacity(batches.iter().map(|b| b.memory_size()).sum::<usize>() + 16);
+    let mut payload =
+        Vec::with_capacity(batches.iter().map(|b| b.memory_size()).sum::<usize>() + 16);
     payload.push(RECORD_KIND_INGEST);
     let count = u16::try_from(batches.len()).map_err(|_| StoreError::Invalid {
         reason: format!("{} batches in one write; at most 65535", batches.len()),
@@ -91,7 +92,10 @@ pub fn list(dir: &Path) -> Result<Vec<u64>, StoreError> {
         let entry = entry.map_err(|e| StoreError::io("listing the WAL directory", dir, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if let Some(seq) = name.strip_suffix(".wal").and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(seq) = name
+            .strip_suffix(".wal")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             seqs.push(seq);
         }
     }
@@ -150,7 +154,10 @@ pub fn replay_file(path: &Path) -> Result<Replayed, StoreError> {
             let size = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
             let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
             if size > MAX_RECORD_BYTES || offset + 8 + u64::from(size) > len {
-                out.cut = Some(cut(offset, format!("record of {size} bytes runs past the end of the file")));
+                out.cut = Some(cut(
+                    offset,
+                    format!("record of {size} bytes runs past the end of the file"),
+                ));
                 break;
             }
             let mut payload = vec![0u8; size as usize];
@@ -210,11 +217,18 @@ fn parse_record(payload: &[u8]) -> Result<Vec<SignalBatch>, String> {
     for _ in 0..count {
         need(pos, 5)?;
         let code = payload[pos];
-        let signal = Signal::from_code(code).ok_or_else(|| format!("unknown signal code {code}"))?;
-        let len = u32::from_le_bytes([payload[pos + 1], payload[pos + 2], payload[pos + 3], payload[pos + 4]]) as usize;
+        let signal =
+            Signal::from_code(code).ok_or_else(|| format!("unknown signal code {code}"))?;
+        let len = u32::from_le_bytes([
+            payload[pos + 1],
+            payload[pos + 2],
+            payload[pos + 3],
+            payload[pos + 4],
+        ]) as usize;
         pos += 5;
         need(pos, len)?;
-        let reader = StreamReader::try_new(&payload[pos..pos + len], None).map_err(|e| e.to_string())?;
+        let reader =
+            StreamReader::try_new(&payload[pos..pos + len], None).map_err(|e| e.to_string())?;
         for batch in reader {
             let batch = batch.map_err(|e| e.to_string())?;
             if batch.schema().fields() != signal.schema().fields() {
@@ -238,7 +252,8 @@ pub struct WalFile {
 impl WalFile {
     /// Creates a new, empty WAL file (its header is synced with the directory entry).
     pub fn create(dir: &Path, seq: u64) -> Result<WalFile, StoreError> {
-        fs::create_dir_all(dir).map_err(|e| StoreError::io("creating the WAL directory", dir, e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io("creating the WAL directory", dir, e))?;
         let path = dir.join(file_name(seq));
         let mut file = OpenOptions::new()
             .create_new(true)
@@ -305,7 +320,10 @@ mod tests {
 
     fn write(dir: &Path, seq: u64, records: &[Vec<SignalBatch>]) -> PathBuf {
         let mut f = WalFile::create(dir, seq).unwrap();
-        let framed: Vec<_> = records.iter().map(|r| frame(&encode_record(r).unwrap())).collect();
+        let framed: Vec<_> = records
+            .iter()
+            .map(|r| frame(&encode_record(r).unwrap()))
+            .collect();
         f.append_durably(&framed).unwrap();
         dir.join(file_name(seq))
     }
@@ -315,7 +333,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = spans_batch(0, 5);
         let b = spans_batch(100, 3);
-        let path = write(dir.path(), 1, &[vec![a.clone()], vec![b.clone(), a.clone()]]);
+        let path = write(
+            dir.path(),
+            1,
+            &[vec![a.clone()], vec![b.clone(), a.clone()]],
+        );
         let r = replay_file(&path).unwrap();
         assert!(r.cut.is_none());
         assert_eq!(r.records, 2);
@@ -329,7 +351,11 @@ mod tests {
     fn torn_and_corrupt_tails_are_cut_and_the_prefix_kept() {
         let dir = tempfile::tempdir().unwrap();
         let a = spans_batch(0, 4);
-        let path = write(dir.path(), 7, &[vec![a.clone()], vec![a.clone()], vec![a.clone()]]);
+        let path = write(
+            dir.path(),
+            7,
+            &[vec![a.clone()], vec![a.clone()], vec![a.clone()]],
+        );
         let full = fs::read(&path).unwrap();
         // Torn: cut the last record in half.
         fs::write(&path, &full[..full.len() - 50]).unwrap();

@@ -1,6 +1,8 @@
 //! The store end to end in one process: rows written through a shard sink come back, exactly
 //! once, through every read path (memtable, segment, compacted segment, after a restart).
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -12,8 +14,8 @@ use oxeye_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use oxeye_model::spans::{spans_from_otlp, spans_to_otlp};
 use oxeye_model::{Signal, SignalBatch};
 use oxeye_store::{IndexPredicate, ScanRequest, Store, StoreConfig};
-use proptest::prelude::*;
 use prometheus_client::registry::Registry;
+use proptest::prelude::*;
 use prost::Message;
 
 fn kv(k: &str, v: &str) -> KeyValue {
@@ -74,7 +76,9 @@ fn config(dir: &std::path::Path) -> StoreConfig {
 }
 
 async fn open(dir: &std::path::Path) -> Store {
-    Store::open_local(config(dir), &mut Registry::default()).await.unwrap()
+    Store::open_local(config(dir), &mut Registry::default())
+        .await
+        .unwrap()
 }
 
 async fn write(store: &Store, batch: SignalBatch) {
@@ -84,7 +88,13 @@ async fn write(store: &Store, batch: SignalBatch) {
 
 /// Every span in the store, as sorted protobuf bytes (one entry per row).
 async fn all_spans(store: &Store, request: ScanRequest) -> Vec<Vec<u8>> {
-    let batches: Vec<_> = store.scan(request, None).await.unwrap().try_collect().await.unwrap();
+    let batches: Vec<_> = store
+        .scan(request, None)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     let back = spans_to_otlp(&batches).unwrap();
     let mut out: Vec<Vec<u8>> = back
         .resource_spans
@@ -114,7 +124,11 @@ fn expected(batches: &[SignalBatch]) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn rows_come_back_exactly_once_through_every_path() {
     let dir = tempfile::tempdir().unwrap();
-    let written = vec![spans(0, 30, 5, "a"), spans(30, 60, 5, "b"), spans(60, 100, 3, "c")];
+    let written = vec![
+        spans(0, 30, 5, "a"),
+        spans(30, 60, 5, "b"),
+        spans(60, 100, 3, "c"),
+    ];
     let want = expected(&written);
     let store = open(dir.path()).await;
     for b in &written {
@@ -122,7 +136,10 @@ async fn rows_come_back_exactly_once_through_every_path() {
     }
     // Memtable only.
     assert!(store.all_segments().is_empty());
-    assert_eq!(all_spans(&store, ScanRequest::all(Signal::Spans)).await, want);
+    assert_eq!(
+        all_spans(&store, ScanRequest::all(Signal::Spans)).await,
+        want
+    );
 
     // Some rows flushed, some in memory.
     store.flush().await.unwrap();
@@ -130,7 +147,10 @@ async fn rows_come_back_exactly_once_through_every_path() {
     let mut want = want;
     want.extend(expected(&[spans(100, 110, 2, "d")]));
     want.sort();
-    assert_eq!(all_spans(&store, ScanRequest::all(Signal::Spans)).await, want);
+    assert_eq!(
+        all_spans(&store, ScanRequest::all(Signal::Spans)).await,
+        want
+    );
 
     // Flush again and compact the two segments into one.
     store.flush().await.unwrap();
@@ -139,13 +159,19 @@ async fn rows_come_back_exactly_once_through_every_path() {
     let segs = store.segments(Signal::Spans);
     assert_eq!(segs.len(), 1);
     assert_eq!(segs[0].level, 1);
-    assert_eq!(all_spans(&store, ScanRequest::all(Signal::Spans)).await, want);
+    assert_eq!(
+        all_spans(&store, ScanRequest::all(Signal::Spans)).await,
+        want
+    );
 
     // Clean restart.
     store.shutdown().await;
     drop(store);
     let store = open(dir.path()).await;
-    assert_eq!(all_spans(&store, ScanRequest::all(Signal::Spans)).await, want);
+    assert_eq!(
+        all_spans(&store, ScanRequest::all(Signal::Spans)).await,
+        want
+    );
 
     // Unflushed rows survive a restart through the WAL (the store is dropped without a flush).
     write(&store, spans(200, 205, 4, "e")).await;
@@ -153,7 +179,10 @@ async fn rows_come_back_exactly_once_through_every_path() {
     let store = open(dir.path()).await;
     want.extend(expected(&[spans(200, 205, 4, "e")]));
     want.sort();
-    assert_eq!(all_spans(&store, ScanRequest::all(Signal::Spans)).await, want);
+    assert_eq!(
+        all_spans(&store, ScanRequest::all(Signal::Spans)).await,
+        want
+    );
     store.shutdown().await;
 }
 
@@ -162,7 +191,11 @@ async fn index_and_time_pruning_find_what_they_should() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
     for i in 0..4u64 {
-        write(&store, spans(i * 100, i * 100 + 100, 8, &format!("svc-{i}"))).await;
+        write(
+            &store,
+            spans(i * 100, i * 100 + 100, 8, &format!("svc-{i}")),
+        )
+        .await;
         store.flush().await.unwrap();
     }
     // A trace by id, no time range: one segment, one or two granules.
@@ -184,8 +217,15 @@ async fn index_and_time_pruning_find_what_they_should() {
     assert!(plan.stats.granules_selected <= 2);
     let got = all_spans(&store, req).await;
     let want = expected(&[target]);
-    assert!(want.iter().all(|w| got.contains(w)), "every span of the trace is read");
-    assert!(got.len() <= 128, "only the trace's granules are read, got {}", got.len());
+    assert!(
+        want.iter().all(|w| got.contains(w)),
+        "every span of the trace is read"
+    );
+    assert!(
+        got.len() <= 128,
+        "only the trace's granules are read, got {}",
+        got.len()
+    );
 
     // Time pruning: the last segment covers traces 300..400.
     let start = 1_700_000_000_000_000_000i64 + 300 * 1_000_000;
@@ -256,7 +296,9 @@ async fn retention_drops_expired_segments_and_garbage_is_collected() {
     let mut cfg = config(dir.path());
     cfg.retention = BTreeMap::from([(Signal::Spans, Duration::from_secs(3600))]);
     cfg.deletion_grace = Duration::ZERO;
-    let store = Store::open_local(cfg, &mut Registry::default()).await.unwrap();
+    let store = Store::open_local(cfg, &mut Registry::default())
+        .await
+        .unwrap();
     // 2023 data: long expired.
     write(&store, spans(0, 10, 2, "old")).await;
     store.flush().await.unwrap();

@@ -10,8 +10,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import requests
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
@@ -130,11 +131,16 @@ class Oxeye:
         cmd = [
             str(self.binary),
             "serve",
-            "--data-dir", str(self.data_dir),
-            "--otlp-grpc-listen", self.grpc_addr,
-            "--otlp-http-listen", self.otlp_http_addr,
-            "--http-listen", self.api_addr,
-            "--pg-listen", self.pg_addr,
+            "--data-dir",
+            str(self.data_dir),
+            "--otlp-grpc-listen",
+            self.grpc_addr,
+            "--otlp-http-listen",
+            self.otlp_http_addr,
+            "--http-listen",
+            self.api_addr,
+            "--pg-listen",
+            self.pg_addr,
         ]
         for name, value in self.flags.items():
             cmd += [f"--{name.replace('_', '-')}", str(value)]
@@ -181,7 +187,7 @@ class Oxeye:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"oxeye did not exit within {self.STOP_TIMEOUT}s of SIGTERM")
+            raise AssertionError(f"oxeye did not exit within {self.STOP_TIMEOUT}s of SIGTERM") from None
         self.session.close()
         assert code == 0, f"oxeye exited with {code} after SIGTERM:\n{self.log_tail()}"
         return code
@@ -191,10 +197,6 @@ class Oxeye:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
         self.session.close()
-
-    def restart(self, hard: bool = False) -> None:
-        self.kill9() if hard else self.stop()
-        self.start()
 
     def cleanup(self) -> str | None:
         """Teardown: whatever state the process is in, it is gone afterwards. Returns a problem
@@ -242,12 +244,35 @@ class Oxeye:
 
     def sql_dicts(self, query: str) -> list[dict[str, Any]]:
         columns, rows = self.sql(query)
-        return [dict(zip(columns, row)) for row in rows]
+        return [dict(zip(columns, row, strict=True)) for row in rows]
 
     def sql_value(self, query: str) -> Any:
         _, rows = self.sql(query)
         assert len(rows) == 1 and len(rows[0]) == 1, f"expected one value from {query!r}, got {rows}"
         return rows[0][0]
+
+    def wait_rows(self, query: str, n: int, timeout: float = 30) -> list[dict[str, Any]]:
+        """Polls `query` until it returns `n` rows (as dicts); fails at once if more appear."""
+
+        def probe():
+            rows = self.sql_dicts(query)
+            assert len(rows) <= n, f"more rows than expected ({len(rows)} > {n}): {rows}"
+            return rows if len(rows) == n else None
+
+        return wait_until(probe, timeout=timeout, what=f"{n} rows from {query!r}")
+
+    def wait_span_count(self, where: str, n: int, timeout: float = 30) -> None:
+        """Polls until exactly `n` spans, all distinct, match `where`."""
+        wait_until(lambda: self.span_count(where) == (n, n), timeout=timeout, what=f"{n} spans where {where}")
+
+    def wait_trace(self, trace_id: str, span_count: int, timeout: float = 30) -> dict:
+        """Polls the trace API until the trace has `span_count` spans; returns it."""
+
+        def probe():
+            t = self.trace(trace_id)
+            return t if t and t["span_count"] == span_count else None
+
+        return wait_until(probe, timeout=timeout, what=f"trace {trace_id} with {span_count} spans")
 
     def trace(self, trace_id: str, fmt: str | None = None) -> dict | None:
         """The trace API's JSON, or None on 404."""
@@ -302,7 +327,10 @@ class Oxeye:
 EXPORTS = {
     trace_service_pb2.ExportTraceServiceRequest: ("traces", trace_service_pb2.ExportTraceServiceResponse),
     logs_service_pb2.ExportLogsServiceRequest: ("logs", logs_service_pb2.ExportLogsServiceResponse),
-    metrics_service_pb2.ExportMetricsServiceRequest: ("metrics", metrics_service_pb2.ExportMetricsServiceResponse),
+    metrics_service_pb2.ExportMetricsServiceRequest: (
+        "metrics",
+        metrics_service_pb2.ExportMetricsServiceResponse,
+    ),
 }
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
@@ -376,6 +404,10 @@ def span(
     )
 
 
+def service_resource(service: str, extra: dict[str, Any] | None = None) -> resource_pb2.Resource:
+    return resource_pb2.Resource(attributes=key_values({"service.name": service, **(extra or {})}))
+
+
 def trace_request(
     spans: Iterable[trace_pb2.Span],
     service: str = "e2e",
@@ -385,7 +417,7 @@ def trace_request(
     return trace_service_pb2.ExportTraceServiceRequest(
         resource_spans=[
             trace_pb2.ResourceSpans(
-                resource=resource_pb2.Resource(attributes=key_values({"service.name": service, **(resource or {})})),
+                resource=service_resource(service, resource),
                 scope_spans=[
                     trace_pb2.ScopeSpans(
                         scope=common_pb2.InstrumentationScope(name=scope, version="1.0"),
@@ -404,27 +436,31 @@ def simple_trace_request(n_spans: int = 1, service: str = "e2e", **span_fields: 
     return req, tid.hex()
 
 
-def service_resource(service: str, extra: dict[str, Any] | None = None) -> resource_pb2.Resource:
-    return resource_pb2.Resource(attributes=key_values({"service.name": service, **(extra or {})}))
-
-
-def logs_request(bodies: Iterable[str], service: str = "e2e", **fields: Any) -> logs_service_pb2.ExportLogsServiceRequest:
+def logs_request(
+    bodies: Iterable[str], service: str = "e2e", **fields: Any
+) -> logs_service_pb2.ExportLogsServiceRequest:
     now = time.time_ns()
     records = [
-        logs_pb2.LogRecord(time_unix_nano=now + i, observed_time_unix_nano=now + i, body=any_value(b), **fields)
+        logs_pb2.LogRecord(
+            time_unix_nano=now + i, observed_time_unix_nano=now + i, body=any_value(b), **fields
+        )
         for i, b in enumerate(bodies)
     ]
     return logs_service_pb2.ExportLogsServiceRequest(
         resource_logs=[
             logs_pb2.ResourceLogs(
                 resource=service_resource(service),
-                scope_logs=[logs_pb2.ScopeLogs(scope=common_pb2.InstrumentationScope(name="e2e"), log_records=records)],
+                scope_logs=[
+                    logs_pb2.ScopeLogs(scope=common_pb2.InstrumentationScope(name="e2e"), log_records=records)
+                ],
             )
         ]
     )
 
 
-def gauge_request(name: str, values: Iterable[float], service: str = "e2e") -> metrics_service_pb2.ExportMetricsServiceRequest:
+def gauge_request(
+    name: str, values: Iterable[float], service: str = "e2e"
+) -> metrics_service_pb2.ExportMetricsServiceRequest:
     """One gauge point per value, each with its own `i` attribute."""
     now = time.time_ns()
     points = [
@@ -436,7 +472,11 @@ def gauge_request(name: str, values: Iterable[float], service: str = "e2e") -> m
         resource_metrics=[
             metrics_pb2.ResourceMetrics(
                 resource=service_resource(service),
-                scope_metrics=[metrics_pb2.ScopeMetrics(scope=common_pb2.InstrumentationScope(name="e2e"), metrics=[metric])],
+                scope_metrics=[
+                    metrics_pb2.ScopeMetrics(
+                        scope=common_pb2.InstrumentationScope(name="e2e"), metrics=[metric]
+                    )
+                ],
             )
         ]
     )

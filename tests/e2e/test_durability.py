@@ -30,7 +30,7 @@ WAL_MAGIC = b"OXWAL001"
 class SpanSender:
     """Sends new spans over OTLP/HTTP protobuf, never the same span twice, and remembers which
     span ids were acknowledged and which were sent without an acknowledgement (those may or may
-    not be stored). Thread-safe; each thread should use its own sender or share one."""
+    not be stored). Several threads may share one sender."""
 
     def __init__(self, server: Oxeye, spans_per_request: int = 20):
         self.server = server
@@ -39,30 +39,14 @@ class SpanSender:
         self.unacked: set[str] = set()
         self.traces: list[str] = []  # acknowledged trace ids (each request is one trace)
         self.lock = threading.Lock()
-        self.local = threading.local()
+        self.local = threading.local()  # one HTTP session per thread
 
     def send(self, n_spans: int | None = None) -> bool:
+        """Sends one request of new spans (one new trace); True when it was acknowledged."""
         tid = random_trace_id()
         spans = [span(tid, name=f"s{i}") for i in range(n_spans or self.spans_per_request)]
         ids = {s.span_id.hex() for s in spans}
-        body = trace_request(spans, service="durability").SerializeToString()
-        session = getattr(self.local, "session", None) or requests.Session()
-        self.local.session = session
-        try:
-            r = session.post(
-                f"{self.server.otlp_http}/v1/traces",
-                data=body,
-                headers={"Content-Type": "application/x-protobuf"},
-                timeout=30,
-            )
-            ok = (
-                r.status_code == 200
-                and trace_service_pb2.ExportTraceServiceResponse.FromString(r.content).partial_success.rejected_spans == 0
-            )
-        except requests.RequestException:
-            session.close()
-            self.local.session = None
-            ok = False
+        ok = self._post(trace_request(spans, service="durability").SerializeToString())
         with self.lock:
             if ok:
                 self.acked |= ids
@@ -70,6 +54,28 @@ class SpanSender:
             else:
                 self.unacked |= ids
         return ok
+
+    def _post(self, body: bytes) -> bool:
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = requests.Session()
+        try:
+            r = session.post(
+                f"{self.server.otlp_http}/v1/traces",
+                data=body,
+                headers={"Content-Type": "application/x-protobuf"},
+                timeout=30,
+            )
+        except requests.RequestException:  # e.g. the server was killed
+            session.close()
+            self.local.session = None
+            return False
+        if r.status_code != 200:
+            return False
+        return (
+            trace_service_pb2.ExportTraceServiceResponse.FromString(r.content).partial_success.rejected_spans
+            == 0
+        )
 
     def send_acked(self, requests_: int, n_spans: int | None = None) -> None:
         """Sends `requests_` requests, each of which must be acknowledged."""
@@ -197,12 +203,29 @@ def test_kill9_after_flush(oxeye_factory):
     server = oxeye_factory(flush_age="1s")
     sender = SpanSender(server)
     sender.send_acked(50)
-    wait_for_metric(server, "oxeye_store_segments", 1, signal="spans")
+    # One trace whose root is flushed and whose children are not (yet).
+    tid = random_trace_id()
+    root = span(tid, name="split-root")
+    server.export(trace_request([root], service="split"))
+    wait_until(lambda: server.metric("oxeye_store_memtable_bytes") == 0, what="everything flushed")
+    assert server.metric("oxeye_store_segments", signal="spans") >= 1
     assert server.segment_files("spans"), "the metric says a segment exists but no .parquet file does"
+    children = [span(tid, name=f"split-child-{i}", parent_span_id=root.span_id) for i in range(3)]
+    server.export(trace_request(children, service="split"))
     sender.send_acked(25)  # some of these are likely still only in the WAL
+    expected = sender.acked | {s.span_id.hex() for s in [root, *children]}
+    assert server.trace(tid.hex())["span_count"] == 4
+
     server.kill9()
     server.start()
-    assert_exactly(server, sender.acked)
+    assert_exactly(server, expected)
+    t = server.trace(tid.hex())
+    assert sorted(s["name"] for s in t["spans"]) == [
+        "split-child-0",
+        "split-child-1",
+        "split-child-2",
+        "split-root",
+    ]
 
 
 def test_kill9_after_compaction(oxeye_factory):
@@ -265,7 +288,9 @@ def test_damaged_wal_tail_is_cut_and_the_rest_kept(oxeye_factory, damage, last_r
     damage(path, records)
     server.start()
 
-    warnings = [l for l in server.log_of_last_start().splitlines() if "WARN" in l and path.name in l]
+    warnings = [
+        line for line in server.log_of_last_start().splitlines() if "WARN" in line and path.name in line
+    ]
     assert warnings, f"no warning about {path.name} in the log"
     assert server.metric("oxeye_store_wal_tails_cut_total") == 1
     expected = sender.acked if last_request_survives else sender.acked - last_ids
@@ -330,16 +355,20 @@ def test_concurrent_writers_and_readers_see_no_duplicates(oxeye_factory):
             if errors:
                 return
 
-    threads = [threading.Thread(target=writer) for _ in range(3)] + [threading.Thread(target=reader) for _ in range(2)]
+    threads = [threading.Thread(target=writer) for _ in range(3)] + [
+        threading.Thread(target=reader) for _ in range(2)
+    ]
     for t in threads:
         t.start()
     try:
         # Run through several flushes and at least two compactions.
         wait_until(
-            lambda: errors
-            or (
-                server.metric("oxeye_store_flushes_total") >= 4
-                and server.metric("oxeye_store_compactions_total") >= 2
+            lambda: (
+                errors
+                or (
+                    server.metric("oxeye_store_flushes_total") >= 4
+                    and server.metric("oxeye_store_compactions_total") >= 2
+                )
             ),
             timeout=90,
             interval=0.5,
@@ -372,15 +401,21 @@ def test_repeated_kill9_under_load(oxeye_factory):
     threads = [threading.Thread(target=writer) for _ in range(2)]
     for t in threads:
         t.start()
+
+    def wait_for_progress(spans: int = 100):
+        target = sender.acked_count() + spans
+        wait_until(
+            lambda: sender.acked_count() >= target, timeout=30, what=f"{spans} more spans acknowledged"
+        )
+
     rng = random.Random(7)
     try:
         for _ in range(4):
-            acked = sender.acked_count()
-            wait_until(lambda: sender.acked_count() >= acked + 100, timeout=30, what="progress")
+            wait_for_progress()
             time.sleep(rng.uniform(0.2, 1.5))  # a random crash point, not a timing assertion
             server.kill9()
             server.start()
-        wait_until(lambda: sender.acked_count() >= acked + 100, timeout=30, what="progress after restart")
+        wait_for_progress()
     finally:
         stop.set()
         for t in threads:

@@ -12,15 +12,17 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from oxeye_client import (
@@ -82,11 +84,17 @@ def sample_json(trace_id: bytes) -> dict:
     return {
         "resourceSpans": [
             {
-                "resource": {"attributes": kv_json({"service.name": SERVICE, "host.name": "box-1", "replicas": 3})},
+                "resource": {
+                    "attributes": kv_json({"service.name": SERVICE, "host.name": "box-1", "replicas": 3})
+                },
                 "schemaUrl": "https://opentelemetry.io/schemas/1.26.0",
                 "scopeSpans": [
                     {
-                        "scope": {"name": "e2e.http", "version": "0.1", "attributes": kv_json({"scope.attr": "s"})},
+                        "scope": {
+                            "name": "e2e.http",
+                            "version": "0.1",
+                            "attributes": kv_json({"scope.attr": "s"}),
+                        },
                         "spans": [
                             {
                                 "traceId": trace_id.hex(),
@@ -144,7 +152,11 @@ def sample_protobuf(trace_id: bytes) -> trace_service_pb2.ExportTraceServiceRequ
         attributes=ROOT_ATTRS,
         kind=trace_pb2.Span.SPAN_KIND_SERVER,
         trace_state="vendor=1",
-        events=[trace_pb2.Span.Event(time_unix_nano=T0 + 1_000_001, name="accepted", attributes=key_values({"queue.len": 7}))],
+        events=[
+            trace_pb2.Span.Event(
+                time_unix_nano=T0 + 1_000_001, name="accepted", attributes=key_values({"queue.len": 7})
+            )
+        ],
         status=trace_pb2.Status(code=trace_pb2.Status.STATUS_CODE_ERROR, message="failed downstream"),
         flags=1,
     )
@@ -159,12 +171,17 @@ def sample_protobuf(trace_id: bytes) -> trace_service_pb2.ExportTraceServiceRequ
         kind=trace_pb2.Span.SPAN_KIND_CLIENT,
         links=[
             trace_pb2.Span.Link(
-                trace_id=LINKED_TRACE, span_id=LINKED_SPAN, trace_state="k=v", attributes=key_values({"link.n": 1})
+                trace_id=LINKED_TRACE,
+                span_id=LINKED_SPAN,
+                trace_state="k=v",
+                attributes=key_values({"link.n": 1}),
             )
         ],
         status=trace_pb2.Status(code=trace_pb2.Status.STATUS_CODE_OK),
     )
-    req = trace_request([root, child], service=SERVICE, scope="e2e.http", resource={"host.name": "box-1", "replicas": 3})
+    req = trace_request(
+        [root, child], service=SERVICE, scope="e2e.http", resource={"host.name": "box-1", "replicas": 3}
+    )
     req.resource_spans[0].schema_url = "https://opentelemetry.io/schemas/1.26.0"
     scope = req.resource_spans[0].scope_spans[0].scope
     scope.version = "0.1"
@@ -173,7 +190,7 @@ def sample_protobuf(trace_id: bytes) -> trace_service_pb2.ExportTraceServiceRequ
 
 
 def normalised_trace(server: Oxeye, trace_id: bytes) -> dict:
-    t = wait_until(lambda: (t := server.trace(trace_id.hex())) and t["span_count"] == 2 and t, what="trace")
+    t = server.wait_trace(trace_id.hex(), 2)
     return json.loads(json.dumps(t).replace(trace_id.hex(), "<trace>"))
 
 
@@ -182,13 +199,22 @@ def assert_sample_trace(t: dict) -> None:
     assert t["span_count"] == 2 and t["services"] == [SERVICE]
     root, child = t["spans"]
     assert root["span_id"] == ROOT_ID.hex() and root["parent_span_id"] is None
-    assert (root["name"], root["kind"], root["trace_state"], root["flags"]) == ("POST /orders", "SERVER", "vendor=1", 1)
+    assert (root["name"], root["kind"], root["trace_state"], root["flags"]) == (
+        "POST /orders",
+        "SERVER",
+        "vendor=1",
+        1,
+    )
     assert (root["start_time_unix_nano"], root["end_time_unix_nano"]) == (str(T0), str(T0 + 5_000_000))
     assert root["status"] == {"code": "ERROR", "message": "failed downstream"}
     assert root["attributes"] == ROOT_ATTRS
     assert {k: type(v) for k, v in root["attributes"].items()} == {k: type(v) for k, v in ROOT_ATTRS.items()}
     (event,) = root["events"]
-    assert (event["name"], event["time_unix_nano"], event["attributes"]) == ("accepted", str(T0 + 1_000_001), {"queue.len": 7})
+    assert (event["name"], event["time_unix_nano"], event["attributes"]) == (
+        "accepted",
+        str(T0 + 1_000_001),
+        {"queue.len": 7},
+    )
     assert root["resource"] == {
         "attributes": {"service.name": SERVICE, "host.name": "box-1", "replicas": 3},
         "schema_url": "https://opentelemetry.io/schemas/1.26.0",
@@ -311,7 +337,7 @@ def assert_still_serving(server: Oxeye) -> None:
     """A valid request after a bad one is accepted and stored."""
     req, tid = simple_trace_request(2, service="after-bad-input")
     server.export(req)
-    wait_until(lambda: server.span_count(f"trace_id = '{tid}'") == (2, 2), what="spans after bad input")
+    server.wait_span_count(f"trace_id = '{tid}'", 2)
 
 
 def rpc_status(reply: Reply) -> status_pb2.Status:
@@ -346,7 +372,9 @@ def test_same_trace_in_every_http_encoding_is_stored_equal(shared_oxeye: Oxeye, 
 
     tid = random_trace_id()
     (tmp_path / "trace.json.gz").write_bytes(gzip.compress(json.dumps(sample_json(tid)).encode()))
-    reply = curl_post(url, tmp_path / "trace.json.gz", {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    reply = curl_post(
+        url, tmp_path / "trace.json.gz", {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    )
     assert reply.status == 200, reply
     traces["json+gzip"] = normalised_trace(shared_oxeye, tid)
 
@@ -354,7 +382,9 @@ def test_same_trace_in_every_http_encoding_is_stored_equal(shared_oxeye: Oxeye, 
         tid = random_trace_id()
         (tmp_path / "trace.json").write_text(json.dumps(sample_json(tid)))
         subprocess.run(["zstd", "-q", "-f", str(tmp_path / "trace.json")], check=True)
-        reply = curl_post(url, tmp_path / "trace.json.zst", {"Content-Type": "application/json", "Content-Encoding": "zstd"})
+        reply = curl_post(
+            url, tmp_path / "trace.json.zst", {"Content-Type": "application/json", "Content-Encoding": "zstd"}
+        )
         assert reply.status == 200, reply
         traces["json+zstd"] = normalised_trace(shared_oxeye, tid)
 
@@ -363,12 +393,77 @@ def test_same_trace_in_every_http_encoding_is_stored_equal(shared_oxeye: Oxeye, 
     reply = curl_post(url, tmp_path / "trace.pb", {"Content-Type": "application/x-protobuf"})
     assert reply.status == 200, reply
     assert reply.content_type.startswith("application/x-protobuf")
-    assert trace_service_pb2.ExportTraceServiceResponse.FromString(reply.body).partial_success.rejected_spans == 0
+    assert (
+        trace_service_pb2.ExportTraceServiceResponse.FromString(reply.body).partial_success.rejected_spans
+        == 0
+    )
     traces["protobuf"] = normalised_trace(shared_oxeye, tid)
 
     assert_sample_trace(traces["protobuf"])
     for name, t in traces.items():
         assert t == traces["protobuf"], f"{name} differs from protobuf"
+
+
+OTLP_ID_FIELDS = {"traceId", "spanId", "parentSpanId"}
+
+
+def otlp_json_to_protobuf(doc: dict) -> trace_service_pb2.ExportTraceServiceRequest:
+    """OTLP/JSON differs from the protobuf JSON mapping only in its hex ids."""
+
+    def fix(v):
+        if isinstance(v, dict):
+            return {
+                k: base64.b64encode(bytes.fromhex(x)).decode() if k in OTLP_ID_FIELDS else fix(x)
+                for k, x in v.items()
+            }
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return json_format.ParseDict(
+        fix(doc), trace_service_pb2.ExportTraceServiceRequest(), ignore_unknown_fields=True
+    )
+
+
+def flat_spans(req: trace_service_pb2.ExportTraceServiceRequest) -> list[tuple[bytes, bytes, bytes]]:
+    """(resource, scope, span) of every span, serialized and sorted: equal for requests that
+    carry the same spans however they group them."""
+    out = []
+    for rs in req.resource_spans:
+        resource = rs.resource.SerializeToString(deterministic=True) + rs.schema_url.encode()
+        for ss in rs.scope_spans:
+            scope = ss.scope.SerializeToString(deterministic=True) + ss.schema_url.encode()
+            out += [(resource, scope, sp.SerializeToString(deterministic=True)) for sp in ss.spans]
+    return sorted(out)
+
+
+def test_trace_api_otlp_format_is_lossless(shared_oxeye: Oxeye):
+    """Every OTLP field sent comes back from `?format=otlp`, and that JSON is accepted as input."""
+    tid = random_trace_id()
+    req = sample_protobuf(tid)
+    root = req.resource_spans[0].scope_spans[0].spans[0]
+    kvlist = common_pb2.KeyValueList(values=key_values({"a": 1, "b": ["x", 2.5]}))
+    root.attributes.add(key="map", value=common_pb2.AnyValue(kvlist_value=kvlist))
+    root.attributes.add(key="raw", value=common_pb2.AnyValue(bytes_value=b"\x00\xff\x10"))
+    root.dropped_attributes_count, root.dropped_events_count, root.dropped_links_count = 3, 4, 5
+    root.events[0].dropped_attributes_count = 6
+    root.links.add(trace_id=LINKED_TRACE, span_id=LINKED_SPAN, flags=0x101, dropped_attributes_count=2)
+    req.resource_spans[0].resource.dropped_attributes_count = 7
+    req.resource_spans[0].scope_spans[0].schema_url = "https://example.com/scope-schema"
+    shared_oxeye.export(req)
+    shared_oxeye.wait_trace(tid.hex(), 2)
+
+    otlp = shared_oxeye.trace(tid.hex(), fmt="otlp")
+    assert flat_spans(otlp_json_to_protobuf(otlp)) == flat_spans(req)
+
+    # oxeye's own output is valid OTLP/JSON input.
+    copy_tid = random_trace_id()
+    r = shared_oxeye.post_otlp(
+        "traces", json.dumps(otlp).replace(tid.hex(), copy_tid.hex()).encode(), "application/json"
+    )
+    assert r.status_code == 200, r.text
+    shared_oxeye.wait_trace(copy_tid.hex(), 2)
+    assert normalised_trace(shared_oxeye, copy_tid) == normalised_trace(shared_oxeye, tid)
 
 
 def test_json_int64_as_string_and_number(shared_oxeye: Oxeye):
@@ -385,12 +480,10 @@ def test_json_int64_as_string_and_number(shared_oxeye: Oxeye):
         assert r.status_code == 200, r.text
         ids[form] = tid.hex()
     for tid in ids.values():
-        rows = wait_until(
-            lambda: shared_oxeye.sql_dicts(
-                f"""SELECT CAST(start_time AS BIGINT) AS s, CAST(end_time AS BIGINT) AS e, attributes['n'] AS n
-                    FROM spans WHERE trace_id = '{tid}' AND name = 'POST /orders'"""
-            ),
-            what="span",
+        rows = shared_oxeye.wait_rows(
+            f"""SELECT CAST(start_time AS BIGINT) AS s, CAST(end_time AS BIGINT) AS e, attributes['n'] AS n
+                FROM spans WHERE trace_id = '{tid}' AND name = 'POST /orders'""",
+            1,
         )
         assert rows == [{"s": T0, "e": T0 + 5_000_000, "n": "-9007199254740993"}]
         root = shared_oxeye.trace(tid)["spans"][0]
@@ -429,13 +522,8 @@ def test_partial_success_protobuf(shared_oxeye: Oxeye):
     partial = trace_service_pb2.ExportTraceServiceResponse.FromString(r.content).partial_success
     assert partial.rejected_spans == 1
     assert partial.error_message
-    rows = wait_until(
-        lambda: (rows := shared_oxeye.sql(f"SELECT name FROM spans WHERE trace_id = '{tid}' ORDER BY name")[1])
-        and len(rows) == 3
-        and rows,
-        what="valid spans",
-    )
-    assert [r[0] for r in rows] == ["valid-0", "valid-1", "valid-2"]
+    rows = shared_oxeye.wait_rows(f"SELECT name FROM spans WHERE trace_id = '{tid}' ORDER BY name", 3)
+    assert [r["name"] for r in rows] == ["valid-0", "valid-1", "valid-2"]
     assert shared_oxeye.sql_value("SELECT count(*) FROM spans WHERE name = 'bad-trace-id'") == 0
 
 
@@ -449,7 +537,7 @@ def test_partial_success_json(shared_oxeye: Oxeye):
     partial = r.json()["partialSuccess"]
     assert int(partial["rejectedSpans"]) == 1
     assert partial["errorMessage"]
-    wait_until(lambda: shared_oxeye.span_count(f"trace_id = '{tid.hex()}'") == (2, 2), what="the 2 valid spans")
+    shared_oxeye.wait_span_count(f"trace_id = '{tid.hex()}'", 2)
 
 
 def test_all_zero_trace_id_is_rejected(shared_oxeye: Oxeye):
@@ -457,8 +545,9 @@ def test_all_zero_trace_id_is_rejected(shared_oxeye: Oxeye):
     req = trace_request([span(tid, name="good"), span(b"\x00" * 16, name="zero-trace-id")])
     r = shared_oxeye.post_otlp("traces", req.SerializeToString())
     assert r.status_code == 200
-    assert trace_service_pb2.ExportTraceServiceResponse.FromString(r.content).partial_success.rejected_spans == 1
-    wait_until(lambda: shared_oxeye.span_count(f"trace_id = '{tid.hex()}'") == (1, 1), what="the valid span")
+    response = trace_service_pb2.ExportTraceServiceResponse.FromString(r.content)
+    assert response.partial_success.rejected_spans == 1
+    shared_oxeye.wait_span_count(f"trace_id = '{tid.hex()}'", 1)
 
 
 def test_partial_success_logs(shared_oxeye: Oxeye):
@@ -470,11 +559,8 @@ def test_partial_success_logs(shared_oxeye: Oxeye):
     assert r.status_code == 200
     partial = logs_service_pb2.ExportLogsServiceResponse.FromString(r.content).partial_success
     assert partial.rejected_log_records == 1 and partial.error_message
-    rows = wait_until(
-        lambda: len(rows := shared_oxeye.sql_dicts(
-            "SELECT body, trace_id, span_id FROM logs WHERE service_name = 'partial-logs' ORDER BY body"
-        )) == 2 and rows,
-        what="the 2 valid log records",
+    rows = shared_oxeye.wait_rows(
+        "SELECT body, trace_id, span_id FROM logs WHERE service_name = 'partial-logs' ORDER BY body", 2
     )
     assert rows == [
         {"body": "also kept", "trace_id": None, "span_id": None},
@@ -575,12 +661,16 @@ def test_chunked_body_over_the_limit_is_413(small_limit_oxeye: Oxeye):
     headers = {"Content-Type": "application/x-protobuf", "Transfer-Encoding": "chunked"}
     # Control: a chunked body under the limit is accepted.
     small, small_tid = big_request(512 * 1024)
-    reply, _, _ = raw_http_post(small_limit_oxeye.otlp_http_addr, "/v1/traces", headers, chunked(small.SerializeToString()))
+    reply, _, _ = raw_http_post(
+        small_limit_oxeye.otlp_http_addr, "/v1/traces", headers, chunked(small.SerializeToString())
+    )
     assert reply.status == 200, reply
     wait_until(lambda: small_limit_oxeye.trace(small_tid), what="the small chunked trace")
 
     large, large_tid = big_request(3 * 1024 * 1024)
-    reply, seconds, _ = raw_http_post(small_limit_oxeye.otlp_http_addr, "/v1/traces", headers, chunked(large.SerializeToString()))
+    reply, seconds, _ = raw_http_post(
+        small_limit_oxeye.otlp_http_addr, "/v1/traces", headers, chunked(large.SerializeToString())
+    )
     assert reply.status == 413, reply
     assert rpc_status(reply).code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert small_limit_oxeye.trace(large_tid) is None
@@ -632,7 +722,10 @@ def test_low_disk_refuses_writes_retryably(oxeye_factory):
 
     r = server.post_otlp("traces", json.dumps(sample_json(random_trace_id())).encode(), "application/json")
     assert r.status_code in (429, 503) and "Retry-After" in r.headers
-    assert r.json()["code"] in (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], grpc.StatusCode.UNAVAILABLE.value[0])
+    assert r.json()["code"] in (
+        grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+        grpc.StatusCode.UNAVAILABLE.value[0],
+    )
 
     with grpc.insecure_channel(server.grpc_addr) as channel:
         with pytest.raises(grpc.RpcError) as e:
@@ -643,7 +736,9 @@ def test_low_disk_refuses_writes_retryably(oxeye_factory):
         assert retry_delay(status_pb2.Status.FromString(trailers["grpc-status-details-bin"]))
 
     assert server.span_count() == (0, 0)
-    assert server.metric("oxeye_collector_requests_total", signal="traces", protocol="http", outcome="ok") == 0
+    assert (
+        server.metric("oxeye_collector_requests_total", signal="traces", protocol="http", outcome="ok") == 0
+    )
     assert server.metric("oxeye_collector_requests_total", signal="traces", protocol="grpc") == 1
 
 
@@ -701,7 +796,7 @@ def test_grpc_partial_success(shared_oxeye: Oxeye, grpc_channel):
     response = trace_service_pb2_grpc.TraceServiceStub(grpc_channel).Export(req, timeout=10)
     assert response.partial_success.rejected_spans == 1
     assert response.partial_success.error_message
-    wait_until(lambda: shared_oxeye.span_count(f"trace_id = '{tid}'") == (3, 3), what="valid spans")
+    shared_oxeye.wait_span_count(f"trace_id = '{tid}'", 3)
 
 
 def test_grpc_gzip(shared_oxeye: Oxeye, grpc_channel):

@@ -73,19 +73,25 @@ class Sent:
 
 
 def exporters(protocol: str, server: Oxeye):
+    """(span, log, metric) exporters with default settings apart from the endpoint."""
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        kw = lambda _path: {"endpoint": server.grpc_endpoint, "insecure": True}  # noqa: E731
-    else:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        kw = {"endpoint": server.grpc_endpoint, "insecure": True}
+        return OTLPSpanExporter(**kw), OTLPLogExporter(**kw), OTLPMetricExporter(**kw)
 
-        kw = lambda path: {"endpoint": f"{server.otlp_http}/v1/{path}"}  # noqa: E731
-    return OTLPSpanExporter(**kw("traces")), OTLPLogExporter(**kw("logs")), OTLPMetricExporter(**kw("metrics"))
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    base = server.otlp_http
+    return (
+        OTLPSpanExporter(endpoint=f"{base}/v1/traces"),
+        OTLPLogExporter(endpoint=f"{base}/v1/logs"),
+        OTLPMetricExporter(endpoint=f"{base}/v1/metrics"),
+    )
 
 
 class RecordCapture(logging.Filter):
@@ -186,7 +192,11 @@ def sent(request, shared_oxeye: Oxeye) -> Sent:
                     "level": record.levelname,
                     "time_ns": int(record.created * 1e9),  # as the SDK's LoggingHandler computes it
                     "span": span_ids(ended[span_name]),
-                    "extra": {k: v for k, v in vars(record).items() if k in ("order.id", "retry", "db.duration_ms", "template")},
+                    "extra": {
+                        k: v
+                        for k, v in vars(record).items()
+                        if k in ("order.id", "retry", "db.duration_ms", "template")
+                    },
                 }
             )
         yield result
@@ -198,24 +208,12 @@ def sent(request, shared_oxeye: Oxeye) -> Sent:
         meter_provider.shutdown()
 
 
-def wait_rows(server: Oxeye, query: str, n: int) -> list[dict[str, Any]]:
-    """Polls `query` until it returns `n` rows (fails if more appear)."""
-
-    def probe():
-        rows = server.sql_dicts(query)
-        assert len(rows) <= n, f"more rows than expected ({len(rows)} > {n}): {rows}"
-        return rows if len(rows) == n else None
-
-    return wait_until(probe, timeout=30, what=f"{n} rows from {query!r}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Traces
 
 
 def test_spans_match_the_sdk(shared_oxeye: Oxeye, sent: Sent):
-    rows = wait_rows(
-        shared_oxeye,
+    rows = shared_oxeye.wait_rows(
         f"""SELECT trace_id, span_id, parent_span_id, name, kind, status_code, status_message,
                    CAST(start_time AS BIGINT) AS start_ns, CAST(end_time AS BIGINT) AS end_ns, duration_ns,
                    service_name, scope_name, scope_version
@@ -259,8 +257,7 @@ def test_spans_match_the_sdk(shared_oxeye: Oxeye, sent: Sent):
 
 def test_span_attributes_events_links_and_resource_in_sql(shared_oxeye: Oxeye, sent: Sent):
     select = ", ".join(f"attributes['{k}'] AS \"{k}\"" for k in ROOT_ATTRIBUTES)
-    rows = wait_rows(
-        shared_oxeye,
+    rows = shared_oxeye.wait_rows(
         f"""SELECT {select}, events, resource_attributes['service.name'] AS svc,
                    resource_attributes['service.version'] AS version,
                    resource_attributes['deployment.environment.name'] AS env,
@@ -285,9 +282,9 @@ def test_span_attributes_events_links_and_resource_in_sql(shared_oxeye: Oxeye, s
     assert [e["name"] for e in events] == ["request.received"]
     assert events[0]["attributes"] == {"http.request.body.size": "512", "client": "curl"}
 
-    rows = wait_rows(
-        shared_oxeye,
-        f"""SELECT links, events, attributes['db.system.name'] AS db, attributes['db.response.returned_rows'] AS n
+    rows = shared_oxeye.wait_rows(
+        f"""SELECT links, events, attributes['db.system.name'] AS db,
+                   attributes['db.response.returned_rows'] AS n
             FROM spans WHERE trace_id = '{sent.trace_id}' AND name = 'SELECT orders'""",
         1,
     )
@@ -301,8 +298,7 @@ def test_span_attributes_events_links_and_resource_in_sql(shared_oxeye: Oxeye, s
     assert link["attributes"] == {"link.reason": "follows-from", "link.n": "1"}
 
     # Map access works on event attributes too (via SQL over the unnested list).
-    rows = wait_rows(
-        shared_oxeye,
+    rows = shared_oxeye.wait_rows(
         f"""SELECT e['name'] AS name, e['attributes']['key'] AS key, e['attributes']['attempt'] AS attempt
             FROM (SELECT unnest(events) AS e FROM spans
                   WHERE trace_id = '{sent.trace_id}' AND name = 'render template')""",
@@ -311,11 +307,16 @@ def test_span_attributes_events_links_and_resource_in_sql(shared_oxeye: Oxeye, s
     assert rows[0] == {"name": "cache.miss", "key": "tmpl:checkout", "attempt": "1"}
 
 
+def test_traces_view(shared_oxeye: Oxeye, sent: Sent):
+    (row,) = shared_oxeye.wait_rows(f"SELECT * FROM traces WHERE trace_id = '{sent.trace_id}'", 1)
+    root = sent.spans["GET /checkout"]
+    assert row["root_service"] == sent.service and row["root_name"] == "GET /checkout"
+    assert (row["span_count"], row["error_count"], row["service_count"]) == (3, 1, 1)
+    assert row["duration_ns"] == root.end_time - root.start_time
+
+
 def test_trace_api_keeps_attribute_types(shared_oxeye: Oxeye, sent: Sent):
-    t = wait_until(
-        lambda: (t := shared_oxeye.trace(sent.trace_id)) and t["span_count"] == 3 and t,
-        what="trace with 3 spans",
-    )
+    t = shared_oxeye.wait_trace(sent.trace_id, 3)
     assert t["trace_id"] == sent.trace_id
     assert t["services"] == [sent.service]
     spans = {s["name"]: s for s in t["spans"]}
@@ -358,16 +359,12 @@ def test_trace_api_keeps_attribute_types(shared_oxeye: Oxeye, sent: Sent):
 
 
 def test_trace_api_otlp_format_round_trips_ids(shared_oxeye: Oxeye, sent: Sent):
-    wait_until(lambda: (t := shared_oxeye.trace(sent.trace_id)) and t["span_count"] == 3, what="trace")
+    shared_oxeye.wait_trace(sent.trace_id, 3)
     otlp = shared_oxeye.trace(sent.trace_id, fmt="otlp")
-    spans = [
-        s for rs in otlp["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]
-    ]
+    spans = [s for rs in otlp["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
     # OTLP/JSON writes ids as hex and int64 timestamps as strings.
     got = {(s["traceId"].lower(), s["spanId"].lower(), str(s["startTimeUnixNano"])) for s in spans}
-    want = {
-        (*span_ids(s), str(s.start_time)) for name, s in sent.spans.items() if name != "enqueue order"
-    }
+    want = {(*span_ids(s), str(s.start_time)) for name, s in sent.spans.items() if name != "enqueue order"}
     assert got == want
 
 
@@ -378,8 +375,7 @@ SEVERITY = {"DEBUG": (5, "DEBUG"), "INFO": (9, "INFO"), "WARNING": (13, "WARN"),
 
 
 def test_logs_match_the_sdk(shared_oxeye: Oxeye, sent: Sent):
-    rows = wait_rows(
-        shared_oxeye,
+    rows = shared_oxeye.wait_rows(
         f"""SELECT body, severity_number, severity_text, trace_id, span_id, CAST(time AS BIGINT) AS time_ns,
                    attributes, scope_name, service_name, resource_attributes['service.version'] AS version
             FROM logs WHERE service_name = '{sent.service}' ORDER BY time_ns, severity_number""",
@@ -403,42 +399,43 @@ def test_logs_match_the_sdk(shared_oxeye: Oxeye, sent: Sent):
     assert by_body["render failed"]["attributes"]["code.function.name"] == "sent"
 
 
-def test_logs_attribute_lookup_in_sql(shared_oxeye: Oxeye, sent: Sent):
-    rows = wait_rows(
-        shared_oxeye,
+def test_logs_attribute_lookup_and_full_text_search(shared_oxeye: Oxeye, sent: Sent):
+    rows = shared_oxeye.wait_rows(
         f"""SELECT body FROM logs
             WHERE service_name = '{sent.service}' AND attributes['template'] = 'checkout.html'""",
         1,
     )
     assert rows[0]["body"] == "render failed"
+    rows = shared_oxeye.wait_rows(
+        f"""SELECT body FROM logs
+            WHERE service_name = '{sent.service}' AND search(body, 'checkout AND order-17')""",
+        1,
+    )
+    assert rows[0]["body"] == "checkout started for order-17"
 
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
 
 
-def metric_rows(server: Oxeye, sent: Sent, name: str, table: str = "metrics") -> list[dict[str, Any]]:
-    """Every exported point of `name` (each collection of the SDK adds one per series)."""
-    return wait_until(
-        lambda: server.sql_dicts(
-            f"SELECT * FROM {table} WHERE service_name = '{sent.service}' AND name = '{name}' ORDER BY time"
-        ),
-        what=f"metric {name}",
-    )
+def metric_rows(
+    server: Oxeye, sent: Sent, name: str, table: str = "metrics", series: int = 1
+) -> list[dict[str, Any]]:
+    """Every exported point of `name` (each collection of the SDK adds one per series), once
+    points of `series` different attribute sets are there."""
+    query = f"SELECT * FROM {table} WHERE service_name = '{sent.service}' AND name = '{name}' ORDER BY time"
 
+    def probe():
+        rows = server.sql_dicts(query)
+        return rows if len({json.dumps(r["attributes"], sort_keys=True) for r in rows}) >= series else None
 
-def by_series(rows: list[dict[str, Any]], key: str | None) -> dict[Any, list[dict[str, Any]]]:
-    out: dict[Any, list[dict[str, Any]]] = {}
-    for r in rows:
-        out.setdefault(r["attributes"].get(key) if key else None, []).append(r)
-    return out
+    return wait_until(probe, what=f"{series} series of metric {name}")
 
 
 def test_counter(shared_oxeye: Oxeye, sent: Sent):
-    series = wait_until(
-        lambda: (s := by_series(metric_rows(shared_oxeye, sent, "e2e.requests"), "route")) and len(s) == 2 and s,
-        what="both counter series",
-    )
+    series: dict[str, list[dict[str, Any]]] = {}
+    for p in metric_rows(shared_oxeye, sent, "e2e.requests", series=2):
+        series.setdefault(p["attributes"]["route"], []).append(p)
     assert set(series) == {"/a", "/b"}
     for route, total in (("/a", 7), ("/b", 1)):
         for p in series[route]:  # cumulative: every export repeats the running total

@@ -81,6 +81,8 @@ pub struct Generator {
     rng: SmallRng,
     shape: Shape,
     services: Vec<String>,
+    /// Running totals of the cumulative counters and histograms, per series.
+    totals: std::collections::HashMap<(usize, usize, usize), (i64, Vec<u64>)>,
 }
 
 /// One trace's spans, grouped by service, plus the logs they emitted.
@@ -119,6 +121,7 @@ impl Generator {
             rng: SmallRng::seed_from_u64(seed),
             shape,
             services,
+            totals: std::collections::HashMap::new(),
         }
     }
 
@@ -434,28 +437,50 @@ impl Generator {
         let mut request = ExportMetricsServiceRequest::default();
         let mut points = 0;
         let bounds = vec![5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0];
-        for service in self.services.clone() {
+        for (si, service) in self.services.clone().into_iter().enumerate() {
             let mut counters = Vec::new();
             let mut histograms = Vec::new();
-            for route in ROUTES.iter().take(self.shape.operations_per_service.max(1)) {
-                for status in ["200", "500"] {
+            for (ri, route) in ROUTES
+                .iter()
+                .take(self.shape.operations_per_service.max(1))
+                .enumerate()
+            {
+                for (sti, status) in ["200", "500"].into_iter().enumerate() {
                     let attrs = vec![
                         kv("http.route", s(*route)),
                         kv("http.response.status_code", s(status)),
                     ];
+                    // Errors are rarer than successes; totals only grow (cumulative temporality).
+                    let new_requests: u64 = if sti == 0 {
+                        self.rng.random_range(50..150)
+                    } else {
+                        self.rng.random_range(0..5)
+                    };
+                    let new_buckets: Vec<u64> = (0..=bounds.len())
+                        .map(|b| {
+                            if b < 4 {
+                                self.rng.random_range(0..new_requests / 4 + 1)
+                            } else {
+                                self.rng.random_range(0..3)
+                            }
+                        })
+                        .collect();
+                    let entry = self
+                        .totals
+                        .entry((si, ri, sti))
+                        .or_insert_with(|| (0, vec![0; bounds.len() + 1]));
+                    entry.0 += new_requests as i64;
+                    for (t, n) in entry.1.iter_mut().zip(&new_buckets) {
+                        *t += n;
+                    }
+                    let (total, buckets) = (entry.0, entry.1.clone());
                     counters.push(NumberDataPoint {
                         attributes: attrs.clone(),
                         start_time_unix_nano: start_ns,
                         time_unix_nano: now_ns,
-                        value: Some(number_data_point::Value::AsInt(
-                            self.rng.random_range(0..10_000),
-                        )),
+                        value: Some(number_data_point::Value::AsInt(total)),
                         ..Default::default()
                     });
-                    let mut buckets: Vec<u64> = (0..=bounds.len())
-                        .map(|_| self.rng.random_range(0..500))
-                        .collect();
-                    buckets[0] += 1;
                     let count = buckets.iter().sum();
                     histograms.push(HistogramDataPoint {
                         attributes: attrs,

@@ -31,7 +31,7 @@ pub fn parse_duration_ns(text: &str) -> Option<i64> {
         _ => return None,
     };
     let ns = value * scale;
-    (ns.is_finite() && ns >= 0.0 && ns < 9.2e18).then_some(ns as i64)
+    (ns.is_finite() && (0.0..9.2e18).contains(&ns)).then_some(ns as i64)
 }
 
 /// A point in time: RFC 3339 (`2024-05-01T12:00:00Z`), `now`, `now-15m`, or an integer that is
@@ -76,17 +76,27 @@ pub fn parse_tags(text: &str) -> Result<Vec<(String, String)>, String> {
         return Ok(Vec::new());
     }
     if t.starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(t).map_err(|e| format!("tags is not valid JSON: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(t).map_err(|e| format!("tags is not valid JSON: {e}"))?;
         let obj = v.as_object().ok_or("tags JSON must be an object")?;
         return Ok(obj
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
             .collect());
     }
-    t.split(|c: char| c == ' ' || c == ',' || c == '&')
+    t.split([' ', ',', '&'])
         .filter(|p| !p.is_empty())
         .map(|p| {
-            let (k, v) = p.split_once('=').ok_or_else(|| format!("tag `{p}` should look like key=value"))?;
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| format!("tag `{p}` should look like key=value"))?;
             Ok((k.trim().to_string(), v.trim().trim_matches('"').to_string()))
         })
         .collect()
@@ -132,16 +142,31 @@ mod tests {
         assert_eq!(parse_duration_ns("2s"), Some(2_000_000_000));
         assert_eq!(parse_duration_ns("42"), Some(42));
         assert_eq!(parse_duration_ns("fast"), None);
-        assert_eq!(parse_time_ns("2023-11-14T22:13:20Z"), Some(1_700_000_000_000_000_000));
+        assert_eq!(
+            parse_time_ns("2023-11-14T22:13:20Z"),
+            Some(1_700_000_000_000_000_000)
+        );
         assert_eq!(parse_time_ns("1700000000"), Some(1_700_000_000_000_000_000));
-        assert_eq!(parse_time_ns("1700000000000"), Some(1_700_000_000_000_000_000));
-        assert_eq!(parse_time_ns("1700000000000000"), Some(1_700_000_000_000_000_000));
+        assert_eq!(
+            parse_time_ns("1700000000000"),
+            Some(1_700_000_000_000_000_000)
+        );
+        assert_eq!(
+            parse_time_ns("1700000000000000"),
+            Some(1_700_000_000_000_000_000)
+        );
         assert!(parse_time_ns("now-1h").unwrap() < now_ns());
         assert_eq!(
             parse_tags("http.method=GET error=true").unwrap(),
-            vec![("http.method".into(), "GET".into()), ("error".into(), "true".into())]
+            vec![
+                ("http.method".into(), "GET".into()),
+                ("error".into(), "true".into())
+            ]
         );
-        assert_eq!(parse_tags(r#"{"a":"b","n":5}"#).unwrap(), vec![("a".into(), "b".into()), ("n".into(), "5".into())]);
+        assert_eq!(
+            parse_tags(r#"{"a":"b","n":5}"#).unwrap(),
+            vec![("a".into(), "b".into()), ("n".into(), "5".into())]
+        );
         assert!(parse_tags("novalue").is_err());
         assert_eq!(sql_str("it's"), "'it''s'");
         assert_eq!(severity_floor("warn"), Some(13));

@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::params::{parse_duration_ns, parse_tags, parse_time_ns, span_tag_condition, sql_str, sql_time};
+use super::params::{
+    parse_duration_ns, parse_tags, parse_time_ns, span_tag_condition, sql_str, sql_time,
+};
 use super::window::{Window, WindowParams};
 use crate::QueryError;
 use crate::format::to_objects;
@@ -58,7 +60,11 @@ pub async fn summarize(state: &ApiState, ids: &[String]) -> Result<Vec<TraceSumm
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let list = ids.iter().map(|i| sql_str(i)).collect::<Vec<_>>().join(", ");
+    let list = ids
+        .iter()
+        .map(|i| sql_str(i))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!(
         "SELECT trace_id,
            first_value(service_name ORDER BY parent_span_id IS NOT NULL, start_time) AS root_service,
@@ -74,7 +80,10 @@ pub async fn summarize(state: &ApiState, ids: &[String]) -> Result<Vec<TraceSumm
     let mut rows = to_objects(&result).map_err(|e| QueryError::Internal(e.to_string()))?;
     for r in &mut rows {
         if let Some(ns) = r.get("start_time_unix_nano").and_then(Value::as_i64) {
-            r.insert("start_time".into(), Value::String(super::traces::rfc3339(ns as u64)));
+            r.insert(
+                "start_time".into(),
+                Value::String(super::traces::rfc3339(ns as u64)),
+            );
         }
     }
     Ok(rows)
@@ -91,7 +100,11 @@ pub async fn search(state: &ApiState, q: &TraceQuery) -> Result<Vec<TraceSummary
     let ids: Vec<String> = to_objects(&result)
         .map_err(|e| QueryError::Internal(e.to_string()))?
         .into_iter()
-        .filter_map(|r| r.get("trace_id").and_then(Value::as_str).map(str::to_string))
+        .filter_map(|r| {
+            r.get("trace_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .collect();
     summarize(state, &ids).await
 }
@@ -112,7 +125,10 @@ pub fn trace_query(p: &SearchParams) -> Result<TraceQuery, String> {
     let dur = |v: &Option<String>, name: &str| -> Result<Option<i64>, String> {
         v.as_deref()
             .filter(|s| !s.is_empty())
-            .map(|s| parse_duration_ns(s).ok_or_else(|| format!("{name} `{s}` is not a duration like 250ms")))
+            .map(|s| {
+                parse_duration_ns(s)
+                    .ok_or_else(|| format!("{name} `{s}` is not a duration like 250ms"))
+            })
             .transpose()
     };
     Ok(TraceQuery {
@@ -126,7 +142,10 @@ pub fn trace_query(p: &SearchParams) -> Result<TraceQuery, String> {
     })
 }
 
-pub async fn search_handler(State(state): State<ApiState>, Query(p): Query<SearchParams>) -> Response {
+pub async fn search_handler(
+    State(state): State<ApiState>,
+    Query(p): Query<SearchParams>,
+) -> Response {
     let q = match trace_query(&p) {
         Ok(q) => q,
         Err(e) => return bad_request(e),
@@ -154,7 +173,11 @@ pub async fn services(state: &ApiState, window: &Window) -> Result<Vec<String>, 
 }
 
 /// Operations of a service: `(span kind, name)` pairs.
-pub async fn operations(state: &ApiState, service: &str, window: &Window) -> Result<Vec<(String, String)>, QueryError> {
+pub async fn operations(
+    state: &ApiState,
+    service: &str,
+    window: &Window,
+) -> Result<Vec<(String, String)>, QueryError> {
     let prefix = format!("{service}{SERIES_SEPARATOR}");
     let terms = state
         .engine
@@ -177,7 +200,10 @@ pub struct CatalogParams {
     window: WindowParams,
 }
 
-pub async fn services_handler(State(state): State<ApiState>, Query(p): Query<CatalogParams>) -> Response {
+pub async fn services_handler(
+    State(state): State<ApiState>,
+    Query(p): Query<CatalogParams>,
+) -> Response {
     let window = match p.window.resolve(7 * 86_400) {
         Ok(w) => w,
         Err(e) => return bad_request(e),
@@ -215,5 +241,7 @@ pub async fn operations_handler(
 
 /// Parses a time parameter or explains what is wrong with it.
 pub fn time_param(name: &str, value: &str) -> Result<i64, String> {
-    parse_time_ns(value).ok_or_else(|| format!("{name} `{value}` is not a time: use RFC 3339, now-1h, or epoch seconds/ms/µs/ns"))
+    parse_time_ns(value).ok_or_else(|| {
+        format!("{name} `{value}` is not a time: use RFC 3339, now-1h, or epoch seconds/ms/µs/ns")
+    })
 }

@@ -32,9 +32,15 @@ impl WindowParams {
             Some(e) => time_param("end", e)?,
             None => now_ns(),
         };
-        let start = match (self.start.as_deref().filter(|s| !s.is_empty()), self.lookback.as_deref()) {
+        let start = match (
+            self.start.as_deref().filter(|s| !s.is_empty()),
+            self.lookback.as_deref(),
+        ) {
             (Some(s), _) => time_param("start", s)?,
-            (None, Some(l)) => end - parse_duration_ns(l).ok_or_else(|| format!("lookback `{l}` is not a duration like 1h"))?,
+            (None, Some(l)) => {
+                end - parse_duration_ns(l)
+                    .ok_or_else(|| format!("lookback `{l}` is not a duration like 1h"))?
+            }
             (None, None) => end - default_lookback_s * 1_000_000_000,
         };
         if start > end {

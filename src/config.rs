@@ -317,11 +317,8 @@ fn bytes(v: Option<ByteSize>, default: u64) -> anyhow::Result<usize> {
 pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub http_listen: SocketAddr,
-    #[allow(dead_code)] // read by the PostgreSQL listener, which lands next
     pub pg_listen: SocketAddr,
-    #[allow(dead_code)]
     pub pg_user: String,
-    #[allow(dead_code)]
     pub pg_password: Option<String>,
     pub collector: oxeye_collector::CollectorConfig,
     pub store: oxeye_store::StoreConfig,

@@ -175,8 +175,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
     };
+    let pg = oxeye_query::pg::start(
+        engine.clone(),
+        oxeye_query::pg::PgConfig {
+            listen: config.pg_listen,
+            user: config.pg_user.clone(),
+            password: config.pg_password.clone(),
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot listen on {} for the PostgreSQL protocol; is the port in use?",
+            config.pg_listen
+        )
+    })?;
     ready.store(true, Ordering::Relaxed);
     tracing::info!(
+        postgres = %pg.addr,
         otlp_grpc = %collector.grpc_addr,
         otlp_http = %collector.http_addr,
         http = %http_addr,
@@ -190,6 +206,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     collector.shutdown().await;
     stop_http.cancel();
     let _ = http_task.await;
+    pg.shutdown().await;
     store.shutdown().await;
     drop(engine);
     tracing::info!("oxeye stopped");

@@ -31,7 +31,9 @@ pub fn to_status(err: &ExportError) -> Status {
         ExportError::Malformed { .. } | ExportError::UnsupportedMediaType(_) => {
             Status::invalid_argument(message)
         }
-        ExportError::TooLarge { .. } => Status::new(Code::OutOfRange, message),
+        // RESOURCE_EXHAUSTED without RetryInfo: OTLP clients must not retry a request that can
+        // never fit (OUT_OF_RANGE, tonic's own choice, is retryable in OTLP).
+        ExportError::TooLarge { .. } => Status::resource_exhausted(message),
         ExportError::Overloaded { retry_after, .. } => with_retry_info(
             Code::ResourceExhausted,
             code::RESOURCE_EXHAUSTED,
@@ -58,6 +60,21 @@ fn with_retry_info(
     }
     .encode_to_vec();
     Status::with_details(code, message, Bytes::from(details))
+}
+
+/// tonic refuses a message over the size limit with OUT_OF_RANGE before our handler runs; OTLP
+/// clients retry that code forever. Answer as the HTTP surface does (too large: do not retry).
+fn too_large_is_not_retryable(response: &mut http::Response<tonic::body::Body>, limit: usize) {
+    let headers = response.headers_mut();
+    if headers.get("grpc-status").and_then(|v| v.to_str().ok()) == Some("11") {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        let message = format!(
+            "request message exceeds the limit of {limit} bytes; send smaller batches or raise --max-request-size"
+        );
+        if let Ok(v) = http::HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", v);
+        }
+    }
 }
 
 /// Passes request messages through as bytes and encodes responses with prost.
@@ -194,7 +211,9 @@ where
                 .apply_compression_config(compression(), compression())
                 .apply_max_message_size_config(Some(max), None);
             let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
-            Ok(grpc.unary(method, req).await)
+            let mut response = grpc.unary(method, req).await;
+            too_large_is_not_retryable(&mut response, max);
+            Ok(response)
         })
     }
 }

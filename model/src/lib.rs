@@ -25,7 +25,7 @@ pub mod spans;
 mod util;
 
 pub use error::ModelError;
-pub use signal::{Signal, SignalBatch};
+pub use signal::{Signal, SignalBatch, used_bytes};
 pub use util::DictReader;
 
 /// The OTLP protobuf types (opentelemetry-proto's tonic build), re-exported so every crate uses

@@ -119,8 +119,19 @@ impl SignalBatch {
         self.batch.num_rows()
     }
 
-    /// In-memory size of the batch's buffers, used for admission and flush decisions.
+    /// Bytes the batch's rows use (not the spare capacity of its buffers), for admission and
+    /// flush decisions.
     pub fn memory_size(&self) -> usize {
-        self.batch.get_array_memory_size()
+        used_bytes(&self.batch)
     }
+}
+
+/// Bytes the rows of a batch use. `RecordBatch::get_array_memory_size` counts buffer capacity,
+/// which for a small batch fresh from builders can be many times what it holds.
+pub fn used_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
 }

@@ -9,6 +9,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use oxeye_model::Signal;
@@ -138,6 +139,9 @@ impl QueryEngine {
                 .await
                 .map_err(|e| QueryError::Internal(format!("cannot create view {name}: {e}")))?;
         }
+        crate::pg::catalog::register(&ctx)
+            .await
+            .map_err(|e| QueryError::Internal(format!("cannot create pg_catalog: {e}")))?;
         let metrics = QueryMetrics::register(registry);
         Ok(QueryEngine {
             inner: Arc::new(EngineInner {
@@ -163,6 +167,42 @@ impl QueryEngine {
         &self.inner.config
     }
 
+    /// Plans a read-only statement (placeholders `$1`... allowed) without running it.
+    pub async fn plan(&self, sql: &str) -> Result<LogicalPlan, QueryError> {
+        let limit = self.inner.config.memory_limit_bytes;
+        let state = self.inner.ctx.state();
+        let plan = match state.create_logical_plan(sql).await {
+            Ok(p) => p,
+            Err(e) => return Err(QueryError::from_datafusion(e, limit)),
+        };
+        read_only_options()
+            .verify_plan(&plan)
+            .map_err(|_| QueryError::ReadOnly(statement_kind(sql)))?;
+        Ok(plan)
+    }
+
+    /// Runs a planned statement with the engine's limits.
+    pub async fn run_plan(
+        &self,
+        plan: LogicalPlan,
+        max_rows: usize,
+    ) -> Result<QueryResult, QueryError> {
+        let started = Instant::now();
+        let max_rows = max_rows.min(self.inner.config.max_result_rows);
+        let inner = self.inner.clone();
+        let result = self
+            .spawn_limited(async move {
+                let df =
+                    inner.ctx.execute_logical_plan(plan).await.map_err(|e| {
+                        QueryError::from_datafusion(e, inner.config.memory_limit_bytes)
+                    })?;
+                collect(&inner, df, max_rows).await
+            })
+            .await;
+        self.inner.metrics.observe(&result, started.elapsed());
+        result
+    }
+
     /// Runs a read-only SQL query with the engine's limits.
     pub async fn sql(&self, sql: &str) -> Result<QueryResult, QueryError> {
         self.sql_limited(sql, self.inner.config.max_result_rows)
@@ -186,6 +226,16 @@ impl QueryEngine {
     }
 
     async fn run(&self, sql: String, max_rows: usize) -> Result<QueryResult, QueryError> {
+        let inner = self.inner.clone();
+        self.spawn_limited(async move { execute(&inner, &sql, max_rows).await })
+            .await
+    }
+
+    /// Runs query work on the query runtime, within a concurrency slot and the timeout.
+    async fn spawn_limited<F>(&self, work: F) -> Result<QueryResult, QueryError>
+    where
+        F: std::future::Future<Output = Result<QueryResult, QueryError>> + Send + 'static,
+    {
         let timeout = self.inner.config.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let _slot = tokio::time::timeout_at(deadline, self.inner.slots.acquire())
@@ -195,8 +245,7 @@ impl QueryEngine {
         let Some(rt) = self.inner.runtime.0.as_ref() else {
             return Err(QueryError::Internal("the query runtime is gone".into()));
         };
-        let inner = self.inner.clone();
-        let task = rt.spawn(async move { execute(&inner, &sql, max_rows).await });
+        let task = rt.spawn(work);
         let abort = task.abort_handle();
         match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(r)) => r,
@@ -230,7 +279,6 @@ async fn execute(
     sql: &str,
     max_rows: usize,
 ) -> Result<QueryResult, QueryError> {
-    let started = Instant::now();
     let limit = inner.config.memory_limit_bytes;
     let df = match inner.ctx.sql_with_options(sql, read_only_options()).await {
         Ok(df) => df,
@@ -244,6 +292,17 @@ async fn execute(
             return Err(QueryError::from_datafusion(e, limit));
         }
     };
+    collect(inner, df, max_rows).await
+}
+
+/// Runs a DataFrame, keeping at most `max_rows` rows.
+async fn collect(
+    inner: &EngineInner,
+    df: datafusion::dataframe::DataFrame,
+    max_rows: usize,
+) -> Result<QueryResult, QueryError> {
+    let started = Instant::now();
+    let limit = inner.config.memory_limit_bytes;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df
         .execute_stream()

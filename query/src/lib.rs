@@ -13,6 +13,7 @@ pub mod error;
 pub mod format;
 pub mod http;
 pub mod metrics;
+pub mod pg;
 pub mod pushdown;
 pub mod table;
 pub mod udf;

@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     pub pending_deletes: Mutex<Vec<(SegmentRef, Instant)>>,
     /// One flush at a time per shard (the background flusher and explicit flushes).
     pub flush_locks: BTreeMap<u32, tokio::sync::Mutex<()>>,
+    /// Per shard: wakes its flusher early.
+    pub flush_now: BTreeMap<u32, Arc<tokio::sync::Notify>>,
     /// One merge or retention pass at a time.
     pub maintenance_lock: tokio::sync::Mutex<()>,
     pub shutdown: CancellationToken,
@@ -164,6 +166,7 @@ impl Store {
         let mut shards = Vec::new();
         let mut sinks = Vec::new();
         let mut flush_locks = BTreeMap::new();
+        let mut flush_now = BTreeMap::new();
         for id in 0..config.shards.max(1) {
             let flushed = catalog_state
                 .shards
@@ -171,7 +174,10 @@ impl Store {
                 .map(|c| c.flushed_wal_seq)
                 .unwrap_or(0);
             let handle = shard::open(id, &config, flushed, state.clone(), metrics.clone())?;
+            let notify = Arc::new(tokio::sync::Notify::new());
+            flush_now.insert(id, notify.clone());
             sinks.push(Arc::new(ShardSink {
+                flush_now: notify,
                 id,
                 tx: handle.tx.clone(),
                 state: state.clone(),
@@ -196,11 +202,13 @@ impl Store {
                 disk_ok,
                 pending_deletes: Mutex::new(Vec::new()),
                 flush_locks,
+                flush_now,
                 maintenance_lock: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
+        Store::update_segment_gauges(&store.inner);
         maintenance::start(&store.inner);
         tracing::info!(
             data_dir = %store.inner.config.data_dir.display(),

@@ -31,12 +31,14 @@ pub(crate) fn start(inner: &Arc<Inner>) {
         let id = shard.id;
         let weak = Arc::downgrade(inner);
         let stop = inner.shutdown.clone();
+        let wake = inner.flush_now.get(&id).cloned().unwrap_or_default();
         tasks.push(tokio::spawn(async move {
             let mut backoff = FLUSH_CHECK;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
+                    _ = wake.notified() => {}
                 }
                 let Some(inner) = weak.upgrade() else { return };
                 let (due, retry) = flush_due(&inner, id);
@@ -110,8 +112,11 @@ fn flush_due(inner: &Inner, id: u32) -> (bool, bool) {
     let Some(m) = st.shards.get(&id) else {
         return (false, false);
     };
+    // Flushing at half the unflushed limit keeps writes flowing even when the limit is set
+    // below the flush size.
     let due = !m.active.is_empty()
         && (m.active.bytes >= inner.config.flush_bytes
+            || m.unflushed_bytes() >= inner.config.max_unflushed_bytes / 2
             || m.active
                 .first_at
                 .is_some_and(|t| t.elapsed() >= inner.config.flush_age)

@@ -44,7 +44,7 @@ pub struct Memtable {
 impl Memtable {
     pub fn insert(&mut self, signal: Signal, b: MemBatch) {
         self.rows += b.batch.num_rows();
-        self.bytes += b.batch.get_array_memory_size();
+        self.bytes += oxeye_model::used_bytes(&b.batch);
         self.first_at.get_or_insert_with(Instant::now);
         self.batches.entry(signal).or_default().push(b);
     }

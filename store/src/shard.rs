@@ -244,6 +244,8 @@ pub struct ShardSink {
     pub(crate) disk_ok: Arc<AtomicBool>,
     pub(crate) metrics: StoreMetrics,
     pub(crate) retry_after: Duration,
+    /// Wakes the shard's flusher when unflushed data passes half its limit.
+    pub(crate) flush_now: Arc<tokio::sync::Notify>,
 }
 
 impl ShardSink {
@@ -261,6 +263,9 @@ impl ShardSink {
             .get(&self.id)
             .map(|m| m.unflushed_bytes())
             .unwrap_or(0);
+        if unflushed >= self.config.max_unflushed_bytes / 2 {
+            self.flush_now.notify_one();
+        }
         if unflushed > self.config.max_unflushed_bytes {
             return Err(StoreError::Overloaded(format!(
                 "shard {} holds {unflushed} unflushed bytes, above the limit of {}; flushing is behind",

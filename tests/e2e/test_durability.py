@@ -446,11 +446,6 @@ def test_sigterm_flushes_everything_and_empties_the_wal(oxeye_factory):
     assert_exactly(server, sender.acked)
 
 
-@pytest.mark.xfail(
-    reason="the segment gauges are only set by a flush or a maintenance pass, so for up to "
-    "--maintenance-interval after a start oxeye_store_segments reads 0 while segments are served",
-    strict=True,
-)
 def test_segment_gauge_is_right_after_a_restart(oxeye_factory):
     server = oxeye_factory()
     SpanSender(server).send_acked(5)

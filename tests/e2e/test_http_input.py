@@ -742,11 +742,6 @@ def test_low_disk_refuses_writes_retryably(oxeye_factory):
     assert server.metric("oxeye_collector_requests_total", signal="traces", protocol="grpc") == 1
 
 
-@pytest.mark.xfail(
-    reason="with --max-unflushed below --flush-size, a full memtable is not flushed early and the "
-    "config is not refused: every write is refused (429) until --flush-age passes",
-    strict=True,
-)
 def test_max_unflushed_below_flush_size_does_not_block_writes(oxeye_factory):
     server = oxeye_factory(start=False, max_unflushed="256KiB", flush_age="1h")
     try:
@@ -834,11 +829,6 @@ OTLP_ALWAYS_RETRYABLE = {
 }
 
 
-@pytest.mark.xfail(
-    reason="oxeye answers an over-limit gRPC request with OUT_OF_RANGE (tonic's decode-limit "
-    "default), which OTLP clients treat as retryable: the SDK retries a request that can never fit",
-    strict=True,
-)
 def test_grpc_over_the_size_limit_is_not_retryable(small_limit_oxeye: Oxeye):
     large, _ = big_request(3 * 1024 * 1024)
     with grpc.insecure_channel(small_limit_oxeye.grpc_addr) as channel:

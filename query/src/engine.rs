@@ -121,8 +121,10 @@ impl QueryEngine {
             .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit_bytes)))
             .build_arc()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
+        // oxeye provides its own information_schema (PostgreSQL type names), see pg::catalog.
         let session_config = SessionConfig::new()
-            .with_information_schema(true)
+            .with_default_catalog_and_schema(crate::pg::catalog::DATABASE, "public")
+            .with_information_schema(false)
             .with_target_partitions(config.threads.max(1))
             .with_batch_size(8192);
         let ctx = SessionContext::new_with_config_rt(session_config, rt_env);
@@ -139,9 +141,14 @@ impl QueryEngine {
                 .await
                 .map_err(|e| QueryError::Internal(format!("cannot create view {name}: {e}")))?;
         }
+        crate::system::register(&ctx, &store)
+            .map_err(|e| QueryError::Internal(format!("cannot create system tables: {e}")))?;
         crate::pg::catalog::register(&ctx)
             .await
             .map_err(|e| QueryError::Internal(format!("cannot create pg_catalog: {e}")))?;
+        crate::pg::catalog::register_information_schema(&ctx)
+            .await
+            .map_err(|e| QueryError::Internal(format!("cannot create information_schema: {e}")))?;
         let metrics = QueryMetrics::register(registry);
         Ok(QueryEngine {
             inner: Arc::new(EngineInner {
@@ -171,9 +178,11 @@ impl QueryEngine {
     pub async fn plan(&self, sql: &str) -> Result<LogicalPlan, QueryError> {
         let limit = self.inner.config.memory_limit_bytes;
         let state = self.inner.ctx.state();
+        let shown = show_as_query(sql);
+        let sql = shown.as_deref().unwrap_or(sql);
         let plan = match state.create_logical_plan(sql).await {
             Ok(p) => p,
-            Err(e) => return Err(QueryError::from_datafusion(e, limit)),
+            Err(e) => return Err(QueryError::from_datafusion(e, limit).at_end_of(sql)),
         };
         read_only_options()
             .verify_plan(&plan)
@@ -222,7 +231,7 @@ impl QueryEngine {
         if let Err(e) = &result {
             tracing::debug!(error = %e, sql, "query failed");
         }
-        result
+        result.map_err(|e| e.at_end_of(sql))
     }
 
     async fn run(&self, sql: String, max_rows: usize) -> Result<QueryResult, QueryError> {
@@ -258,6 +267,29 @@ impl QueryEngine {
     }
 }
 
+/// `SHOW TABLES` and `SHOW COLUMNS FROM t` as queries over information_schema.
+fn show_as_query(sql: &str) -> Option<String> {
+    let words: Vec<&str> = sql.split_whitespace().collect();
+    let upper: Vec<String> = words
+        .iter()
+        .take(3)
+        .map(|w| w.trim_end_matches(';').to_ascii_uppercase())
+        .collect();
+    match upper.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["SHOW", "TABLES", ..] => Some(
+            "SELECT table_catalog, table_schema, table_name, table_type FROM information_schema.tables ORDER BY 2, 3".into(),
+        ),
+        ["SHOW", "COLUMNS", "FROM" | "IN"] => {
+            let table = words.get(3)?.trim_end_matches(';').trim_matches('"').replace('\'', "''");
+            Some(format!(
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns \
+                 WHERE table_name = '{table}' ORDER BY ordinal_position"
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn read_only_options() -> SQLOptions {
     SQLOptions::new()
         .with_allow_ddl(false)
@@ -280,6 +312,8 @@ async fn execute(
     max_rows: usize,
 ) -> Result<QueryResult, QueryError> {
     let limit = inner.config.memory_limit_bytes;
+    let shown = show_as_query(sql);
+    let sql = shown.as_deref().unwrap_or(sql);
     let df = match inner.ctx.sql_with_options(sql, read_only_options()).await {
         Ok(df) => df,
         Err(e) => {

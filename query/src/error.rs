@@ -52,6 +52,29 @@ impl QueryError {
         }
     }
 
+    /// A parser error about the end of the input (`found: EOF`) points at the end of `sql`.
+    pub fn at_end_of(self, sql: &str) -> QueryError {
+        match self {
+            QueryError::Invalid {
+                message,
+                position: None,
+            } if message.contains("found: EOF") => {
+                let trimmed = sql.trim_end();
+                let line = trimmed.lines().count().max(1) as u64;
+                let column = trimmed
+                    .lines()
+                    .last()
+                    .map(|l| l.chars().count() + 1)
+                    .unwrap_or(1) as u64;
+                QueryError::Invalid {
+                    message,
+                    position: Some((line, column)),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// A short label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -85,6 +108,18 @@ fn position_of(message: &str) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn end_of_input_gets_the_end_position() {
+        let e = super::QueryError::Invalid {
+            message: "Expected: an expression, found: EOF".into(),
+            position: None,
+        };
+        match e.at_end_of("SELECT count(*)\nFROM spans\nWHERE  ") {
+            super::QueryError::Invalid { position, .. } => assert_eq!(position, Some((3, 6))),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn finds_positions() {
         assert_eq!(

@@ -170,6 +170,32 @@ pub fn text_ready(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
 /// Appends the JSON of one cell.
 struct CellEncoder<'a> {
     encoders: Vec<arrow_json::writer::NullableEncoder<'a>>,
+    /// Float columns, whose non-finite values JSON cannot hold as numbers.
+    floats: Vec<Option<ArrayRef>>,
+}
+
+/// JSON has no NaN or infinities: they are written as strings, as protobuf's JSON mapping does.
+fn non_finite(array: &ArrayRef, row: usize) -> Option<&'static str> {
+    let v = match array.data_type() {
+        DataType::Float64 => array
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .value(row),
+        DataType::Float32 => f64::from(
+            array
+                .as_primitive::<arrow::datatypes::Float32Type>()
+                .value(row),
+        ),
+        _ => return None,
+    };
+    if v.is_nan() {
+        Some("\"NaN\"")
+    } else if v == f64::INFINITY {
+        Some("\"Infinity\"")
+    } else if v == f64::NEG_INFINITY {
+        Some("\"-Infinity\"")
+    } else {
+        None
+    }
 }
 
 impl<'a> CellEncoder<'a> {
@@ -181,13 +207,22 @@ impl<'a> CellEncoder<'a> {
             .zip(batch.columns())
             .map(|(f, a)| make_encoder(f, a.as_ref(), &JSON_OPTIONS))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(CellEncoder { encoders })
+        let floats = batch
+            .columns()
+            .iter()
+            .map(|a| {
+                matches!(a.data_type(), DataType::Float64 | DataType::Float32).then(|| a.clone())
+            })
+            .collect();
+        Ok(CellEncoder { encoders, floats })
     }
 
     fn encode(&mut self, col: usize, row: usize, out: &mut Vec<u8>) {
         let e = &mut self.encoders[col];
         if e.is_null(row) {
             out.extend_from_slice(b"null");
+        } else if let Some(text) = self.floats[col].as_ref().and_then(|a| non_finite(a, row)) {
+            out.extend_from_slice(text.as_bytes());
         } else {
             e.encode(row, out);
         }

@@ -59,6 +59,27 @@ pub fn bad_request(message: impl Into<String>) -> Response {
     })
 }
 
+/// `Query<T>` whose rejection is oxeye's JSON error (axum's own is plain text).
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(bad_request(e.body_text())),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct SqlBody {
     sql: String,
@@ -157,7 +178,25 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/admin/flush", post(admin_flush))
+        .route("/api/v1/admin/compact", post(admin_compact))
         .merge(crate::api::router())
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
+}
+
+/// `POST /api/v1/admin/flush`: writes every unflushed row into segments now.
+async fn admin_flush(State(state): State<ApiState>) -> Response {
+    match state.engine.store().flush().await {
+        Ok(()) => axum::Json(serde_json::json!({"flushed": true})).into_response(),
+        Err(e) => error_response(&QueryError::Internal(e.to_string())),
+    }
+}
+
+/// `POST /api/v1/admin/compact`: merges small segments until nothing is left to merge.
+async fn admin_compact(State(state): State<ApiState>) -> Response {
+    match state.engine.store().compact().await {
+        Ok(merges) => axum::Json(serde_json::json!({"merges": merges})).into_response(),
+        Err(e) => error_response(&QueryError::Internal(e.to_string())),
+    }
 }

@@ -653,7 +653,10 @@ impl TextQuery {
             query: text.to_string(),
             reason,
         };
-        let ast = tantivy::query_grammar::parse_query(text)
+        // Apostrophes inside words ("can't") would open a quoted phrase in tantivy's grammar;
+        // in log search they are part of the text, so they are escaped first.
+        let escaped = escape_inner_apostrophes(text);
+        let ast = tantivy::query_grammar::parse_query(&escaped)
             .map_err(|_| bad("it is not valid query syntax (words, \"phrases\", prefix*, AND, OR, NOT, parentheses)".into()))?;
         let mut analyzer = analyzer();
         let ast = convert(&ast, &mut analyzer).map_err(bad)?;
@@ -695,6 +698,26 @@ impl TextMatcher<'_> {
         }
         eval(&self.query.ast, &self.words)
     }
+}
+
+/// `can't` -> `can\'t`: an apostrophe between letters or digits is text, not a quote.
+fn escape_inner_apostrophes(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('\'') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len() + 4);
+    for (i, c) in chars.iter().enumerate() {
+        let inner = *c == '\''
+            && i > 0
+            && chars[i - 1].is_alphanumeric()
+            && chars.get(i + 1).is_some_and(|n| n.is_alphanumeric());
+        if inner {
+            out.push('\\');
+        }
+        out.push(*c);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn convert(ast: &UserInputAst, analyzer: &mut TextAnalyzer) -> Result<TextAst, String> {
@@ -809,6 +832,9 @@ mod tests {
         assert!(q.matches("error while reading"));
         assert!(!q.matches("error, will retry"));
         assert!(TextQuery::parse("body:x").is_err());
+        let q = TextQuery::parse("can't connect").unwrap();
+        assert!(q.matches("error: can't connect to db"));
+        assert!(!q.matches("can connect"));
         assert!(TextQuery::parse("(unbalanced").is_err());
     }
 

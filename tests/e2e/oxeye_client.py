@@ -1,9 +1,12 @@
 """Helpers shared by the end-to-end tests: running an `oxeye serve` process, talking to its
-HTTP API, polling with deadlines, and building OTLP requests with the `opentelemetry.proto`
+HTTP API and PostgreSQL port, polling with deadlines, running `oxeye-loadgen`, setting up the
+OpenTelemetry SDK against a server, and building OTLP requests with the `opentelemetry.proto`
 classes."""
 
 from __future__ import annotations
 
+import calendar
+import json
 import os
 import re
 import signal
@@ -11,6 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,12 +29,19 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 DEFAULT_BINARY = Path.home() / ".cache" / "oxeye-target" / "debug" / "oxeye"
+PG_USER = "oxeye"
+PG_DATABASE = "oxeye"
 
 T = TypeVar("T")
 
 
 def oxeye_binary() -> Path:
     return Path(os.environ.get("OXEYE_BIN", DEFAULT_BINARY))
+
+
+def loadgen_binary() -> Path:
+    """`oxeye-loadgen` (OXEYE_LOADGEN_BIN, default: beside the oxeye binary)."""
+    return Path(os.environ.get("OXEYE_LOADGEN_BIN", oxeye_binary().parent / "oxeye-loadgen"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,6 +72,23 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise DeadlineExceeded(f"{what} not reached within {timeout}s; last: {last!r}")
         time.sleep(interval)
+
+
+_RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)?$")
+
+
+def rfc3339_ns(text: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 timestamp with up to 9 fractional digits
+    (`datetime` stops at microseconds); no offset means UTC."""
+    m = _RFC3339.match(text)
+    assert m, f"not an RFC 3339 timestamp: {text!r}"
+    y, mo, d, h, mi, sec, frac, tz = m.groups()
+    seconds = calendar.timegm((int(y), int(mo), int(d), int(h), int(mi), int(sec)))
+    if tz and tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        digits = tz[1:].replace(":", "")
+        seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    return seconds * 1_000_000_000 + int((frac or "").ljust(9, "0"))
 
 
 def free_ports(n: int) -> list[int]:
@@ -292,6 +320,81 @@ class Oxeye:
         """Sum of the samples of `name` whose labels include `labels` (0 when absent)."""
         return metric_value(self.metrics_text(), name, **labels)
 
+    def wait_metric(self, name: str, minimum: float, timeout: float = 60, **labels: str) -> float:
+        """Polls /metrics until `name` (summed over samples with `labels`) is >= `minimum`."""
+        return wait_until(
+            lambda: (v := self.metric(name, **labels)) >= minimum and v,
+            timeout=timeout,
+            interval=0.2,
+            what=f"{name}{labels} >= {minimum}",
+        )
+
+    def get(self, path: str, params: dict[str, Any] | None = None, timeout: float = 30) -> requests.Response:
+        """GET on the HTTP API (`path` starts with `/`)."""
+        return self.session.get(f"{self.api}{path}", params=params, timeout=timeout)
+
+    def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """GET on the HTTP API; asserts 200 and a JSON content type, returns the body."""
+        r = self.get(path, params)
+        assert r.status_code == 200, f"GET {r.url}: HTTP {r.status_code}: {r.text[:2000]}"
+        assert r.headers.get("content-type", "").startswith("application/json"), r.headers
+        return r.json()
+
+    # PostgreSQL protocol --------------------------------------------------------------------
+
+    @property
+    def pg_host(self) -> str:
+        return self.pg_addr.rpartition(":")[0]
+
+    @property
+    def pg_port(self) -> int:
+        return int(self.pg_addr.rpartition(":")[2])
+
+    def pg_connect(self, **kwargs: Any):
+        """A psycopg 3 connection to the PostgreSQL port (user and database `oxeye` unless
+        given; trusted on loopback unless the server has `--pg-password`)."""
+        import psycopg
+
+        params = {"user": PG_USER, "dbname": PG_DATABASE, "connect_timeout": 10, **kwargs}
+        return psycopg.connect(host=self.pg_host, port=self.pg_port, **params)
+
+    def psql(
+        self,
+        *commands: str,
+        check: bool = True,
+        user: str = PG_USER,
+        password: str | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess:
+        """Runs `psql -X -A -t -v ON_ERROR_STOP=1` with one `-c` per command (never prompting
+        for a password); with `check`, asserts exit code 0. Fields are separated by `|`."""
+        cmd = [
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-w",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            self.pg_host,
+            "-p",
+            str(self.pg_port),
+        ]
+        cmd += ["-U", user, "-d", PG_DATABASE]
+        for c in commands:
+            cmd += ["-c", c]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["PGCONNECT_TIMEOUT"] = "10"
+        if password is not None:
+            env["PGPASSWORD"] = password
+        p = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
+        )
+        if check:
+            assert p.returncode == 0, f"psql {commands} exited with {p.returncode}: {p.stderr}"
+        return p
+
     # OTLP/HTTP ------------------------------------------------------------------------------
 
     def post_otlp(
@@ -347,6 +450,183 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(have.get(k) == v for k, v in labels.items()):
             total += float(m.group(3))
     return total
+
+
+# --------------------------------------------------------------------------------------------
+# Load generator and OpenTelemetry SDK
+
+LOADGEN_SERVICES = (
+    "frontend",
+    "checkout",
+    "payments",
+    "inventory",
+    "cart",
+    "shipping",
+    "email",
+    "recommendation",
+)
+
+
+def run_loadgen(server: Oxeye, duration: str = "2s", protocol: str = "grpc", *args: str) -> dict[str, Any]:
+    """Runs `oxeye-loadgen` against `server` and returns its JSON summary (spans_acked,
+    logs_acked, points_acked, ...); asserts that it exited 0 and nothing was rejected."""
+    endpoint = server.grpc_endpoint if protocol == "grpc" else server.otlp_http
+    cmd = [str(loadgen_binary()), "--endpoint", endpoint, "--protocol", protocol, "--duration", duration]
+    cmd += ["--connections", "1", "--json", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, f"oxeye-loadgen exited with {p.returncode}: {p.stderr[-2000:]}"
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    rejected = {k: v for k, v in summary.items() if k.endswith("_rejected") or k == "failed_requests"}
+    assert not any(rejected.values()), f"loadgen saw rejections: {summary}"
+    return summary
+
+
+def sdk_exporters(protocol: str, server: Oxeye):
+    """(span, log, metric) exporters of the OpenTelemetry SDK with default settings apart from
+    the endpoint; `protocol` is `grpc` or `http` (protobuf)."""
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        kw = {"endpoint": server.grpc_endpoint, "insecure": True}
+        return OTLPSpanExporter(**kw), OTLPLogExporter(**kw), OTLPMetricExporter(**kw)
+
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    base = server.otlp_http
+    return (
+        OTLPSpanExporter(endpoint=f"{base}/v1/traces"),
+        OTLPLogExporter(endpoint=f"{base}/v1/logs"),
+        OTLPMetricExporter(endpoint=f"{base}/v1/metrics"),
+    )
+
+
+def sdk_tracer_provider(
+    server: Oxeye, service: str, protocol: str = "grpc", resource: dict[str, Any] | None = None
+):
+    """An SDK TracerProvider for `service` (plus `resource` attributes) that exports to `server`
+    through a BatchSpanProcessor. Call `force_flush()` and `shutdown()` when done."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service, **(resource or {})}))
+    provider.add_span_processor(BatchSpanProcessor(sdk_exporters(protocol, server)[0]))
+    return provider
+
+
+def sdk_span_ids(s) -> tuple[str, str]:
+    """(trace id, span id) of an SDK span as lowercase hex."""
+    ctx = s.get_span_context()
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+@dataclass
+class SpanSpec:
+    """A span to create with the SDK: times are offsets from the trace's start, in ms;
+    `kind` is a SpanKind name; `error` sets an ERROR status with that message; `events` are
+    `(name, offset_ms, attributes)`; `links` are other specs already sent (see `SdkTraces`)."""
+
+    service: str
+    name: str
+    kind: str = "INTERNAL"
+    offset_ms: float = 0
+    duration_ms: float = 1
+    attributes: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    events: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)
+    links: list[tuple[SpanSpec, dict[str, Any]]] = field(default_factory=list)
+    children: list[SpanSpec] = field(default_factory=list)
+    # Filled in when sent:
+    trace_id: str = ""
+    span_id: str = ""
+    parent_span_id: str | None = None
+    start_ns: int = 0
+    end_ns: int = 0
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def status_code(self) -> str:
+        return "ERROR" if self.error is not None else "UNSET"
+
+
+class SdkTraces:
+    """Sends traces built from `SpanSpec` trees through the OpenTelemetry SDK (one
+    TracerProvider per service, exporting to `server`) with exact timestamps, and remembers every
+    span it sent (`spans`, flattened, with ids and times filled in)."""
+
+    def __init__(
+        self, server: Oxeye, protocol: str = "grpc", resources: dict[str, dict[str, Any]] | None = None
+    ):
+        self.server = server
+        self.protocol = protocol
+        self.resources = resources or {}
+        self.providers: dict[str, Any] = {}
+        self.spans: list[SpanSpec] = []
+
+    def tracer(self, service: str):
+        if service not in self.providers:
+            self.providers[service] = sdk_tracer_provider(
+                self.server, service, self.protocol, self.resources.get(service)
+            )
+        return self.providers[service].get_tracer("e2e.sdk-traces", "1.0")
+
+    def send(self, root: SpanSpec, start_ns: int) -> SpanSpec:
+        """Creates the spans of `root`'s tree; the trace starts at `start_ns`."""
+        from opentelemetry import trace as otel_trace
+        from opentelemetry.context import Context
+        from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+        def emit(spec: SpanSpec, parent, context) -> None:
+            ms = 1_000_000
+            spec.start_ns = start_ns + int(spec.offset_ms * ms)
+            spec.end_ns = spec.start_ns + int(spec.duration_ms * ms)
+            links = [
+                Link(
+                    otel_trace.SpanContext(int(o.trace_id, 16), int(o.span_id, 16), is_remote=True),
+                    attrs,
+                )
+                for o, attrs in spec.links
+            ]
+            s = self.tracer(spec.service).start_span(
+                spec.name,
+                context=context,
+                kind=SpanKind[spec.kind],
+                attributes=spec.attributes,
+                links=links,
+                start_time=spec.start_ns,
+            )
+            for name, offset, attrs in spec.events:
+                s.add_event(name, attrs, timestamp=spec.start_ns + int(offset * ms))
+            if spec.error is not None:
+                s.set_status(Status(StatusCode.ERROR, spec.error))
+            spec.trace_id, spec.span_id = sdk_span_ids(s)
+            spec.parent_span_id = parent.span_id if parent else None
+            self.spans.append(spec)
+            child_context = otel_trace.set_span_in_context(s, Context())
+            for child in spec.children:
+                emit(child, spec, child_context)
+            s.end(end_time=spec.end_ns)
+
+        emit(root, None, Context())
+        return root
+
+    def flush(self) -> None:
+        for p in self.providers.values():
+            assert p.force_flush(30_000), "span export timed out"
+
+    def shutdown(self) -> None:
+        for p in self.providers.values():
+            p.shutdown()
+
+    def trace(self, trace_id: str) -> list[SpanSpec]:
+        return [s for s in self.spans if s.trace_id == trace_id]
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,4 +759,137 @@ def gauge_request(
                 ],
             )
         ]
+    )
+
+
+def log_record(
+    body: Any,
+    time_ns: int,
+    severity_number: int = 9,
+    severity_text: str = "INFO",
+    trace_id: bytes = b"",
+    span_id: bytes = b"",
+    attributes: dict[str, Any] | None = None,
+) -> logs_pb2.LogRecord:
+    return logs_pb2.LogRecord(
+        time_unix_nano=time_ns,
+        observed_time_unix_nano=time_ns,
+        severity_number=severity_number,
+        severity_text=severity_text,
+        body=any_value(body),
+        trace_id=trace_id,
+        span_id=span_id,
+        attributes=key_values(attributes or {}),
+    )
+
+
+def records_request(
+    records: Iterable[logs_pb2.LogRecord], service: str = "e2e"
+) -> logs_service_pb2.ExportLogsServiceRequest:
+    """A logs request with the given records of one service."""
+    return logs_service_pb2.ExportLogsServiceRequest(
+        resource_logs=[
+            logs_pb2.ResourceLogs(
+                resource=service_resource(service),
+                scope_logs=[
+                    logs_pb2.ScopeLogs(
+                        scope=common_pb2.InstrumentationScope(name="e2e"), log_records=list(records)
+                    )
+                ],
+            )
+        ]
+    )
+
+
+def metrics_request(
+    metrics: Iterable[metrics_pb2.Metric], service: str = "e2e"
+) -> metrics_service_pb2.ExportMetricsServiceRequest:
+    return metrics_service_pb2.ExportMetricsServiceRequest(
+        resource_metrics=[
+            metrics_pb2.ResourceMetrics(
+                resource=service_resource(service),
+                scope_metrics=[
+                    metrics_pb2.ScopeMetrics(
+                        scope=common_pb2.InstrumentationScope(name="e2e"), metrics=list(metrics)
+                    )
+                ],
+            )
+        ]
+    )
+
+
+def sum_metric(
+    name: str,
+    points: Iterable[tuple[int, int | float]],
+    start_ns: int,
+    attributes: dict[str, Any] | None = None,
+    monotonic: bool = True,
+    cumulative: bool = True,
+    unit: str = "",
+) -> metrics_pb2.Metric:
+    """A sum with one point per `(time_ns, value)`; ints become `as_int`, floats `as_double`."""
+    temporality = (
+        metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+        if cumulative
+        else metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
+    )
+    dps = []
+    for t, v in points:
+        value = {"as_int": v} if isinstance(v, int) else {"as_double": v}
+        dps.append(
+            metrics_pb2.NumberDataPoint(
+                start_time_unix_nano=start_ns,
+                time_unix_nano=t,
+                attributes=key_values(attributes or {}),
+                **value,
+            )
+        )
+    return metrics_pb2.Metric(
+        name=name,
+        unit=unit,
+        sum=metrics_pb2.Sum(data_points=dps, aggregation_temporality=temporality, is_monotonic=monotonic),
+    )
+
+
+def gauge_metric(
+    name: str, points: Iterable[tuple[int, float]], attributes: dict[str, Any] | None = None, unit: str = ""
+) -> metrics_pb2.Metric:
+    dps = [
+        metrics_pb2.NumberDataPoint(time_unix_nano=t, as_double=v, attributes=key_values(attributes or {}))
+        for t, v in points
+    ]
+    return metrics_pb2.Metric(name=name, unit=unit, gauge=metrics_pb2.Gauge(data_points=dps))
+
+
+def histogram_metric(
+    name: str,
+    points: Iterable[tuple[int, list[int]]],
+    bounds: list[float],
+    start_ns: int,
+    attributes: dict[str, Any] | None = None,
+    cumulative: bool = True,
+    unit: str = "",
+) -> metrics_pb2.Metric:
+    """An explicit-bucket histogram with one point per `(time_ns, bucket_counts)` (one more
+    count than bounds); `sum` is left unset and `count` is the sum of the buckets."""
+    temporality = (
+        metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+        if cumulative
+        else metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
+    )
+    dps = [
+        metrics_pb2.HistogramDataPoint(
+            start_time_unix_nano=start_ns,
+            time_unix_nano=t,
+            count=sum(counts),
+            bucket_counts=counts,
+            explicit_bounds=bounds,
+            attributes=key_values(attributes or {}),
+        )
+        for t, counts in points
+    ]
+    return metrics_pb2.Metric(
+        name=name,
+        unit=unit,
+        histogram=metrics_pb2.Histogram(data_points=dps, aggregation_temporality=temporality),
     )

@@ -117,15 +117,6 @@ def assert_acked_kept_once(server: Oxeye, sender: SpanSender) -> None:
     assert stored <= sender.acked | sender.unacked, "spans that were never sent"
 
 
-def wait_for_metric(server: Oxeye, name: str, minimum: float, timeout: float = 60, **labels: str) -> float:
-    return wait_until(
-        lambda: (v := server.metric(name, **labels)) >= minimum and v,
-        timeout=timeout,
-        interval=0.2,
-        what=f"{name}{labels} >= {minimum}",
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # WAL files
 
@@ -233,8 +224,8 @@ def test_kill9_after_compaction(oxeye_factory):
     sender = SpanSender(server)
     for round_ in range(1, 4):
         sender.send_acked(20)
-        wait_for_metric(server, "oxeye_store_flushes_total", round_)
-    wait_for_metric(server, "oxeye_store_compactions_total", 1)
+        server.wait_metric("oxeye_store_flushes_total", round_)
+    server.wait_metric("oxeye_store_compactions_total", 1)
     sender.send_acked(10)
     server.kill9()
     server.start()

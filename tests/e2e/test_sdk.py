@@ -25,6 +25,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from oxeye_client import Oxeye, wait_until
+from oxeye_client import sdk_exporters as exporters
+from oxeye_client import sdk_span_ids as span_ids
 
 ROOT_ATTRIBUTES = {
     "http.request.method": "GET",
@@ -55,11 +57,6 @@ HISTOGRAM_BOUNDS = [10.0, 100.0, 1000.0]
 HISTOGRAM_VALUES = [5, 50, 60, 500, 5000]
 
 
-def span_ids(s: ReadableSpan) -> tuple[str, str]:
-    ctx = s.get_span_context()
-    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
-
-
 @dataclass
 class Sent:
     """What the SDK sent and recorded, for comparison with what oxeye stored."""
@@ -70,28 +67,6 @@ class Sent:
     spans: dict[str, ReadableSpan]  # by name
     upstream_trace_id: str
     logs: list[dict[str, Any]] = field(default_factory=list)  # per log record: expected columns
-
-
-def exporters(protocol: str, server: Oxeye):
-    """(span, log, metric) exporters with default settings apart from the endpoint."""
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        kw = {"endpoint": server.grpc_endpoint, "insecure": True}
-        return OTLPSpanExporter(**kw), OTLPLogExporter(**kw), OTLPMetricExporter(**kw)
-
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    base = server.otlp_http
-    return (
-        OTLPSpanExporter(endpoint=f"{base}/v1/traces"),
-        OTLPLogExporter(endpoint=f"{base}/v1/logs"),
-        OTLPMetricExporter(endpoint=f"{base}/v1/metrics"),
-    )
 
 
 class RecordCapture(logging.Filter):

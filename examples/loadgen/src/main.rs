@@ -110,6 +110,9 @@ struct Counters {
     failed_requests: AtomicU64,
     retries: AtomicU64,
     bytes: AtomicU64,
+    trace_bytes: AtomicU64,
+    log_bytes: AtomicU64,
+    metric_bytes: AtomicU64,
 }
 
 /// Per-connection latencies of acknowledged requests, in microseconds.
@@ -389,6 +392,9 @@ async fn worker(
                 counters
                     .bytes
                     .fetch_add(encoded_len(&req) as u64, Ordering::Relaxed);
+                counters
+                    .trace_bytes
+                    .fetch_add(encoded_len(&req) as u64, Ordering::Relaxed);
                 if let Some(rejected) = send(
                     &mut client,
                     &req,
@@ -410,6 +416,9 @@ async fn worker(
                 let req = Request::Logs(batch.logs);
                 counters
                     .bytes
+                    .fetch_add(encoded_len(&req) as u64, Ordering::Relaxed);
+                counters
+                    .log_bytes
                     .fetch_add(encoded_len(&req) as u64, Ordering::Relaxed);
                 if let Some(rejected) = send(
                     &mut client,
@@ -435,6 +444,9 @@ async fn worker(
             let req = Request::Metrics(req);
             counters
                 .bytes
+                .fetch_add(encoded_len(&req) as u64, Ordering::Relaxed);
+            counters
+                .metric_bytes
                 .fetch_add(encoded_len(&req) as u64, Ordering::Relaxed);
             if let Some(rejected) = send(
                 &mut client,
@@ -524,6 +536,9 @@ async fn main() -> anyhow::Result<()> {
         "failed_requests": get(&c.failed_requests),
         "retries": get(&c.retries),
         "request_bytes": get(&c.bytes),
+        "trace_request_bytes": get(&c.trace_bytes),
+        "log_request_bytes": get(&c.log_bytes),
+        "metric_request_bytes": get(&c.metric_bytes),
         "latency_ms": {
             "p50": percentile(&latencies, 0.50),
             "p90": percentile(&latencies, 0.90),

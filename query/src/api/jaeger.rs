@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use oxeye_model::attributes::value_json;
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::params::{now_ns, parse_duration_ns, parse_tags};
 use super::search::{TraceQuery, operations, services};
 use super::window::Window;
-use crate::http::ApiState;
+use crate::http::{ApiQuery, ApiState};
 
 fn ok(data: Value) -> Response {
     let total = data.as_array().map(Vec::len).unwrap_or(0);
@@ -244,7 +244,7 @@ pub struct TracesParams {
 
 pub async fn traces_handler(
     State(state): State<ApiState>,
-    Query(p): Query<TracesParams>,
+    ApiQuery(p): ApiQuery<TracesParams>,
 ) -> Response {
     let ids: Vec<String> = if let Some(ids) = p.trace_id.as_deref().filter(|s| !s.is_empty()) {
         ids.split(',').map(str::to_string).collect()
@@ -305,7 +305,7 @@ pub struct ServiceParams {
 
 pub async fn services_handler(
     State(state): State<ApiState>,
-    Query(p): Query<ServiceParams>,
+    ApiQuery(p): ApiQuery<ServiceParams>,
 ) -> Response {
     let w = match jaeger_window(&p.window, 7 * 86_400) {
         Ok(w) => w,
@@ -345,7 +345,7 @@ pub struct OperationsParams {
 
 pub async fn operations_handler(
     State(state): State<ApiState>,
-    Query(p): Query<OperationsParams>,
+    ApiQuery(p): ApiQuery<OperationsParams>,
 ) -> Response {
     let w = Window {
         start: now_ns() - 7 * 86_400 * 1_000_000_000,
@@ -376,7 +376,7 @@ pub struct DependencyParams {
 
 pub async fn dependencies_handler(
     State(state): State<ApiState>,
-    Query(p): Query<DependencyParams>,
+    ApiQuery(p): ApiQuery<DependencyParams>,
 ) -> Response {
     let end = p.end_ts.map(|ms| ms * 1_000_000).unwrap_or_else(now_ns);
     let start = end - p.lookback.unwrap_or(86_400_000) * 1_000_000;

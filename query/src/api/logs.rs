@@ -1,6 +1,6 @@
 //! Log search (`GET /api/v1/logs`) and its histogram over time.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use oxeye_model::ids::parse_trace_id;
 use serde::Deserialize;
@@ -10,7 +10,7 @@ use super::params::{parse_duration_ns, severity_floor, sql_str, sql_time};
 use super::window::{Window, WindowParams};
 use crate::QueryError;
 use crate::format::to_objects;
-use crate::http::{ApiState, bad_request, error_response};
+use crate::http::{ApiQuery, ApiState, bad_request, error_response};
 
 #[derive(Debug, Default, Clone)]
 pub struct LogQuery {
@@ -128,7 +128,10 @@ pub async fn histogram(
     to_objects(&result).map_err(|e| QueryError::Internal(e.to_string()))
 }
 
-pub async fn search_handler(State(state): State<ApiState>, Query(p): Query<LogParams>) -> Response {
+pub async fn search_handler(
+    State(state): State<ApiState>,
+    ApiQuery(p): ApiQuery<LogParams>,
+) -> Response {
     let q = match p.to_query() {
         Ok(q) => q,
         Err(e) => return bad_request(e),
@@ -141,7 +144,7 @@ pub async fn search_handler(State(state): State<ApiState>, Query(p): Query<LogPa
 
 pub async fn histogram_handler(
     State(state): State<ApiState>,
-    Query(p): Query<LogParams>,
+    ApiQuery(p): ApiQuery<LogParams>,
 ) -> Response {
     let q = match p.to_query() {
         Ok(q) => q,

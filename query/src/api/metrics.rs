@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -16,7 +16,7 @@ use super::params::{parse_duration_ns, parse_tags, sql_str, sql_time};
 use super::window::{Window, WindowParams};
 use crate::QueryError;
 use crate::format::to_objects;
-use crate::http::{ApiState, bad_request, error_response};
+use crate::http::{ApiQuery, ApiState, bad_request, error_response};
 use oxeye_model::Signal;
 use oxeye_store::index::SERIES_SEPARATOR;
 
@@ -282,7 +282,7 @@ fn floats(v: Option<&Value>) -> Vec<f64> {
 
 pub async fn query_handler(
     State(state): State<ApiState>,
-    Query(p): Query<MetricParams>,
+    ApiQuery(p): ApiQuery<MetricParams>,
 ) -> Response {
     let window = match p.window.resolve(3600) {
         Ok(w) => w,
@@ -476,7 +476,7 @@ pub struct NamesParams {
 /// Metric names (for autocompletion), from the segment indexes and unflushed rows.
 pub async fn names_handler(
     State(state): State<ApiState>,
-    Query(p): Query<NamesParams>,
+    ApiQuery(p): ApiQuery<NamesParams>,
 ) -> Response {
     let window = match p.window.resolve(86_400) {
         Ok(w) => w,
@@ -519,7 +519,7 @@ pub struct LabelParams {
 /// Label keys of a metric: `service_name` and its attribute keys.
 pub async fn labels_handler(
     State(state): State<ApiState>,
-    Query(p): Query<LabelParams>,
+    ApiQuery(p): ApiQuery<LabelParams>,
 ) -> Response {
     let window = match p.window.resolve(3600) {
         Ok(w) => w,

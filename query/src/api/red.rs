@@ -1,6 +1,6 @@
 //! RED metrics (rate, errors, duration) derived from spans, and the service dependency graph.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -9,7 +9,7 @@ use super::params::{parse_duration_ns, sql_str, sql_time};
 use super::window::{Window, WindowParams};
 use crate::QueryError;
 use crate::format::to_objects;
-use crate::http::{ApiState, bad_request, error_response};
+use crate::http::{ApiQuery, ApiState, bad_request, error_response};
 
 /// Spans that are requests a service serves: entry points (server and consumer spans) and the
 /// roots of traces.
@@ -82,7 +82,10 @@ pub async fn red_series(
     to_objects(&result).map_err(|e| QueryError::Internal(e.to_string()))
 }
 
-pub async fn red_handler(State(state): State<ApiState>, Query(p): Query<RedParams>) -> Response {
+pub async fn red_handler(
+    State(state): State<ApiState>,
+    ApiQuery(p): ApiQuery<RedParams>,
+) -> Response {
     let w = match p.window.resolve(3600) {
         Ok(w) => w,
         Err(e) => return bad_request(e),
@@ -140,7 +143,7 @@ pub struct DependencyParams {
 
 pub async fn dependencies_handler(
     State(state): State<ApiState>,
-    Query(p): Query<DependencyParams>,
+    ApiQuery(p): ApiQuery<DependencyParams>,
 ) -> Response {
     let w = match p.window.resolve(3600) {
         Ok(w) => w,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -13,7 +13,7 @@ use super::params::{
 use super::window::{Window, WindowParams};
 use crate::QueryError;
 use crate::format::to_objects;
-use crate::http::{ApiState, bad_request, error_response};
+use crate::http::{ApiQuery, ApiState, bad_request, error_response};
 use oxeye_model::Signal;
 use oxeye_store::index::SERIES_SEPARATOR;
 
@@ -144,7 +144,7 @@ pub fn trace_query(p: &SearchParams) -> Result<TraceQuery, String> {
 
 pub async fn search_handler(
     State(state): State<ApiState>,
-    Query(p): Query<SearchParams>,
+    ApiQuery(p): ApiQuery<SearchParams>,
 ) -> Response {
     let q = match trace_query(&p) {
         Ok(q) => q,
@@ -202,7 +202,7 @@ pub struct CatalogParams {
 
 pub async fn services_handler(
     State(state): State<ApiState>,
-    Query(p): Query<CatalogParams>,
+    ApiQuery(p): ApiQuery<CatalogParams>,
 ) -> Response {
     let window = match p.window.resolve(7 * 86_400) {
         Ok(w) => w,
@@ -217,7 +217,7 @@ pub async fn services_handler(
 pub async fn operations_handler(
     State(state): State<ApiState>,
     Path(service): Path<String>,
-    Query(p): Query<CatalogParams>,
+    ApiQuery(p): ApiQuery<CatalogParams>,
 ) -> Response {
     let window = match p.window.resolve(7 * 86_400) {
         Ok(w) => w,

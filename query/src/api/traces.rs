@@ -3,7 +3,7 @@
 use arrow::array::{Array, BooleanArray, FixedSizeBinaryArray};
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use oxeye_model::Signal;
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::QueryError;
-use crate::http::{ApiState, bad_request, error_response};
+use crate::http::{ApiQuery, ApiState, bad_request, error_response};
 
 /// Attributes as a JSON object with typed values (the last value wins for a repeated key).
 pub fn attributes_json(attrs: &[KeyValue]) -> Value {
@@ -195,7 +195,7 @@ pub struct TraceParams {
 pub async fn get_trace_handler(
     State(state): State<ApiState>,
     Path(trace_id): Path<String>,
-    Query(params): Query<TraceParams>,
+    ApiQuery(params): ApiQuery<TraceParams>,
 ) -> Response {
     let Some(id) = parse_trace_id(&trace_id) else {
         return bad_request(format!(

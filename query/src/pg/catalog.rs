@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Int16Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BooleanArray, Int16Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
@@ -53,6 +53,103 @@ pub const EMPTY_TABLES: &[&str] = &[
     "pg_matviews",
     "pg_stat_activity",
 ];
+
+/// Every `pg_catalog` table, so unqualified references can be resolved as PostgreSQL does.
+pub const CATALOG_TABLES: &[&str] = &[
+    "pg_namespace",
+    "pg_class",
+    "pg_attribute",
+    "pg_type",
+    "pg_database",
+    "pg_roles",
+    "pg_authid",
+    "pg_user",
+    "pg_tables",
+    "pg_views",
+    "pg_settings",
+    "pg_index",
+    "pg_constraint",
+    "pg_inherits",
+    "pg_description",
+    "pg_attrdef",
+    "pg_proc",
+    "pg_am",
+    "pg_collation",
+    "pg_extension",
+    "pg_trigger",
+    "pg_policy",
+    "pg_rewrite",
+    "pg_statistic_ext",
+    "pg_publication",
+    "pg_publication_rel",
+    "pg_foreign_table",
+    "pg_partitioned_table",
+    "pg_sequence",
+    "pg_tablespace",
+    "pg_event_trigger",
+    "pg_enum",
+    "pg_range",
+    "pg_matviews",
+    "pg_stat_activity",
+];
+
+/// Settings `SHOW`, `current_setting()` and `pg_settings` report.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("server_version", SERVER_VERSION),
+    ("server_version_num", "160000"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO, MDY"),
+    ("TimeZone", "UTC"),
+    ("integer_datetimes", "on"),
+    ("standard_conforming_strings", "on"),
+    ("transaction_isolation", "read committed"),
+    ("default_transaction_read_only", "on"),
+    ("transaction_read_only", "on"),
+    ("max_identifier_length", "63"),
+    ("search_path", "public"),
+    ("application_name", ""),
+    ("extra_float_digits", "3"),
+    ("lc_collate", "C"),
+    ("lc_ctype", "C"),
+    ("is_superuser", "off"),
+];
+
+/// A setting's value by name (case-insensitive), or empty when oxeye has no such setting.
+pub fn setting(name: &str) -> &'static str {
+    SETTINGS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
+        .unwrap_or("")
+}
+
+/// The PostgreSQL type name information_schema reports for a column.
+pub fn information_schema_type(dt: &DataType) -> &'static str {
+    match dt {
+        DataType::Boolean => "boolean",
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint",
+        DataType::Int32 | DataType::UInt16 => "integer",
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => "bigint",
+        DataType::Float16 | DataType::Float32 => "real",
+        DataType::Float64 => "double precision",
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text",
+        DataType::Dictionary(_, v) => information_schema_type(v),
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => "bytea",
+        DataType::Timestamp(_, Some(_)) => "timestamp with time zone",
+        DataType::Timestamp(_, None) => "timestamp without time zone",
+        DataType::Date32 | DataType::Date64 => "date",
+        DataType::Map(..)
+        | DataType::List(_)
+        | DataType::LargeList(_)
+        | DataType::FixedSizeList(..)
+        | DataType::Struct(_) => "json",
+        _ => "text",
+    }
+}
 
 const PG_CATALOG_NS: i64 = 11;
 const PUBLIC_NS: i64 = 2200;
@@ -233,7 +330,164 @@ fn functions() -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(QuoteIdent {
             signature: Signature::any(1, Volatility::Immutable),
         }),
+        ScalarUDF::new_from_impl(CurrentSetting {
+            signature: Signature::variadic_any(Volatility::Stable),
+        }),
+        ScalarUDF::new_from_impl(ParseIdent {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }),
+        ScalarUDF::new_from_impl(ArrayBound {
+            name: "array_lower",
+            signature: Signature::any(2, Volatility::Immutable),
+        }),
+        ScalarUDF::new_from_impl(ArrayBound {
+            name: "array_upper",
+            signature: Signature::any(2, Volatility::Immutable),
+        }),
     ]
+}
+
+fn first_text(args: &ScalarFunctionArgs) -> Result<StringArray> {
+    let a = args.args[0].to_array(args.number_rows)?;
+    let a = arrow::compute::cast(&a, &DataType::Utf8)?;
+    Ok(a.as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .unwrap_or_else(|| StringArray::from(Vec::<Option<&str>>::new())))
+}
+
+/// `current_setting(name)`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentSetting {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let a = first_text(&args)?;
+        let out: StringArray = a.iter().map(|v| v.map(setting)).collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `parse_ident('schema.table')` -> `['schema', 'table']` (quotes respected).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ParseIdent {
+    signature: Signature,
+}
+
+fn parse_ident(s: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(std::mem::take(&mut cur)),
+            c if quoted => cur.push(c),
+            c => cur.push(c.to_ascii_lowercase()),
+        }
+    }
+    parts.push(cur);
+    parts
+}
+
+impl ScalarUDFImpl for ParseIdent {
+    fn name(&self) -> &str {
+        "parse_ident"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::List(Arc::new(Field::new(
+            "item",
+            DataType::Utf8,
+            true,
+        ))))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let a = first_text(&args)?;
+        let mut b = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new());
+        for v in a.iter() {
+            match v {
+                Some(v) => {
+                    for p in parse_ident(v) {
+                        b.values().append_value(p);
+                    }
+                    b.append(true);
+                }
+                None => b.append(false),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(b.finish())))
+    }
+}
+
+/// `array_lower(a, 1)` is 1 and `array_upper(a, 1)` the length (PostgreSQL arrays start at 1);
+/// NULL for an empty array or another dimension.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ArrayBound {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for ArrayBound {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int32)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let a = args.args[0].to_array(args.number_rows)?;
+        let dims =
+            arrow::compute::cast(&args.args[1].to_array(args.number_rows)?, &DataType::Int64)?;
+        let dims = dims
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .cloned()
+            .unwrap_or_else(|| Int64Array::from(vec![1; a.len()]));
+        let lengths: Vec<Option<usize>> = match a.data_type() {
+            DataType::List(_) => {
+                let l = a.as_any().downcast_ref::<arrow::array::ListArray>();
+                (0..a.len())
+                    .map(|i| {
+                        l.filter(|l| l.is_valid(i))
+                            .map(|l| l.value_length(i) as usize)
+                    })
+                    .collect()
+            }
+            _ => vec![None; a.len()],
+        };
+        let lower = self.name == "array_lower";
+        let out: Int32Array = lengths
+            .iter()
+            .zip(dims.iter())
+            .map(|(len, dim)| match (len, dim) {
+                (Some(n), Some(1)) if *n > 0 => Some(if lower { 1 } else { *n as i32 }),
+                _ => None,
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }
 
 fn mem_table(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<Arc<MemTable>> {
@@ -289,7 +543,7 @@ pub async fn register(ctx: &SessionContext) -> Result<()> {
     for udf in functions() {
         ctx.register_udf(udf);
     }
-    let Some(catalog) = ctx.catalog("datafusion") else {
+    let Some(catalog) = ctx.catalog(DATABASE) else {
         return Ok(());
     };
     let Some(public) = catalog.schema("public") else {
@@ -635,22 +889,7 @@ pub async fn register(ctx: &SessionContext) -> Result<()> {
         )?,
     )?;
 
-    let settings: &[(&str, &str)] = &[
-        ("server_version", SERVER_VERSION),
-        ("server_version_num", "160000"),
-        ("server_encoding", "UTF8"),
-        ("client_encoding", "UTF8"),
-        ("DateStyle", "ISO, MDY"),
-        ("TimeZone", "UTC"),
-        ("integer_datetimes", "on"),
-        ("standard_conforming_strings", "on"),
-        ("transaction_isolation", "read committed"),
-        ("default_transaction_read_only", "on"),
-        ("max_identifier_length", "63"),
-        ("search_path", "public"),
-        ("application_name", ""),
-        ("extra_float_digits", "3"),
-    ];
+    let settings = SETTINGS;
     pg.register_table(
         "pg_settings".into(),
         mem_table(
@@ -860,8 +1099,150 @@ pub async fn register(ctx: &SessionContext) -> Result<()> {
     Ok(())
 }
 
+/// Registers an `information_schema` (tables, columns, schemata, views) describing every table
+/// with PostgreSQL type names, which tools such as Grafana read; called last.
+pub async fn register_information_schema(ctx: &SessionContext) -> Result<()> {
+    let Some(catalog) = ctx.catalog(DATABASE) else {
+        return Ok(());
+    };
+    let mut schemas = catalog.schema_names();
+    schemas.sort();
+    let (mut t_schema, mut t_name, mut t_type) = (vec![], vec![], vec![]);
+    let (mut c_schema, mut c_table, mut c_name, mut c_pos, mut c_null, mut c_type, mut c_udt) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut views = vec![];
+    for schema_name in &schemas {
+        let Some(schema) = catalog.schema(schema_name) else {
+            continue;
+        };
+        let mut names = schema.table_names();
+        names.sort();
+        for name in names {
+            let Some(table) = schema.table(&name).await? else {
+                continue;
+            };
+            let kind = match table.table_type() {
+                datafusion::datasource::TableType::View => {
+                    views.push((schema_name.clone(), name.clone()));
+                    "VIEW"
+                }
+                _ => "BASE TABLE",
+            };
+            t_schema.push(Some(schema_name.clone()));
+            t_name.push(Some(name.clone()));
+            t_type.push(Some(kind.to_string()));
+            for (i, f) in table.schema().fields().iter().enumerate() {
+                c_schema.push(Some(schema_name.clone()));
+                c_table.push(Some(name.clone()));
+                c_name.push(Some(f.name().clone()));
+                c_pos.push(i as i64 + 1);
+                c_null.push(Some(if f.is_nullable() { "YES" } else { "NO" }.to_string()));
+                c_type.push(Some(information_schema_type(f.data_type()).to_string()));
+                c_udt.push(type_name(pg_type(f.data_type()).oid() as i64).map(str::to_string));
+            }
+        }
+    }
+    let info = Arc::new(MemorySchemaProvider::new());
+    let n = t_name.len();
+    info.register_table(
+        "tables".into(),
+        mem_table(
+            vec![
+                f("table_catalog", DataType::Utf8),
+                f("table_schema", DataType::Utf8),
+                f("table_name", DataType::Utf8),
+                f("table_type", DataType::Utf8),
+            ],
+            vec![
+                texts(&vec![DATABASE; n]),
+                opt_texts(t_schema),
+                opt_texts(t_name),
+                opt_texts(t_type),
+            ],
+        )?,
+    )?;
+    let m = c_name.len();
+    info.register_table(
+        "columns".into(),
+        mem_table(
+            vec![
+                f("table_catalog", DataType::Utf8),
+                f("table_schema", DataType::Utf8),
+                f("table_name", DataType::Utf8),
+                f("column_name", DataType::Utf8),
+                f("ordinal_position", DataType::Int64),
+                f("column_default", DataType::Utf8),
+                f("is_nullable", DataType::Utf8),
+                f("data_type", DataType::Utf8),
+                f("character_maximum_length", DataType::Int64),
+                f("numeric_precision", DataType::Int64),
+                f("numeric_scale", DataType::Int64),
+                f("udt_name", DataType::Utf8),
+            ],
+            vec![
+                texts(&vec![DATABASE; m]),
+                opt_texts(c_schema),
+                opt_texts(c_table),
+                opt_texts(c_name),
+                ints(c_pos),
+                opt_texts(vec![None; m]),
+                opt_texts(c_null),
+                opt_texts(c_type),
+                Arc::new(Int64Array::from(vec![None; m])),
+                Arc::new(Int64Array::from(vec![None; m])),
+                Arc::new(Int64Array::from(vec![None; m])),
+                opt_texts(c_udt),
+            ],
+        )?,
+    )?;
+    let k = schemas.len() + 1;
+    let mut schema_names: Vec<Option<String>> = schemas.iter().cloned().map(Some).collect();
+    schema_names.push(Some("information_schema".into()));
+    info.register_table(
+        "schemata".into(),
+        mem_table(
+            vec![
+                f("catalog_name", DataType::Utf8),
+                f("schema_name", DataType::Utf8),
+                f("schema_owner", DataType::Utf8),
+            ],
+            vec![
+                texts(&vec![DATABASE; k]),
+                opt_texts(schema_names),
+                texts(&vec![USER; k]),
+            ],
+        )?,
+    )?;
+    let v = views.len();
+    info.register_table(
+        "views".into(),
+        mem_table(
+            vec![
+                f("table_catalog", DataType::Utf8),
+                f("table_schema", DataType::Utf8),
+                f("table_name", DataType::Utf8),
+                f("view_definition", DataType::Utf8),
+            ],
+            vec![
+                texts(&vec![DATABASE; v]),
+                opt_texts(views.iter().map(|x| Some(x.0.clone())).collect()),
+                opt_texts(views.iter().map(|x| Some(x.1.clone())).collect()),
+                opt_texts(vec![None; v]),
+            ],
+        )?,
+    )?;
+    catalog.register_schema("information_schema", info)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn identifiers_parse() {
+        assert_eq!(super::parse_ident("public.Spans"), vec!["public", "spans"]);
+        assert_eq!(super::parse_ident("\"My.Table\""), vec!["My.Table"]);
+    }
+
     #[test]
     fn identifiers_are_quoted_when_needed() {
         assert_eq!(super::quote_ident("spans"), "spans");

@@ -37,7 +37,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{QueryEngine, QueryError};
-use statement::{Housekeeping, Kind, classify, rewrite, split_statements};
+use statement::{Housekeeping, Kind, Session, classify, for_session, rewrite, split_statements};
+
+/// The user a client logged in as.
+fn login_user<C: ClientInfo>(client: &C) -> &str {
+    client
+        .metadata()
+        .get("user")
+        .map(String::as_str)
+        .unwrap_or(catalog::USER)
+}
 
 /// Settings of the PostgreSQL listener.
 #[derive(Debug, Clone)]
@@ -52,10 +61,16 @@ pub struct PgConfig {
 fn error_info(e: &QueryError) -> ErrorInfo {
     let code = match e {
         QueryError::Invalid { message, .. } => {
-            if message.contains("not found") || message.contains("No field named") {
-                "42703"
-            } else if message.contains("table") && message.contains("doesn't exist") {
+            if message.contains("table")
+                && (message.contains("not found") || message.contains("doesn't exist"))
+            {
                 "42P01"
+            } else if message.contains("No field named") || message.contains("not found") {
+                "42703"
+            } else if message.contains("Invalid function")
+                || message.contains("function") && message.contains("not found")
+            {
+                "42883"
             } else if message.contains("parser error") || message.contains("ParserError") {
                 "42601"
             } else {
@@ -127,9 +142,9 @@ impl QueryParser for Parser {
 
     async fn parse_sql<C>(
         &self,
-        _client: &C,
+        client: &C,
         sql: &str,
-        _types: &[Option<Type>],
+        declared: &[Option<Type>],
     ) -> PgWireResult<Option<Self::Statement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
@@ -137,7 +152,14 @@ impl QueryParser for Parser {
         let kind = classify(sql);
         let (plan, schema, param_arrow_types) = match &kind {
             Kind::Query(q) => {
-                let plan = self.engine.plan(q).await.map_err(|e| user_error(&e))?;
+                let q = for_session(
+                    q,
+                    &Session {
+                        user: login_user(client),
+                        declared,
+                    },
+                );
+                let plan = self.engine.plan(&q).await.map_err(|e| user_error(&e))?;
                 let schema = Arc::new(plan.schema().as_arrow().clone());
                 let params = placeholder_types(&plan);
                 (Some(plan), Some(schema), params)
@@ -207,6 +229,7 @@ impl Backend {
         kind: &Kind,
         plan: Option<LogicalPlan>,
         format: &Format,
+        user: &str,
     ) -> Result<Response, QueryError> {
         Ok(match kind {
             Kind::Empty => Response::EmptyQuery,
@@ -244,7 +267,17 @@ impl Backend {
             Kind::Query(sql) => {
                 let plan = match plan {
                     Some(p) => p,
-                    None => self.engine.plan(sql).await?,
+                    None => {
+                        self.engine
+                            .plan(&for_session(
+                                sql,
+                                &Session {
+                                    user,
+                                    declared: &[],
+                                },
+                            ))
+                            .await?
+                    }
                 };
                 self.run_plan(plan, format).await?
             }
@@ -254,7 +287,7 @@ impl Backend {
 
 #[async_trait]
 impl SimpleQueryHandler for Backend {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -263,7 +296,12 @@ impl SimpleQueryHandler for Backend {
         let mut out = Vec::new();
         for sql in split_statements(query) {
             match self
-                .answer(&classify(&sql), None, &Format::UnifiedText)
+                .answer(
+                    &classify(&sql),
+                    None,
+                    &Format::UnifiedText,
+                    login_user(client),
+                )
                 .await
             {
                 Ok(r) => out.push(r),
@@ -332,7 +370,7 @@ impl ExtendedQueryHandler for Backend {
 
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Self::Statement>,
         _max_rows: usize,
     ) -> PgWireResult<Response>
@@ -361,9 +399,14 @@ impl ExtendedQueryHandler for Backend {
             }
             None => None,
         };
-        self.answer(&stmt.kind, plan, &portal.result_column_format)
-            .await
-            .map_err(|e| user_error(&e))
+        self.answer(
+            &stmt.kind,
+            plan,
+            &portal.result_column_format,
+            login_user(client),
+        )
+        .await
+        .map_err(|e| user_error(&e))
     }
 }
 

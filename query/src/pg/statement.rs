@@ -76,7 +76,7 @@ pub fn classify(sql: &str) -> Kind {
         "UNLISTEN" => h(Housekeeping::Tag("UNLISTEN")),
         "SAVEPOINT" => h(Housekeeping::Tag("SAVEPOINT")),
         "RELEASE" => h(Housekeeping::Tag("RELEASE")),
-        "SHOW" if !matches!(w(1), "TABLES" | "COLUMNS" | "ALL" | "FUNCTIONS") => {
+        "SHOW" if !matches!(w(1), "TABLES" | "COLUMNS") => {
             let name = body[4..].trim().trim_matches('"').to_string();
             Kind::Show(name.to_ascii_lowercase())
         }
@@ -156,23 +156,16 @@ pub fn no_rows_columns(sql: &str) -> Option<Vec<String>> {
 
 /// The value `SHOW name` reports.
 pub fn show_value(name: &str) -> String {
-    match name {
-        "server_version" => super::catalog::SERVER_VERSION.into(),
-        "server_version_num" => "160000".into(),
-        "server_encoding" | "client_encoding" => "UTF8".into(),
-        "datestyle" => "ISO, MDY".into(),
-        "timezone" => "UTC".into(),
-        "integer_datetimes" | "standard_conforming_strings" => "on".into(),
-        "transaction_isolation" | "default_transaction_isolation" => "read committed".into(),
-        "transaction_read_only" | "default_transaction_read_only" => "on".into(),
-        "max_identifier_length" => "63".into(),
-        "search_path" => "public".into(),
-        "lc_collate" | "lc_ctype" => "C".into(),
-        "is_superuser" => "off".into(),
-        _ => String::new(),
-    }
+    super::catalog::setting(name).to_string()
 }
 
+/// Grafana's PostgreSQL data source restricts tables to the search path with a subquery over
+/// `generate_series(array_lower(...), array_upper(...)) AS i, string_to_array(...) s`; oxeye's
+/// search path is always `public`, so the subquery is that list.
+static GRAFANA_SEARCH_PATH: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?is)IN\s*\(\s*SELECT\s+CASE\s+WHEN\s+trim\(s\[i\]\)\s*=\s*'"\$user"'.*?string_to_array\(\s*current_setting\(\s*'search_path'\s*\)\s*,\s*','\s*\)\s*s\s*\)"#)
+        .expect("static regex")
+});
 static COLLATE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"(?i)\s+COLLATE\s+(pg_catalog\.)?("default"|default|"C"|C)\b"#)
         .expect("static regex")
@@ -197,7 +190,8 @@ static TEXT_CAST: LazyLock<Regex> = LazyLock::new(|| {
 /// Queries over `pg_catalog` also get their scalar subqueries aggregated (see
 /// [`aggregate_scalar_subqueries`]). User queries are otherwise left alone.
 pub fn rewrite(sql: &str) -> String {
-    let s: Cow<str> = COLLATE.replace_all(sql, "");
+    let s: Cow<str> = GRAFANA_SEARCH_PATH.replace_all(sql, "IN ('public')");
+    let s = COLLATE.replace_all(&s, "");
     let s = OPERATOR.replace_all(&s, " $1 ");
     let s = CATALOG_FUNCTION.replace_all(&s, "$1(");
     let s = PG_CASTS.replace_all(&s, "");
@@ -303,6 +297,134 @@ pub fn aggregate_scalar_subqueries(sql: &str) -> Option<String> {
     )
 }
 
+/// What a connection knows that a statement may refer to.
+pub struct Session<'a> {
+    /// The user who logged in (what `current_user` is).
+    pub user: &'a str,
+    /// Parameter types the client declared when it prepared the statement.
+    pub declared: &'a [Option<pgwire::api::Type>],
+}
+
+/// The cast a declared parameter type pins placeholder `p` to (text and unknown leave the engine
+/// to infer the type from context).
+fn typed_placeholder(p: &str, t: &pgwire::api::Type) -> Option<String> {
+    use pgwire::api::Type;
+    let sql = match *t {
+        Type::BOOL => "BOOLEAN",
+        Type::INT2 => "SMALLINT",
+        Type::INT4 => "INT",
+        Type::INT8 => "BIGINT",
+        Type::FLOAT4 => "REAL",
+        Type::FLOAT8 | Type::NUMERIC => "DOUBLE",
+        // `TIMESTAMP WITH TIME ZONE` would drop the zone here; say exactly what is meant.
+        Type::TIMESTAMPTZ => {
+            return Some(format!(
+                "arrow_cast({p}, 'Timestamp(Nanosecond, Some(\"UTC\"))')"
+            ));
+        }
+        Type::TIMESTAMP => "TIMESTAMP",
+        Type::DATE => "DATE",
+        Type::BYTEA => "BYTEA",
+        _ => return None,
+    };
+    Some(format!("CAST({p} AS {sql})"))
+}
+
+/// PostgreSQL's view of a statement, for the engine: unqualified `pg_catalog` tables get their
+/// schema (PostgreSQL searches it first), `current_user` / `session_user` become the login
+/// user, and placeholders whose type the client declared are cast to it.
+pub fn for_session(sql: &str, session: &Session<'_>) -> String {
+    use std::ops::ControlFlow;
+
+    use datafusion::sql::sqlparser::ast::{
+        Expr, Ident, ObjectNamePart, SelectItem, SetExpr, Statement, Value, visit_expressions_mut,
+        visit_relations_mut,
+    };
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    let dialect = PostgreSqlDialect {};
+    let Ok(mut statements) = Parser::parse_sql(&dialect, sql) else {
+        return sql.to_string();
+    };
+    let parse = |text: String| {
+        Parser::new(&dialect)
+            .try_with_sql(&text)
+            .ok()?
+            .parse_expr()
+            .ok()
+    };
+    let user = parse(format!("'{}'", session.user.replace('\'', "''")));
+    let is_user_function = |e: &Expr| {
+        matches!(e, Expr::Function(f)
+            if matches!(f.name.to_string().to_ascii_lowercase().as_str(), "current_user" | "session_user" | "user")
+                && f.args.to_string().trim_matches(|c| c == '(' || c == ')').is_empty())
+    };
+    let mut changed = false;
+    for statement in &mut statements {
+        // In a select list, the value keeps the function's name as its column name.
+        if let Statement::Query(q) = statement
+            && let SetExpr::Select(select) = q.body.as_mut()
+            && let Some(u) = &user
+        {
+            for item in &mut select.projection {
+                if let SelectItem::UnnamedExpr(e) = item
+                    && is_user_function(e)
+                {
+                    let name = e.to_string().to_ascii_lowercase();
+                    *item = SelectItem::ExprWithAlias {
+                        expr: u.clone(),
+                        alias: Ident::with_quote('"', name),
+                    };
+                    changed = true;
+                }
+            }
+        }
+        let _ = visit_relations_mut(statement, |name| {
+            if name.0.len() == 1
+                && let Some(ident) = name.0[0].as_ident()
+                && super::catalog::CATALOG_TABLES.contains(&ident.value.as_str())
+            {
+                name.0
+                    .insert(0, ObjectNamePart::Identifier(Ident::new("pg_catalog")));
+                changed = true;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        let _ = visit_expressions_mut(statement, |expr| {
+            match expr {
+                _ if is_user_function(expr) => {
+                    if let Some(u) = &user {
+                        *expr = u.clone();
+                        changed = true;
+                    }
+                }
+                Expr::Value(v) => {
+                    if let Value::Placeholder(p) = &v.value
+                        && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+                        && let Some(Some(t)) = session.declared.get(n.wrapping_sub(1))
+                        && let Some(typed) = typed_placeholder(p, t)
+                        && let Some(cast) = parse(typed)
+                    {
+                        *expr = cast;
+                        changed = true;
+                    }
+                }
+                _ => {}
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    if !changed {
+        return sql.to_string();
+    }
+    statements
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Splits a simple-protocol query into statements at semicolons outside quotes and comments.
 pub fn split_statements(sql: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -377,6 +499,31 @@ mod tests {
         assert_eq!(
             r,
             "WHERE c.relname  ~  '^(spans)$' AND pg_table_is_visible(c.oid) FROM pg_catalog.pg_class c WHERE x = 'a' AND t::text"
+        );
+    }
+
+    #[test]
+    fn sessions_adapt_statements() {
+        use pgwire::api::Type;
+        let session = Session {
+            user: "me",
+            declared: &[Some(Type::INT8), Some(Type::TEXT)],
+        };
+        assert_eq!(
+            for_session("SELECT current_user, $1, $2 FROM pg_class", &session),
+            "SELECT 'me' AS \"current_user\", CAST($1 AS BIGINT), $2 FROM pg_catalog.pg_class"
+        );
+        assert_eq!(for_session("SELECT 1", &session), "SELECT 1");
+        let grafana = rewrite(
+            r#"SELECT 1 FROM information_schema.tables WHERE quote_ident(table_schema) IN (
+    SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+    FROM generate_series(array_lower(string_to_array(current_setting('search_path'), ','), 1),
+                         array_upper(string_to_array(current_setting('search_path'), ','), 1)) AS i,
+         string_to_array(current_setting('search_path'), ',') s)"#,
+        );
+        assert_eq!(
+            grafana,
+            "SELECT 1 FROM information_schema.tables WHERE quote_ident(table_schema) IN ('public')"
         );
     }
 

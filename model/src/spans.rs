@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, FixedSizeBinaryArray, FixedSizeBinaryBuilder,
-    Int64Builder, StringArray, StringBuilder, StructArray, TimestampNanosecondArray,
+    Int64Array, Int64Builder, StringArray, StringBuilder, StructArray, TimestampNanosecondArray,
     TimestampNanosecondBuilder, UInt32Array, UInt32Builder,
 };
 use arrow::datatypes::DataType;
@@ -164,7 +164,6 @@ pub struct SpansBuilder {
     name: DictBuilder,
     kind: DictBuilder,
     start_time: TimestampNanosecondBuilder,
-    end_time: TimestampNanosecondBuilder,
     duration: Int64Builder,
     status_code: DictBuilder,
     status_message: StringBuilder,
@@ -189,7 +188,6 @@ impl Default for SpansBuilder {
             name: DictBuilder::new(),
             kind: DictBuilder::new(),
             start_time: TimestampNanosecondBuilder::new().with_timezone(TIMEZONE),
-            end_time: TimestampNanosecondBuilder::new().with_timezone(TIMEZONE),
             duration: Int64Builder::new(),
             status_code: DictBuilder::new(),
             status_message: StringBuilder::new(),
@@ -229,7 +227,6 @@ impl SpansBuilder {
             nanos(span.end_time_unix_nano),
         );
         self.start_time.append_value(start);
-        self.end_time.append_value(end);
         self.duration.append_value(end.wrapping_sub(start));
         let status = span.status.as_ref();
         self.status_code
@@ -267,7 +264,6 @@ impl SpansBuilder {
             self.name.finish(),
             self.kind.finish(),
             Arc::new(self.start_time.finish()),
-            Arc::new(self.end_time.finish()),
             Arc::new(self.duration.finish()),
             self.status_code.finish(),
             Arc::new(self.status_message.finish()),
@@ -330,7 +326,7 @@ pub fn spans_to_otlp(batches: &[RecordBatch]) -> Result<ExportTraceServiceReques
         let name = cols.dict("name")?;
         let kind = cols.dict("kind")?;
         let start: &TimestampNanosecondArray = cols.get("start_time")?;
-        let end: &TimestampNanosecondArray = cols.get("end_time")?;
+        let duration: &Int64Array = cols.get("duration_ns")?;
         let status_code = cols.dict("status_code")?;
         let status_message: &StringArray = cols.get("status_message")?;
         let attributes = AttributesReader::new(
@@ -364,7 +360,8 @@ pub fn spans_to_otlp(batches: &[RecordBatch]) -> Result<ExportTraceServiceReques
                 name: name.value(i).to_string(),
                 kind: span_kind_number(kind.value(i)).unwrap_or(0),
                 start_time_unix_nano: unnanos(start.value(i)),
-                end_time_unix_nano: unnanos(end.value(i)),
+                // Not stored: exactly start + duration (both wrap, so any u64 comes back).
+                end_time_unix_nano: unnanos(start.value(i).wrapping_add(duration.value(i))),
                 attributes: attributes.row(i)?,
                 dropped_attributes_count: dropped_attributes.value(i),
                 events: events.row(i)?,

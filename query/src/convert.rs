@@ -43,49 +43,88 @@ pub fn sql_field(field: &Field) -> Option<Field> {
     Some(Field::new(field.name(), dt, field.is_nullable()).with_metadata(field.metadata().clone()))
 }
 
+/// Where a SQL column comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Source {
+    /// A storage column (its index in the storage schema).
+    Stored(usize),
+    /// `end_time`: start_time + duration_ns (storage indices), which is exact and saves
+    /// storing a second random timestamp per span.
+    EndTime { start: usize, duration: usize },
+}
+
 /// How one table's SQL columns map onto its storage columns.
 #[derive(Debug, Clone)]
 pub struct SqlShape {
     pub signal: Signal,
     pub schema: SchemaRef,
-    /// For each SQL column, its index in the storage schema.
-    pub storage_index: Vec<usize>,
+    pub sources: Vec<Source>,
+}
+
+/// What to read from storage for a projection, and how to make each SQL column of it.
+#[derive(Debug, Clone)]
+pub struct ReadPlan {
+    /// Storage columns to read, in this order.
+    pub storage: Vec<usize>,
+    /// Per output column: positions in the read batch.
+    pub columns: Vec<Source>,
+    pub schema: SchemaRef,
 }
 
 impl SqlShape {
     pub fn new(signal: Signal) -> SqlShape {
         let storage = signal.schema();
         let mut fields = Vec::new();
-        let mut storage_index = Vec::new();
+        let mut sources = Vec::new();
         for (i, f) in storage.fields().iter().enumerate() {
             if let Some(sf) = sql_field(f) {
                 fields.push(sf);
-                storage_index.push(i);
+                sources.push(Source::Stored(i));
+            }
+            if signal == Signal::Spans
+                && f.name() == "start_time"
+                && let Ok(duration) = storage.index_of("duration_ns")
+            {
+                fields.push(Field::new("end_time", f.data_type().clone(), false));
+                sources.push(Source::EndTime { start: i, duration });
             }
         }
         SqlShape {
             signal,
             schema: Arc::new(Schema::new(fields)),
-            storage_index,
+            sources,
         }
     }
 
-    /// Storage column indices for a projection of SQL column indices.
-    pub fn storage_projection(&self, projection: Option<&Vec<usize>>) -> Vec<usize> {
-        match projection {
-            Some(p) => p.iter().map(|i| self.storage_index[*i]).collect(),
-            None => self.storage_index.clone(),
-        }
-    }
-
-    pub fn projected_schema(
-        &self,
-        projection: Option<&Vec<usize>>,
-    ) -> Result<SchemaRef, ArrowError> {
-        match projection {
-            Some(p) => Ok(Arc::new(self.schema.project(p)?)),
-            None => Ok(self.schema.clone()),
-        }
+    /// The storage reads and conversions for a projection of SQL column indices.
+    pub fn read_plan(&self, projection: Option<&Vec<usize>>) -> Result<ReadPlan, ArrowError> {
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.sources.len()).collect(),
+        };
+        let mut storage: Vec<usize> = Vec::new();
+        let mut at = |i: usize| match storage.iter().position(|s| *s == i) {
+            Some(p) => p,
+            None => {
+                storage.push(i);
+                storage.len() - 1
+            }
+        };
+        let columns = wanted
+            .iter()
+            .map(|c| match self.sources[*c] {
+                Source::Stored(i) => Source::Stored(at(i)),
+                Source::EndTime { start, duration } => Source::EndTime {
+                    start: at(start),
+                    duration: at(duration),
+                },
+            })
+            .collect();
+        Ok(ReadPlan {
+            storage,
+            columns,
+            schema: Arc::new(self.schema.project(&wanted)?),
+        })
     }
 
     pub fn column_index(&self, name: &str) -> Option<usize> {
@@ -93,22 +132,45 @@ impl SqlShape {
     }
 }
 
-/// Converts a batch of (projected) storage columns to the (projected) SQL schema.
-pub fn to_sql_batch(
-    batch: &RecordBatch,
-    sql_schema: &SchemaRef,
-) -> Result<RecordBatch, ArrowError> {
-    let columns = batch
-        .columns()
+/// Converts a batch of storage columns (read per `plan.storage`) to the plan's SQL schema.
+pub fn to_sql_batch(batch: &RecordBatch, plan: &ReadPlan) -> Result<RecordBatch, ArrowError> {
+    let storage_schema = batch.schema();
+    let columns = plan
+        .columns
         .iter()
-        .zip(batch.schema().fields())
-        .zip(sql_schema.fields())
-        .map(|((array, storage_field), sql_field)| to_sql_array(array, storage_field, sql_field))
+        .zip(plan.schema.fields())
+        .map(|(source, sql_field)| match *source {
+            Source::Stored(i) => to_sql_array(
+                batch.column(i),
+                &Arc::new(storage_schema.field(i).clone()),
+                sql_field,
+            ),
+            Source::EndTime { start, duration } => {
+                end_time(batch.column(start), batch.column(duration))
+            }
+        })
         .collect::<Result<Vec<_>, _>>()?;
     // `count(*)` projects no column at all; the row count must survive.
     let options =
         arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    RecordBatch::try_new_with_options(sql_schema.clone(), columns, &options)
+    RecordBatch::try_new_with_options(plan.schema.clone(), columns, &options)
+}
+
+fn end_time(start: &ArrayRef, duration: &ArrayRef) -> Result<ArrayRef, ArrowError> {
+    use arrow::datatypes::{Int64Type, TimestampNanosecondType};
+    let start = start
+        .as_primitive_opt::<TimestampNanosecondType>()
+        .ok_or_else(|| {
+            ArrowError::SchemaError("start_time is not a nanosecond timestamp".into())
+        })?;
+    let duration = duration
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| ArrowError::SchemaError("duration_ns is not Int64".into()))?;
+    let end: arrow::array::TimestampNanosecondArray =
+        arrow::compute::kernels::arity::binary(start, duration, |s, d| s.wrapping_add(d))?;
+    Ok(Arc::new(
+        end.with_timezone_opt(start.timezone().map(str::to_string)),
+    ))
 }
 
 fn to_sql_array(
@@ -191,6 +253,125 @@ fn hex_array<'a>(values: impl Iterator<Item = Option<&'a [u8]>>, len: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// DESIGN.md's SQL columns, as users, the UI and tests see them.
+    #[test]
+    fn contract_columns_exist() {
+        let expect: &[(Signal, &[&str])] = &[
+            (
+                Signal::Spans,
+                &[
+                    "trace_id",
+                    "span_id",
+                    "parent_span_id",
+                    "trace_state",
+                    "name",
+                    "kind",
+                    "service_name",
+                    "start_time",
+                    "end_time",
+                    "duration_ns",
+                    "status_code",
+                    "status_message",
+                    "attributes",
+                    "resource_attributes",
+                    "scope_name",
+                    "scope_version",
+                    "events",
+                    "links",
+                ],
+            ),
+            (
+                Signal::Logs,
+                &[
+                    "time",
+                    "observed_time",
+                    "severity_number",
+                    "severity_text",
+                    "body",
+                    "trace_id",
+                    "span_id",
+                    "service_name",
+                    "attributes",
+                    "resource_attributes",
+                    "scope_name",
+                ],
+            ),
+            (
+                Signal::Metrics,
+                &[
+                    "time",
+                    "start_time",
+                    "name",
+                    "description",
+                    "unit",
+                    "type",
+                    "is_monotonic",
+                    "temporality",
+                    "service_name",
+                    "attributes",
+                    "resource_attributes",
+                    "value",
+                ],
+            ),
+            (
+                Signal::Histograms,
+                &[
+                    "time",
+                    "start_time",
+                    "name",
+                    "unit",
+                    "service_name",
+                    "attributes",
+                    "resource_attributes",
+                    "count",
+                    "sum",
+                    "min",
+                    "max",
+                    "bucket_counts",
+                    "explicit_bounds",
+                    "temporality",
+                ],
+            ),
+        ];
+        for (signal, columns) in expect {
+            let shape = SqlShape::new(*signal);
+            for c in *columns {
+                assert!(
+                    shape.schema.field_with_name(c).is_ok(),
+                    "{signal} lacks {c}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn end_time_is_start_plus_duration() {
+        let shape = SqlShape::new(Signal::Spans);
+        let end = shape.column_index("end_time").unwrap();
+        let plan = shape.read_plan(Some(&vec![end])).unwrap();
+        assert_eq!(plan.storage.len(), 2, "reads start_time and duration_ns");
+        let batch = RecordBatch::try_new(
+            Arc::new(Signal::Spans.schema().project(&plan.storage).unwrap()),
+            vec![
+                Arc::new(
+                    arrow::array::TimestampNanosecondArray::from(vec![100, i64::MAX])
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(arrow::array::Int64Array::from(vec![5, 2])),
+            ],
+        )
+        .unwrap();
+        let out = to_sql_batch(&batch, &plan).unwrap();
+        let end = out
+            .column(0)
+            .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        assert_eq!(end.values().to_vec(), vec![105, i64::MIN + 1]);
+        assert_eq!(
+            out.schema().field(0).data_type(),
+            &DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, Some("UTC".into()))
+        );
+    }
 
     #[test]
     fn ids_are_hex_and_sidecars_hidden() {

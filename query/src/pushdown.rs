@@ -242,12 +242,6 @@ pub fn analyze(signal: Signal, filters: &[Expr]) -> ScanHints {
     hints
 }
 
-/// Whether a filter is worth offering to the scan at all (used for `supports_filters_pushdown`).
-pub fn is_useful(signal: Signal, expr: &Expr) -> bool {
-    let hints = analyze(signal, std::slice::from_ref(expr));
-    hints.start.is_some() || hints.end.is_some() || hints.index.is_some()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,8 +22,8 @@ use futures::{StreamExt, TryStreamExt};
 use oxeye_model::Signal;
 use oxeye_store::{ScanPart, ScanPlan, ScanRequest, Store};
 
-use crate::convert::{SqlShape, to_sql_batch};
-use crate::pushdown::{ScanHints, analyze, is_useful};
+use crate::convert::{ReadPlan, SqlShape, to_sql_batch};
+use crate::pushdown::{ScanHints, analyze};
 
 /// One signal's table.
 #[derive(Debug)]
@@ -51,20 +51,14 @@ impl TableProvider for OxeyeTable {
         TableType::Base
     }
 
+    /// Every filter is offered to the scan: time and index predicates prune what is read,
+    /// and the others are evaluated on storage columns before the SQL conversion. All stay
+    /// inexact, so DataFusion still applies each one exactly.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if is_useful(self.shape.signal, f) {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
     async fn scan(
@@ -86,16 +80,16 @@ impl TableProvider for OxeyeTable {
             .plan_scan(request)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let schema = self.shape.projected_schema(projection)?;
-        let storage_projection = self.shape.storage_projection(projection);
+        let read = self.shape.read_plan(projection)?;
+        let prefilter = prefilter(state, &self.shape, &read, filters);
         let partitions = state.config().target_partitions().max(1);
         Ok(Arc::new(OxeyeScanExec::new(
             self.store.clone(),
             self.shape.signal,
             plan,
             hints,
-            schema,
-            storage_projection,
+            read,
+            prefilter,
             state.config().batch_size(),
             // Without filters the scan may stop early; with them, DataFusion's own limit above
             // the filter does it.
@@ -105,14 +99,68 @@ impl TableProvider for OxeyeTable {
     }
 }
 
+/// The conjuncts of `filters` that read only columns SQL shows exactly as stored (not hex ids,
+/// not `end_time`, not nested values with ids inside), compiled against the storage columns
+/// the scan reads, in read order.
+fn prefilter(
+    state: &dyn Session,
+    shape: &SqlShape,
+    read: &ReadPlan,
+    filters: &[Expr],
+) -> Option<Arc<dyn PhysicalExpr>> {
+    use datafusion::common::DFSchema;
+    use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+
+    let storage = shape.signal.schema();
+    let read_schema = Arc::new(storage.project(&read.storage).ok()?);
+    let identity = |name: &str| -> bool {
+        let (Ok(sql), Ok(stored)) = (
+            shape.schema.field_with_name(name),
+            read_schema.field_with_name(name),
+        ) else {
+            return false;
+        };
+        sql.data_type() == stored.data_type()
+    };
+    let usable: Vec<Expr> = filters
+        .iter()
+        .flat_map(split_conjunction)
+        .filter(|e| {
+            let columns = e.column_refs();
+            !columns.is_empty() && columns.iter().all(|c| identity(&c.name))
+        })
+        .cloned()
+        .collect();
+    let expr = conjunction(usable)?;
+    let df_schema = DFSchema::try_from(read_schema.as_ref().clone()).ok()?;
+    match state.create_physical_expr(expr, &df_schema) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::debug!(error = %e, "filter not evaluable in the scan; DataFusion applies it");
+            None
+        }
+    }
+}
+
+/// Keeps the rows `filter` accepts.
+fn apply(
+    filter: &Arc<dyn PhysicalExpr>,
+    batch: &arrow::record_batch::RecordBatch,
+) -> Result<arrow::record_batch::RecordBatch> {
+    let mask = filter.evaluate(batch)?.into_array(batch.num_rows())?;
+    let mask = datafusion::common::cast::as_boolean_array(&mask)?;
+    Ok(arrow::compute::filter_record_batch(batch, mask)?)
+}
+
 /// Reads a store scan plan, part by part, spread over partitions.
 pub struct OxeyeScanExec {
     store: Store,
     signal: Signal,
     plan: Arc<ScanPlan>,
     hints: ScanHints,
-    schema: SchemaRef,
-    storage_projection: Vec<usize>,
+    read: Arc<ReadPlan>,
+    /// Filters evaluated on storage rows before they are converted for SQL.
+    prefilter: Option<Arc<dyn PhysicalExpr>>,
     batch_size: usize,
     limit: Option<usize>,
     /// Parts of the plan each partition reads.
@@ -135,8 +183,8 @@ impl OxeyeScanExec {
         signal: Signal,
         plan: ScanPlan,
         hints: ScanHints,
-        schema: SchemaRef,
-        storage_projection: Vec<usize>,
+        read: ReadPlan,
+        prefilter: Option<Arc<dyn PhysicalExpr>>,
         batch_size: usize,
         limit: Option<usize>,
         max_partitions: usize,
@@ -147,7 +195,7 @@ impl OxeyeScanExec {
             assignment[i % n].push(i);
         }
         let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
+            EquivalenceProperties::new(read.schema.clone()),
             Partitioning::UnknownPartitioning(n),
             EmissionType::Incremental,
             Boundedness::Bounded,
@@ -157,8 +205,8 @@ impl OxeyeScanExec {
             signal,
             plan: Arc::new(plan),
             hints,
-            schema,
-            storage_projection,
+            read: Arc::new(read),
+            prefilter,
             batch_size,
             limit,
             assignment,
@@ -239,10 +287,11 @@ impl ExecutionPlan for OxeyeScanExec {
             .collect();
         let store = self.store.clone();
         let plan = self.plan.clone();
-        let projection = self.storage_projection.clone();
+        let projection = self.read.storage.clone();
         let batch_size = self.batch_size;
-        let schema = self.schema.clone();
-        let out_schema = schema.clone();
+        let read = self.read.clone();
+        let prefilter = self.prefilter.clone();
+        let out_schema = read.schema.clone();
         let stream = futures::stream::iter(parts)
             .then(move |part| {
                 let store = store.clone();
@@ -257,7 +306,15 @@ impl ExecutionPlan for OxeyeScanExec {
                 }
             })
             .try_flatten()
-            .map(move |r| r.and_then(|b| to_sql_batch(&b, &schema).map_err(DataFusionError::from)));
+            .map(move |r| {
+                r.and_then(|b| {
+                    let b = match &prefilter {
+                        Some(f) => apply(f, &b)?,
+                        None => b,
+                    };
+                    to_sql_batch(&b, &read).map_err(DataFusionError::from)
+                })
+            });
         let stream: futures::stream::BoxStream<'static, Result<arrow::record_batch::RecordBatch>> =
             match self.limit {
                 Some(limit) => {

@@ -18,7 +18,8 @@ pub struct StoreConfig {
     pub flush_age: Duration,
     /// Refuse writes (retryably) while a shard's unflushed data exceeds this many bytes.
     pub max_unflushed_bytes: usize,
-    /// Rows per index granule: the unit the index maps hits to.
+    /// Rows per data page, and per index granule (the unit index hits map to) except for
+    /// logs, which are indexed row by row.
     pub granule_rows: usize,
     /// Target rows per row group in segments.
     pub row_group_rows: usize,
@@ -54,5 +55,12 @@ impl StoreConfig {
             min_free_disk_bytes: 512 * 1024 * 1024,
             deletion_grace: Duration::from_secs(60),
         }
+    }
+}
+
+impl StoreConfig {
+    /// How segments of `signal` are cut.
+    pub fn layout(&self, signal: Signal) -> crate::segment::Layout {
+        crate::segment::Layout::for_signal(signal, self.granule_rows, self.row_group_rows)
     }
 }

@@ -31,9 +31,7 @@ use tantivy::directory::{
 };
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::query_grammar::{Delimiter, Occur as UserOccur, UserInputAst, UserInputLeaf};
-use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
-};
+use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
 use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
 
@@ -60,23 +58,36 @@ struct Fields {
 /// Separates the parts of a `series` term.
 pub const SERIES_SEPARATOR: char = '\u{1f}';
 
+/// Indexed, never stored or scored: oxeye only asks which documents hold a term, so there are
+/// no fieldnorms, frequencies or positions to keep.
+fn raw_term_field() -> TextOptions {
+    TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false),
+    )
+}
+
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
-    let granule = b.add_u64_field("granule", FAST | INDEXED);
-    let trace_id = b.add_text_field("trace_id", STRING);
-    let service = b.add_text_field("service", STRING);
-    let name = b.add_text_field("name", STRING);
-    let status = b.add_text_field("status", STRING);
-    let attr = b.add_text_field("attr", STRING);
+    // Read through its fast column only; indexing it would add a term per document.
+    let granule = b.add_u64_field("granule", FAST);
+    let trace_id = b.add_text_field("trace_id", raw_term_field());
+    let service = b.add_text_field("service", raw_term_field());
+    let name = b.add_text_field("name", raw_term_field());
+    let status = b.add_text_field("status", raw_term_field());
+    let attr = b.add_text_field("attr", raw_term_field());
     // What the catalog APIs list: `service␟kind␟span name` for spans, `service␟metric name`
     // for metrics, `service` for logs.
-    let series = b.add_text_field("series", STRING);
+    let series = b.add_text_field("series", raw_term_field());
     let text = b.add_text_field(
         "text",
         TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
                 .set_tokenizer("default")
-                .set_index_option(IndexRecordOption::Basic),
+                .set_index_option(IndexRecordOption::Basic)
+                .set_fieldnorms(false),
         ),
     );
     (

@@ -233,6 +233,7 @@ async fn merge(inner: &Inner, signal: Signal, inputs: Vec<SegmentRef>) -> Result
         let part = ScanPart::Segment {
             meta: meta.clone(),
             granules: None,
+            row_groups: None,
         };
         let stream = crate::scan::read_part(
             &part,
@@ -255,8 +256,7 @@ async fn merge(inner: &Inner, signal: Signal, inputs: Vec<SegmentRef>) -> Result
             shard,
             level,
             &batches,
-            cfg.granule_rows,
-            cfg.row_group_rows,
+            cfg.layout(signal),
             &cfg.data_dir,
         )
     })

@@ -52,10 +52,13 @@ impl ScanRequest {
 /// One independently readable piece of a scan.
 #[derive(Debug, Clone)]
 pub enum ScanPart {
-    /// A committed segment; `granules` limits the read to those granules when an index answered.
+    /// A committed segment; `granules` limits the read to those granules when an index
+    /// answered, `row_groups` to a range of its row groups (a big segment is read in several
+    /// parts, in parallel).
     Segment {
         meta: SegmentRef,
         granules: Option<Arc<Vec<u32>>>,
+        row_groups: Option<std::ops::Range<usize>>,
     },
     /// Unflushed rows.
     Memory { batches: Vec<RecordBatch> },
@@ -164,7 +167,7 @@ impl Caches {
     }
 }
 
-/// Row groups worth reading and the selection within them.
+/// Row groups worth reading (within `only`, when given) and the selection within them.
 fn plan_row_groups(
     footer: &ArrowReaderMetadata,
     time_column: &str,
@@ -172,6 +175,7 @@ fn plan_row_groups(
     end: Option<i64>,
     granules: Option<&[u32]>,
     granule_rows: usize,
+    only: Option<&std::ops::Range<usize>>,
 ) -> (Vec<usize>, RowSelection) {
     let md = footer.metadata();
     let schema = md.file_metadata().schema_descr();
@@ -186,18 +190,20 @@ fn plan_row_groups(
     for (i, rg) in md.row_groups().iter().enumerate() {
         let rows = rg.num_rows() as usize;
         let last_row = first_row + rows;
-        let in_time = match (
-            time_idx.and_then(|c| rg.column(c).statistics()),
-            start.is_some() || end.is_some(),
-        ) {
-            (Some(Statistics::Int64(s)), true) => match (s.min_opt(), s.max_opt()) {
-                (Some(min), Some(max)) => {
-                    start.is_none_or(|st| *max >= st) && end.is_none_or(|en| *min < en)
-                }
+        let in_range = only.is_none_or(|r| r.contains(&i));
+        let in_time = in_range
+            && match (
+                time_idx.and_then(|c| rg.column(c).statistics()),
+                start.is_some() || end.is_some(),
+            ) {
+                (Some(Statistics::Int64(s)), true) => match (s.min_opt(), s.max_opt()) {
+                    (Some(min), Some(max)) => {
+                        start.is_none_or(|st| *max >= st) && end.is_none_or(|en| *min < en)
+                    }
+                    _ => true,
+                },
                 _ => true,
-            },
-            _ => true,
-        };
+            };
         if in_time {
             match granules {
                 None => {
@@ -292,10 +298,44 @@ pub(crate) async fn plan(
                 Some(Arc::new(hits))
             }
         };
-        parts.push(ScanPart::Segment { meta, granules });
+        match granules {
+            // A few granules: one part.
+            Some(g) => parts.push(ScanPart::Segment {
+                meta,
+                granules: Some(g),
+                row_groups: None,
+            }),
+            // A whole segment: one part per row group, so partitions decode in parallel.
+            None => {
+                let groups = caches
+                    .footer(storage, &meta)
+                    .await?
+                    .metadata()
+                    .num_row_groups();
+                if groups <= 1 {
+                    parts.push(ScanPart::Segment {
+                        meta,
+                        granules: None,
+                        row_groups: None,
+                    });
+                } else {
+                    for g in 0..groups {
+                        parts.push(ScanPart::Segment {
+                            meta: meta.clone(),
+                            granules: None,
+                            row_groups: Some(g..g + 1),
+                        });
+                    }
+                }
+            }
+        }
     }
-    if !memory.is_empty() {
-        parts.push(ScanPart::Memory { batches: memory });
+    // Unflushed rows: a few parts, so partitions share them.
+    let chunk = memory.len().div_ceil(4).max(1);
+    for batches in memory.chunks(chunk) {
+        parts.push(ScanPart::Memory {
+            batches: batches.to_vec(),
+        });
     }
     Ok(ScanPlan {
         request,
@@ -321,7 +361,11 @@ pub(crate) async fn read_part(
                 .collect();
             Ok(stream::iter(out).boxed())
         }
-        ScanPart::Segment { meta, granules } => {
+        ScanPart::Segment {
+            meta,
+            granules,
+            row_groups,
+        } => {
             let footer = caches.footer(storage, meta).await?;
             let (groups, selection) = plan_row_groups(
                 &footer,
@@ -330,6 +374,7 @@ pub(crate) async fn read_part(
                 request.end,
                 granules.as_deref().map(|g| g.as_slice()),
                 meta.granule_rows as usize,
+                row_groups.as_ref(),
             );
             if groups.is_empty() {
                 return Ok(stream::empty().boxed());

@@ -371,15 +371,7 @@ async fn flush_frozen(inner: &Inner, id: u32, frozen: &Arc<Frozen>) -> Result<()
         let batches: Vec<_> = batches.iter().map(|b| b.batch.clone()).collect();
         let cfg = config.clone();
         let seg = tokio::task::spawn_blocking(move || {
-            build_segment(
-                signal,
-                id,
-                0,
-                &batches,
-                cfg.granule_rows,
-                cfg.row_group_rows,
-                &cfg.data_dir,
-            )
+            build_segment(signal, id, 0, &batches, cfg.layout(signal), &cfg.data_dir)
         })
         .await
         .map_err(|e| StoreError::Invalid {

@@ -32,7 +32,12 @@ pub fn spans_batch(first: u64, n: u64) -> SignalBatch {
                     .map(|i| {
                         let trace = i / 10;
                         let mut trace_id = [0u8; 16];
-                        trace_id[..8].copy_from_slice(&(trace * 7919 + 1).to_be_bytes());
+                        // Ids that do not sort in time order, as real ones do not.
+                        trace_id[..8].copy_from_slice(
+                            &(trace + 1)
+                                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                                .to_be_bytes(),
+                        );
                         trace_id[8..].copy_from_slice(&(trace + 1).to_be_bytes());
                         Span {
                             trace_id: trace_id.to_vec(),

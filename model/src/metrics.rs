@@ -304,6 +304,13 @@ struct HistogramBuilder {
 }
 
 impl HistogramBuilder {
+    fn new() -> Self {
+        HistogramBuilder {
+            head: HeadBuilder::new(),
+            ..Default::default()
+        }
+    }
+
     fn append(
         &mut self,
         metric: &Metric,
@@ -382,6 +389,13 @@ struct ExpHistogramBuilder {
 }
 
 impl ExpHistogramBuilder {
+    fn new() -> Self {
+        ExpHistogramBuilder {
+            head: HeadBuilder::new(),
+            ..Default::default()
+        }
+    }
+
     fn append(
         &mut self,
         metric: &Metric,
@@ -473,6 +487,13 @@ struct SummaryBuilder {
 }
 
 impl SummaryBuilder {
+    fn new() -> Self {
+        SummaryBuilder {
+            head: HeadBuilder::new(),
+            ..Default::default()
+        }
+    }
+
     fn append(
         &mut self,
         metric: &Metric,
@@ -526,19 +547,12 @@ impl SummaryBuilder {
 /// Points of a metric without a name are rejected.
 pub fn metrics_from_otlp(request: &ExportMetricsServiceRequest) -> Result<Converted, ModelError> {
     let mut out = Converted::default();
-    let mut numbers = NumberBuilder::new();
-    let mut histograms = HistogramBuilder {
-        head: HeadBuilder::new(),
-        ..Default::default()
-    };
-    let mut exp_histograms = ExpHistogramBuilder {
-        head: HeadBuilder::new(),
-        ..Default::default()
-    };
-    let mut summaries = SummaryBuilder {
-        head: HeadBuilder::new(),
-        ..Default::default()
-    };
+    // Builders are made on first use: a collection usually holds one or two point kinds, and
+    // setting up every table's builders per request would cost more than converting it.
+    let mut numbers: Option<NumberBuilder> = None;
+    let mut histograms: Option<HistogramBuilder> = None;
+    let mut exp_histograms: Option<ExpHistogramBuilder> = None;
+    let mut summaries: Option<SummaryBuilder> = None;
     for rm in &request.resource_metrics {
         for sm in &rm.scope_metrics {
             let origin = Origin {
@@ -557,28 +571,33 @@ pub fn metrics_from_otlp(request: &ExportMetricsServiceRequest) -> Result<Conver
                 }
                 match &metric.data {
                     Some(Data::Gauge(g)) => {
+                        let b = numbers.get_or_insert_with(NumberBuilder::new);
                         for p in &g.data_points {
-                            numbers.append(metric, None, p, &origin)?;
+                            b.append(metric, None, p, &origin)?;
                         }
                     }
                     Some(Data::Sum(s)) => {
+                        let b = numbers.get_or_insert_with(NumberBuilder::new);
                         for p in &s.data_points {
-                            numbers.append(metric, Some(s), p, &origin)?;
+                            b.append(metric, Some(s), p, &origin)?;
                         }
                     }
                     Some(Data::Histogram(h)) => {
+                        let b = histograms.get_or_insert_with(HistogramBuilder::new);
                         for p in &h.data_points {
-                            histograms.append(metric, h, p, &origin)?;
+                            b.append(metric, h, p, &origin)?;
                         }
                     }
                     Some(Data::ExponentialHistogram(h)) => {
+                        let b = exp_histograms.get_or_insert_with(ExpHistogramBuilder::new);
                         for p in &h.data_points {
-                            exp_histograms.append(metric, h, p, &origin)?;
+                            b.append(metric, h, p, &origin)?;
                         }
                     }
                     Some(Data::Summary(s)) => {
+                        let b = summaries.get_or_insert_with(SummaryBuilder::new);
                         for p in &s.data_points {
-                            summaries.append(metric, p, &origin)?;
+                            b.append(metric, p, &origin)?;
                         }
                     }
                     None => {}
@@ -587,23 +606,21 @@ pub fn metrics_from_otlp(request: &ExportMetricsServiceRequest) -> Result<Conver
             }
         }
     }
-    if numbers.head.rows > 0 {
+    if let Some(mut b) = numbers.filter(|b| b.head.rows > 0) {
         out.batches
-            .push(SignalBatch::new(Signal::Metrics, numbers.finish()?));
+            .push(SignalBatch::new(Signal::Metrics, b.finish()?));
     }
-    if histograms.head.rows > 0 {
+    if let Some(mut b) = histograms.filter(|b| b.head.rows > 0) {
         out.batches
-            .push(SignalBatch::new(Signal::Histograms, histograms.finish()?));
+            .push(SignalBatch::new(Signal::Histograms, b.finish()?));
     }
-    if exp_histograms.head.rows > 0 {
-        out.batches.push(SignalBatch::new(
-            Signal::ExpHistograms,
-            exp_histograms.finish()?,
-        ));
-    }
-    if summaries.head.rows > 0 {
+    if let Some(mut b) = exp_histograms.filter(|b| b.head.rows > 0) {
         out.batches
-            .push(SignalBatch::new(Signal::Summaries, summaries.finish()?));
+            .push(SignalBatch::new(Signal::ExpHistograms, b.finish()?));
+    }
+    if let Some(mut b) = summaries.filter(|b| b.head.rows > 0) {
+        out.batches
+            .push(SignalBatch::new(Signal::Summaries, b.finish()?));
     }
     Ok(out)
 }

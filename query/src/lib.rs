@@ -15,6 +15,7 @@ pub mod http;
 pub mod metrics;
 pub mod pg;
 pub mod pushdown;
+pub mod rowfilter;
 pub mod system;
 pub mod table;
 pub mod udf;

@@ -30,7 +30,7 @@ fn literal(expr: &Expr) -> Option<&ScalarValue> {
     }
 }
 
-fn text(expr: &Expr) -> Option<&str> {
+pub(crate) fn text(expr: &Expr) -> Option<&str> {
     match literal(expr)? {
         ScalarValue::Utf8(Some(s))
         | ScalarValue::LargeUtf8(Some(s))
@@ -57,7 +57,7 @@ fn chrono_free_parse(s: &str) -> Option<i64> {
     arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(s).ok()
 }
 
-fn column_name(expr: &Expr) -> Option<&str> {
+pub(crate) fn column_name(expr: &Expr) -> Option<&str> {
     match expr {
         Expr::Column(c) => Some(c.name.as_str()),
         Expr::Cast(c) => column_name(&c.expr),
@@ -67,7 +67,7 @@ fn column_name(expr: &Expr) -> Option<&str> {
 }
 
 /// `attributes['k']` / `resource_attributes['k']` -> `k`.
-fn attribute_key(expr: &Expr) -> Option<&str> {
+pub(crate) fn attribute_key(expr: &Expr) -> Option<&str> {
     match expr {
         Expr::ScalarFunction(f) if f.name() == "get_field" || f.name() == "map_extract" => {
             let [map, key] = f.args.as_slice() else {

@@ -24,6 +24,7 @@ use oxeye_store::{ScanPart, ScanPlan, ScanRequest, Store};
 
 use crate::convert::{ReadPlan, SqlShape, to_sql_batch};
 use crate::pushdown::{ScanHints, analyze};
+use crate::rowfilter;
 
 /// One signal's table.
 #[derive(Debug)]
@@ -52,8 +53,8 @@ impl TableProvider for OxeyeTable {
     }
 
     /// Every filter is offered to the scan: time and index predicates prune what is read,
-    /// and the others are evaluated on storage columns before the SQL conversion. All stay
-    /// inexact, so DataFusion still applies each one exactly.
+    /// and those answerable from storage columns filter rows while they are read (see
+    /// `rowfilter`). All stay inexact, so DataFusion still applies each one exactly.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
@@ -69,11 +70,14 @@ impl TableProvider for OxeyeTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let hints = analyze(self.shape.signal, filters);
+        let partitions = state.config().target_partitions().max(1);
         let request = ScanRequest {
             signal: self.shape.signal,
             start: hints.start,
             end: hints.end,
             index: hints.index.clone(),
+            filter: rowfilter::stages(state, &self.shape, filters),
+            parallelism: partitions,
         };
         let plan = self
             .store
@@ -81,15 +85,12 @@ impl TableProvider for OxeyeTable {
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let read = self.shape.read_plan(projection)?;
-        let prefilter = prefilter(state, &self.shape, &read, filters);
-        let partitions = state.config().target_partitions().max(1);
         Ok(Arc::new(OxeyeScanExec::new(
             self.store.clone(),
             self.shape.signal,
             plan,
             hints,
             read,
-            prefilter,
             state.config().batch_size(),
             // Without filters the scan may stop early; with them, DataFusion's own limit above
             // the filter does it.
@@ -99,59 +100,6 @@ impl TableProvider for OxeyeTable {
     }
 }
 
-/// The conjuncts of `filters` that read only columns SQL shows exactly as stored (not hex ids,
-/// not `end_time`, not nested values with ids inside), compiled against the storage columns
-/// the scan reads, in read order.
-fn prefilter(
-    state: &dyn Session,
-    shape: &SqlShape,
-    read: &ReadPlan,
-    filters: &[Expr],
-) -> Option<Arc<dyn PhysicalExpr>> {
-    use datafusion::common::DFSchema;
-    use datafusion::logical_expr::utils::{conjunction, split_conjunction};
-
-    let storage = shape.signal.schema();
-    let read_schema = Arc::new(storage.project(&read.storage).ok()?);
-    let identity = |name: &str| -> bool {
-        let (Ok(sql), Ok(stored)) = (
-            shape.schema.field_with_name(name),
-            read_schema.field_with_name(name),
-        ) else {
-            return false;
-        };
-        sql.data_type() == stored.data_type()
-    };
-    let usable: Vec<Expr> = filters
-        .iter()
-        .flat_map(split_conjunction)
-        .filter(|e| {
-            let columns = e.column_refs();
-            !columns.is_empty() && columns.iter().all(|c| identity(&c.name))
-        })
-        .cloned()
-        .collect();
-    let expr = conjunction(usable)?;
-    let df_schema = DFSchema::try_from(read_schema.as_ref().clone()).ok()?;
-    match state.create_physical_expr(expr, &df_schema) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::debug!(error = %e, "filter not evaluable in the scan; DataFusion applies it");
-            None
-        }
-    }
-}
-
-/// Keeps the rows `filter` accepts.
-fn apply(
-    filter: &Arc<dyn PhysicalExpr>,
-    batch: &arrow::record_batch::RecordBatch,
-) -> Result<arrow::record_batch::RecordBatch> {
-    let mask = filter.evaluate(batch)?.into_array(batch.num_rows())?;
-    let mask = datafusion::common::cast::as_boolean_array(&mask)?;
-    Ok(arrow::compute::filter_record_batch(batch, mask)?)
-}
-
 /// Reads a store scan plan, part by part, spread over partitions.
 pub struct OxeyeScanExec {
     store: Store,
@@ -159,8 +107,6 @@ pub struct OxeyeScanExec {
     plan: Arc<ScanPlan>,
     hints: ScanHints,
     read: Arc<ReadPlan>,
-    /// Filters evaluated on storage rows before they are converted for SQL.
-    prefilter: Option<Arc<dyn PhysicalExpr>>,
     batch_size: usize,
     limit: Option<usize>,
     /// Parts of the plan each partition reads.
@@ -184,7 +130,6 @@ impl OxeyeScanExec {
         plan: ScanPlan,
         hints: ScanHints,
         read: ReadPlan,
-        prefilter: Option<Arc<dyn PhysicalExpr>>,
         batch_size: usize,
         limit: Option<usize>,
         max_partitions: usize,
@@ -206,7 +151,6 @@ impl OxeyeScanExec {
             plan: Arc::new(plan),
             hints,
             read: Arc::new(read),
-            prefilter,
             batch_size,
             limit,
             assignment,
@@ -228,6 +172,9 @@ impl DisplayAs for OxeyeScanExec {
         }
         if let Some(ix) = &self.hints.index {
             write!(f, ", index={ix:?}")?;
+        }
+        if !self.plan.request.filter.is_empty() {
+            write!(f, ", row_filter={:?}", self.plan.request.filter)?;
         }
         write!(
             f,
@@ -290,7 +237,6 @@ impl ExecutionPlan for OxeyeScanExec {
         let projection = self.read.storage.clone();
         let batch_size = self.batch_size;
         let read = self.read.clone();
-        let prefilter = self.prefilter.clone();
         let out_schema = read.schema.clone();
         let stream = futures::stream::iter(parts)
             .then(move |part| {
@@ -306,15 +252,7 @@ impl ExecutionPlan for OxeyeScanExec {
                 }
             })
             .try_flatten()
-            .map(move |r| {
-                r.and_then(|b| {
-                    let b = match &prefilter {
-                        Some(f) => apply(f, &b)?,
-                        None => b,
-                    };
-                    to_sql_batch(&b, &read).map_err(DataFusionError::from)
-                })
-            });
+            .map(move |r| r.and_then(|b| to_sql_batch(&b, &read).map_err(DataFusionError::from)));
         let stream: futures::stream::BoxStream<'static, Result<arrow::record_batch::RecordBatch>> =
             match self.limit {
                 Some(limit) => {

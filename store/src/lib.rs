@@ -43,7 +43,7 @@ pub use catalog::{CatalogState, FileMetastore, Metastore};
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use index::{IndexPredicate, TextQuery};
-pub use scan::{ScanPart, ScanPlan, ScanRequest, ScanStats};
+pub use scan::{RowFilterStage, RowPredicate, ScanPart, ScanPlan, ScanRequest, ScanStats};
 pub use segment::{SegmentMeta, SegmentRef};
 pub use storage::Storage;
 

@@ -8,14 +8,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow::array::BooleanArray;
 use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use oxeye_model::Signal;
 use parking_lot::Mutex;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter, RowSelection, RowSelector,
 };
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::file::metadata::PageIndexPolicy;
@@ -36,6 +38,11 @@ pub struct ScanRequest {
     pub end: Option<i64>,
     /// Granule-level pruning through the segment indexes.
     pub index: Option<IndexPredicate>,
+    /// Exact row filters, applied in order while reading: a stage sees only the rows the
+    /// stages before it kept, and the other columns are decoded only for rows every stage kept.
+    pub filter: Vec<RowFilterStage>,
+    /// How many parts a big segment may be split into, so that many readers share it.
+    pub parallelism: usize,
 }
 
 impl ScanRequest {
@@ -45,9 +52,33 @@ impl ScanRequest {
             start: None,
             end: None,
             index: None,
+            filter: Vec::new(),
+            parallelism: 1,
         }
     }
 }
+
+/// Decides, for a batch of some storage columns, which rows to keep.
+pub type RowPredicate = Arc<dyn Fn(&RecordBatch) -> Result<BooleanArray, ArrowError> + Send + Sync>;
+
+/// One exact filter on storage rows (see [`ScanRequest::filter`]).
+#[derive(Clone)]
+pub struct RowFilterStage {
+    /// What the stage tests, for EXPLAIN and logs.
+    pub description: String,
+    /// Storage-schema columns the stage reads, ascending: its batches hold exactly these.
+    pub columns: Vec<usize>,
+    pub keep: RowPredicate,
+}
+
+impl std::fmt::Debug for RowFilterStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+/// Rows of a scan part at least this many are worth a reader of their own.
+const MIN_ROWS_PER_PART: usize = 64 * 1024;
 
 /// One independently readable piece of a scan.
 #[derive(Debug, Clone)]
@@ -254,6 +285,27 @@ fn plan_row_groups(
     (groups, selectors.into())
 }
 
+/// The rows of an in-memory batch that pass every stage.
+fn filter_memory_rows(
+    batch: &RecordBatch,
+    stages: &[RowFilterStage],
+) -> Result<RecordBatch, StoreError> {
+    let mut kept = batch.clone();
+    for stage in stages {
+        if kept.num_rows() == 0 {
+            break;
+        }
+        let columns = kept
+            .project(&stage.columns)
+            .map_err(|e| StoreError::arrow("projecting memory rows for a filter", e))?;
+        let mask = (stage.keep)(&columns)
+            .map_err(|e| StoreError::arrow("evaluating a row filter on memory rows", e))?;
+        kept = arrow::compute::filter_record_batch(&kept, &mask)
+            .map_err(|e| StoreError::arrow("filtering memory rows", e))?;
+    }
+    Ok(kept)
+}
+
 /// Applies a projection (storage-schema column indices) to an in-memory batch.
 fn project(batch: &RecordBatch, projection: Option<&[usize]>) -> Result<RecordBatch, StoreError> {
     match projection {
@@ -298,36 +350,46 @@ pub(crate) async fn plan(
                 Some(Arc::new(hits))
             }
         };
-        match granules {
-            // A few granules: one part.
-            Some(g) => parts.push(ScanPart::Segment {
-                meta,
-                granules: Some(g),
-                row_groups: None,
-            }),
-            // A whole segment: one part per row group, so partitions decode in parallel.
-            None => {
-                let groups = caches
-                    .footer(storage, &meta)
-                    .await?
-                    .metadata()
-                    .num_row_groups();
-                if groups <= 1 {
+        let footer = caches.footer(storage, &meta).await?;
+        let row_groups = footer.metadata().num_row_groups();
+        let granule_rows = (meta.granule_rows as usize).max(1);
+        let granules: Vec<u32> = match granules {
+            Some(g) => g.as_ref().clone(),
+            // Several row groups: one part each, so partitions decode in parallel.
+            None if row_groups > 1 => {
+                for g in 0..row_groups {
                     parts.push(ScanPart::Segment {
-                        meta,
+                        meta: meta.clone(),
                         granules: None,
-                        row_groups: None,
+                        row_groups: Some(g..g + 1),
                     });
-                } else {
-                    for g in 0..groups {
-                        parts.push(ScanPart::Segment {
-                            meta: meta.clone(),
-                            granules: None,
-                            row_groups: Some(g..g + 1),
-                        });
-                    }
                 }
+                continue;
             }
+            None => (0..u32::try_from((meta.rows as usize).div_ceil(granule_rows))
+                .unwrap_or(u32::MAX))
+                .collect(),
+        };
+        // One row group: split its granules into a few contiguous runs that readers share
+        // (the page index lets each fetch only its own pages).
+        let pieces = (granules.len() * granule_rows / MIN_ROWS_PER_PART)
+            .clamp(1, request.parallelism.max(1));
+        if pieces == 1 {
+            let whole = granules.len() as u64 * granule_rows as u64 >= meta.rows;
+            parts.push(ScanPart::Segment {
+                meta,
+                granules: (!whole).then(|| Arc::new(granules)),
+                row_groups: None,
+            });
+            continue;
+        }
+        let per = granules.len().div_ceil(pieces);
+        for chunk in granules.chunks(per) {
+            parts.push(ScanPart::Segment {
+                meta: meta.clone(),
+                granules: Some(Arc::new(chunk.to_vec())),
+                row_groups: None,
+            });
         }
     }
     // Unflushed rows: a few parts, so partitions share them.
@@ -357,7 +419,10 @@ pub(crate) async fn read_part(
         ScanPart::Memory { batches } => {
             let out: Vec<Result<RecordBatch, StoreError>> = batches
                 .iter()
-                .map(|b| project(b, projection.as_deref()))
+                .map(|b| {
+                    let kept = filter_memory_rows(b, &request.filter)?;
+                    project(&kept, projection.as_deref())
+                })
                 .collect();
             Ok(stream::iter(out).boxed())
         }
@@ -387,6 +452,20 @@ pub(crate) async fn read_part(
             if let Some(p) = projection {
                 let mask = ProjectionMask::roots(builder.parquet_schema(), p);
                 builder = builder.with_projection(mask);
+            }
+            if !request.filter.is_empty() {
+                let predicates = request
+                    .filter
+                    .iter()
+                    .map(|stage| {
+                        let mask =
+                            ProjectionMask::roots(builder.parquet_schema(), stage.columns.clone());
+                        let keep = stage.keep.clone();
+                        Box::new(ArrowPredicateFn::new(mask, move |batch| keep(&batch)))
+                            as Box<dyn parquet::arrow::arrow_reader::ArrowPredicate>
+                    })
+                    .collect();
+                builder = builder.with_row_filter(RowFilter::new(predicates));
             }
             let id = meta.id.clone();
             let stream = builder

@@ -1,0 +1,214 @@
+//! Filters the store evaluates on storage rows while it reads them.
+//!
+//! Each conjunct of a query's filters that can be answered from storage columns alone becomes a
+//! [`RowFilterStage`]: the Parquet reader decodes that stage's columns, keeps the rows that
+//! pass, and decodes the remaining columns only for those rows. That matters most for wide
+//! columns such as attribute maps, which dominate scan time.
+//!
+//! A conjunct qualifies when every column it reads is shown by SQL exactly as stored (not the
+//! hex ids, not the computed `end_time`), or when it is `attributes['k'] = 'v'` on an attribute
+//! map, which is tested here directly on the dictionary-keyed storage map. DataFusion still
+//! applies every filter above the scan, so a stage only has to be exact, never complete.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, BooleanBufferBuilder, MapArray};
+use arrow::compute::prep_null_mask_filter;
+use arrow::datatypes::{Int32Type, Schema};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::Session;
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
+use oxeye_store::RowFilterStage;
+
+use crate::convert::SqlShape;
+use crate::pushdown::{attribute_key, column_name, text};
+
+/// The stages for `filters`, cheapest first.
+pub fn stages(state: &dyn Session, shape: &SqlShape, filters: &[Expr]) -> Vec<RowFilterStage> {
+    let mut plain = Vec::new();
+    let mut maps = Vec::new();
+    for conjunct in filters.iter().flat_map(split_conjunction) {
+        if let Some(stage) = map_equality(shape, conjunct) {
+            maps.push(stage);
+        } else if let Some(stage) = compiled(state, shape, conjunct) {
+            plain.push(stage);
+        }
+    }
+    // Attribute maps are the most expensive columns to decode: test them on the fewest rows.
+    plain.extend(maps);
+    plain
+}
+
+/// `conjunct` compiled against the storage columns it reads, if SQL shows them as stored.
+fn compiled(state: &dyn Session, shape: &SqlShape, conjunct: &Expr) -> Option<RowFilterStage> {
+    let storage = shape.signal.schema();
+    let mut columns = Vec::new();
+    for c in conjunct.column_refs() {
+        let i = storage.index_of(&c.name).ok()?;
+        let sql = shape.schema.field_with_name(&c.name).ok()?;
+        if sql.data_type() != storage.field(i).data_type() {
+            return None;
+        }
+        columns.push(i);
+    }
+    if columns.is_empty() {
+        return None;
+    }
+    columns.sort_unstable();
+    columns.dedup();
+    let schema: Schema = storage.project(&columns).ok()?;
+    let df_schema = DFSchema::try_from(schema).ok()?;
+    let expr = match state.create_physical_expr(conjunct.clone(), &df_schema) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!(error = %e, filter = %conjunct, "not evaluable in the scan");
+            return None;
+        }
+    };
+    Some(RowFilterStage {
+        description: conjunct.to_string(),
+        columns,
+        keep: Arc::new(move |batch: &RecordBatch| {
+            let value = expr
+                .evaluate(batch)
+                .and_then(|v| v.into_array(batch.num_rows()))
+                // Boxed whole so the query layer still sees DataFusion's error kind (a bad
+                // `search()` query is the user's mistake, not an internal failure).
+                .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+            let mask = value
+                .as_boolean_opt()
+                .ok_or_else(|| ArrowError::ComputeError("a filter gave no booleans".into()))?;
+            Ok(without_nulls(mask))
+        }),
+    })
+}
+
+/// `attributes['k'] = 'v'` (either side) on one of the signal's attribute maps.
+fn map_equality(shape: &SqlShape, conjunct: &Expr) -> Option<RowFilterStage> {
+    let Expr::BinaryExpr(BinaryExpr {
+        left,
+        op: Operator::Eq,
+        right,
+    }) = conjunct
+    else {
+        return None;
+    };
+    let (access, value) = if attribute_key(left).is_some() {
+        (left.as_ref(), right.as_ref())
+    } else {
+        (right.as_ref(), left.as_ref())
+    };
+    let key = attribute_key(access)?.to_string();
+    let value = text(value)?.to_string();
+    let map_column = map_column_of(access)?;
+    let column = shape.signal.schema().index_of(map_column).ok()?;
+    Some(RowFilterStage {
+        description: conjunct.to_string(),
+        columns: vec![column],
+        keep: Arc::new(move |batch: &RecordBatch| {
+            let map = batch
+                .column(0)
+                .as_map_opt()
+                .ok_or_else(|| ArrowError::ComputeError("an attribute map was expected".into()))?;
+            map_entry_equals(map, &key, &value)
+        }),
+    })
+}
+
+fn map_column_of(access: &Expr) -> Option<&str> {
+    match access {
+        Expr::ScalarFunction(f) => f.args.first().and_then(column_name),
+        Expr::Cast(c) => map_column_of(&c.expr),
+        _ => None,
+    }
+}
+
+/// Per row: does the first entry with `key` hold `value`? (What `map['key'] = 'value'` means.)
+pub fn map_entry_equals(
+    map: &MapArray,
+    key: &str,
+    value: &str,
+) -> Result<BooleanArray, ArrowError> {
+    let keys = map
+        .keys()
+        .as_dictionary_opt::<Int32Type>()
+        .ok_or_else(|| ArrowError::ComputeError("attribute keys are not a dictionary".into()))?;
+    let key_texts = keys
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or_else(|| ArrowError::ComputeError("attribute keys are not text".into()))?;
+    let wanted: Vec<bool> = key_texts.iter().map(|k| k == Some(key)).collect();
+    let values = map
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or_else(|| ArrowError::ComputeError("attribute values are not text".into()))?;
+    let offsets = map.value_offsets();
+    let key_ids = keys.keys();
+    let mut out = BooleanBufferBuilder::new(map.len());
+    for row in 0..map.len() {
+        let mut hit = false;
+        if map.is_valid(row) {
+            for entry in offsets[row] as usize..offsets[row + 1] as usize {
+                let id = key_ids.value(entry);
+                if key_ids.is_valid(entry) && wanted.get(id as usize).copied().unwrap_or(false) {
+                    hit = values.is_valid(entry) && values.value(entry) == value;
+                    break;
+                }
+            }
+        }
+        out.append(hit);
+    }
+    Ok(BooleanArray::new(out.finish(), None))
+}
+
+fn without_nulls(mask: &BooleanArray) -> BooleanArray {
+    if mask.null_count() == 0 {
+        mask.clone()
+    } else {
+        prep_null_mask_filter(mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{MapBuilder, StringBuilder, StringDictionaryBuilder};
+
+    fn map(rows: &[&[(&str, Option<&str>)]]) -> MapArray {
+        let mut b = MapBuilder::new(
+            None,
+            StringDictionaryBuilder::<Int32Type>::new(),
+            StringBuilder::new(),
+        );
+        for row in rows {
+            for (k, v) in *row {
+                b.keys().append_value(*k);
+                b.values().append_option(*v);
+            }
+            b.append(true).unwrap();
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn first_entry_with_the_key_decides() {
+        let m = map(&[
+            &[("a", Some("1")), ("b", Some("2"))],
+            &[("b", Some("3"))],
+            &[],
+            &[("b", None)],
+            &[("b", Some("2")), ("b", Some("9"))],
+            &[("b", Some("9")), ("b", Some("2"))],
+        ]);
+        let got = map_entry_equals(&m, "b", "2").unwrap();
+        assert_eq!(
+            got.iter().collect::<Vec<_>>(),
+            [true, false, false, false, true, false].map(Some)
+        );
+        let none = map_entry_equals(&m, "zz", "2").unwrap();
+        assert_eq!(none.true_count(), 0);
+    }
+}

@@ -18,6 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigFile, ServeArgs};
 
+// OTLP decoding and Arrow building allocate many small strings and buffers per request; with
+// mimalloc decode + convert runs about 1.6x faster than with glibc's allocator (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// oxeye: traces, logs and metrics from OpenTelemetry, stored in Parquet, queried with SQL.
 #[derive(Debug, Parser)]
 #[command(name = "oxeye", version, about, long_about = None)]

@@ -115,6 +115,13 @@ pub fn value_json(value: &AnyValue) -> serde_json::Value {
     }
 }
 
+fn values_overflow() -> ModelError {
+    ModelError::Column {
+        table: "any",
+        column: "attribute values over 2 GiB in one batch".into(),
+    }
+}
+
 /// Text values of a map column, kept in our own buffers so a row can be repeated cheaply.
 #[derive(Default)]
 struct TextValues {
@@ -135,29 +142,27 @@ impl TextValues {
             self.has_nulls = true;
         }
         self.valid.push(s.is_some());
-        self.offsets.push(
-            i32::try_from(self.bytes.len()).map_err(|_| ModelError::Column {
-                table: "any",
-                column: "attribute values over 2 GiB in one batch".into(),
-            })?,
-        );
+        self.offsets
+            .push(i32::try_from(self.bytes.len()).map_err(|_| values_overflow())?);
         Ok(())
     }
 
     /// Appends a copy of entries `from..to`.
     fn repeat(&mut self, from: usize, to: usize) -> Result<(), ModelError> {
-        for i in from..to {
-            let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
-            self.bytes.extend_from_within(a..b);
-            let v = self.valid[i];
-            self.valid.push(v);
-            self.offsets.push(
-                i32::try_from(self.bytes.len()).map_err(|_| ModelError::Column {
-                    table: "any",
-                    column: "attribute values over 2 GiB in one batch".into(),
-                })?,
-            );
+        if from >= to {
+            return Ok(());
         }
+        // One copy of the entries' bytes, then their offsets shifted by how far they moved.
+        let (a, b) = (self.offsets[from] as usize, self.offsets[to] as usize);
+        let shift = i32::try_from(self.bytes.len() - a).map_err(|_| values_overflow())?;
+        self.bytes.extend_from_within(a..b);
+        i32::try_from(self.bytes.len()).map_err(|_| values_overflow())?;
+        self.offsets.extend_from_within(from + 1..=to);
+        let n = self.offsets.len();
+        for o in &mut self.offsets[n - (to - from)..] {
+            *o += shift;
+        }
+        self.valid.extend_from_within(from..to);
         Ok(())
     }
 

@@ -134,6 +134,9 @@ struct HeadBuilder {
     rows: usize,
     /// The metric of the previous point: points of one metric arrive together.
     last_metric: Option<*const Metric>,
+    /// Whether the point just appended belongs to the same metric as the one before it, so
+    /// the kind-specific columns can repeat their last value too.
+    last_metric_was_repeated: bool,
 }
 
 impl HeadBuilder {
@@ -155,6 +158,7 @@ impl HeadBuilder {
         self.start_time.append_value(nanos(p.start_time_unix_nano));
         let same = self.last_metric == Some(metric as *const Metric);
         self.last_metric = Some(metric as *const Metric);
+        self.last_metric_was_repeated = same;
         if same {
             self.name.repeat_last();
             self.description.repeat_last();
@@ -245,7 +249,18 @@ impl NumberBuilder {
             },
             origin,
         )?;
+        let same_metric = self.head.last_metric_was_repeated;
         match sum {
+            Some(s) if same_metric => {
+                self.kind.repeat_last();
+                self.is_monotonic.append_value(s.is_monotonic);
+                self.temporality.repeat_last();
+            }
+            None if same_metric => {
+                self.kind.repeat_last();
+                self.is_monotonic.append_null();
+                self.temporality.append_null();
+            }
             Some(s) => {
                 self.kind.append_value(METRIC_TYPE_SUM)?;
                 self.is_monotonic.append_value(s.is_monotonic);
@@ -329,8 +344,12 @@ impl HistogramBuilder {
             },
             origin,
         )?;
-        self.temporality
-            .append_value(temporality_name(h.aggregation_temporality))?;
+        if self.head.last_metric_was_repeated {
+            self.temporality.repeat_last();
+        } else {
+            self.temporality
+                .append_value(temporality_name(h.aggregation_temporality))?;
+        }
         self.count.append_value(p.count);
         self.sum.append_option(p.sum);
         self.min.append_option(p.min);
@@ -414,8 +433,12 @@ impl ExpHistogramBuilder {
             },
             origin,
         )?;
-        self.temporality
-            .append_value(temporality_name(h.aggregation_temporality))?;
+        if self.head.last_metric_was_repeated {
+            self.temporality.repeat_last();
+        } else {
+            self.temporality
+                .append_value(temporality_name(h.aggregation_temporality))?;
+        }
         self.count.append_value(p.count);
         self.sum.append_option(p.sum);
         self.min.append_option(p.min);

@@ -13,6 +13,10 @@ use oxeye_model::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 use oxeye_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+// The same allocator as the `oxeye` binary, so the ratio is the one the server sees.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// Export requests per signal
@@ -27,6 +31,9 @@ struct Args {
     /// Print one JSON object
     #[arg(long)]
     json: bool,
+    /// Only these signals (for profiling one converter), e.g. `--only metrics`
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -86,8 +93,10 @@ fn main() {
         metrics.push(m.encode_to_vec());
     }
     let bytes = |v: &Vec<Vec<u8>>| v.iter().map(Vec::len).sum::<usize>();
-    let rows = vec![
-        Row {
+    let wanted = |signal: &str| args.only.is_empty() || args.only.iter().any(|o| o == signal);
+    let mut rows = Vec::new();
+    if wanted("traces") {
+        rows.push(Row {
             signal: "traces",
             items: spans,
             bytes: bytes(&traces),
@@ -98,8 +107,10 @@ fn main() {
                 let r = ExportTraceServiceRequest::decode(p).ok();
                 black_box(r.map(|r| oxeye_model::spans::spans_from_otlp(&r).ok()));
             }),
-        },
-        Row {
+        });
+    }
+    if wanted("logs") {
+        rows.push(Row {
             signal: "logs",
             items: records,
             bytes: bytes(&logs),
@@ -110,8 +121,10 @@ fn main() {
                 let r = ExportLogsServiceRequest::decode(p).ok();
                 black_box(r.map(|r| oxeye_model::logs::logs_from_otlp(&r).ok()));
             }),
-        },
-        Row {
+        });
+    }
+    if wanted("metrics") {
+        rows.push(Row {
             signal: "metrics",
             items: points,
             bytes: bytes(&metrics),
@@ -122,8 +135,8 @@ fn main() {
                 let r = ExportMetricsServiceRequest::decode(p).ok();
                 black_box(r.map(|r| oxeye_model::metrics::metrics_from_otlp(&r).ok()));
             }),
-        },
-    ];
+        });
+    }
     if args.json {
         let out: Vec<_> = rows
             .iter()

@@ -44,6 +44,11 @@ def loadgen_binary() -> Path:
     return Path(os.environ.get("OXEYE_LOADGEN_BIN", oxeye_binary().parent / "oxeye-loadgen"))
 
 
+def demo_binary() -> Path:
+    """`oxeye-demo` (OXEYE_DEMO_BIN, default: beside the oxeye binary)."""
+    return Path(os.environ.get("OXEYE_DEMO_BIN", oxeye_binary().parent / "oxeye-demo"))
+
+
 # --------------------------------------------------------------------------------------------
 # Polling
 

@@ -24,7 +24,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use tonic::transport::Channel;
 
-use oxeye_loadgen::shapes::{Generator, Shape};
+use oxeye_loadgen::demo::{DemoWorkload, LargeTraces};
+use oxeye_loadgen::shapes::{Generator, Shape, TraceBatch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Protocol {
@@ -92,9 +93,63 @@ struct Args {
     /// Retries of a retryable failure before giving up on a request
     #[arg(long, default_value_t = 8)]
     max_retries: u32,
+    /// What to send: `synthetic` (the shape flags above) or `demo` (oxeye-demo's simulated
+    /// shop, run through the OpenTelemetry SDK: its services, spans, logs and metrics in its
+    /// proportions; the shape flags other than --error-rate do not apply)
+    #[arg(long, value_enum, default_value = "synthetic")]
+    workload: WorkloadKind,
+    /// `--workload demo`: run the catalog import (one large trace) every this many shop
+    /// requests per connection (0: never)
+    #[arg(long, default_value_t = 500)]
+    large_trace_every: u64,
+    /// `--workload demo`: spans per catalog import trace
+    #[arg(long, default_value_t = 12_000)]
+    large_trace_spans: u64,
     /// Print the summary as one JSON object
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum WorkloadKind {
+    Synthetic,
+    Demo,
+}
+
+/// Where a connection's telemetry comes from.
+enum Workload {
+    Synthetic(Generator),
+    Demo(Box<DemoWorkload>),
+}
+
+impl Workload {
+    fn new(args: &Args, seed: u64) -> anyhow::Result<Workload> {
+        Ok(match args.workload {
+            WorkloadKind::Synthetic => Workload::Synthetic(Generator::new(seed, shape(args))),
+            WorkloadKind::Demo => Workload::Demo(Box::new(DemoWorkload::new(
+                seed,
+                args.error_rate,
+                LargeTraces {
+                    every_requests: args.large_trace_every,
+                    spans: args.large_trace_spans,
+                },
+            )?)),
+        })
+    }
+
+    async fn traces(&mut self, target_spans: usize) -> TraceBatch {
+        match self {
+            Workload::Synthetic(g) => g.traces(target_spans, now_ns()),
+            Workload::Demo(d) => d.traces(target_spans).await,
+        }
+    }
+
+    fn metrics(&mut self, start_ns: u64) -> anyhow::Result<(ExportMetricsServiceRequest, usize)> {
+        match self {
+            Workload::Synthetic(g) => Ok(g.metrics(now_ns(), start_ns)),
+            Workload::Demo(d) => d.metrics(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -361,10 +416,7 @@ async fn worker(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Latencies> {
     let mut client = Client::connect(&args).await?;
-    let mut generator = Generator::new(
-        args.seed.wrapping_add(id as u64 * 0x9e37_79b9),
-        shape(&args),
-    );
+    let mut workload = Workload::new(&args, args.seed.wrapping_add(id as u64 * 0x9e37_79b9))?;
     let want = |s: &str| args.signals.iter().any(|x| x == s);
     let (traces, logs, metrics) = (want("traces"), want("logs"), want("metrics"));
     let mut latencies = Latencies::default();
@@ -375,7 +427,7 @@ async fn worker(
     let metrics_start = now_ns();
     while !stop.load(Ordering::Relaxed) {
         if traces || logs {
-            let batch = generator.traces(args.batch_spans, now_ns());
+            let batch = workload.traces(args.batch_spans).await;
             let spans = batch.spans as u64;
             if args.count > 0
                 && counters.spans_sent.fetch_add(spans, Ordering::Relaxed) >= args.count
@@ -440,7 +492,7 @@ async fn worker(
         }
         if metrics && Instant::now() >= next_metrics {
             next_metrics += *args.metrics_interval;
-            let (req, points) = generator.metrics(now_ns(), metrics_start);
+            let (req, points) = workload.metrics(metrics_start)?;
             let req = Request::Metrics(req);
             counters
                 .bytes

@@ -161,13 +161,24 @@ def decode_bench(quick: bool) -> list:
     return json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
 
 
+# Per workload: the route of the trace-search query and the two words of the full-text query,
+# chosen from what that workload's services and logs really contain.
+WORKLOADS = {
+    "synthetic": {"route": "/cart", "words": ("talking", "db")},
+    "demo": {"route": "/checkout", "words": ("card", "declined")},
+}
+WORKLOAD = "synthetic"
+ROUTE = WORKLOADS[WORKLOAD]["route"]
+W1, W2 = WORKLOADS[WORKLOAD]["words"]
+
+
 def ingest(server: Server, spans: int, connections: int) -> dict:
     cpu0 = server.cpu_seconds()
     out = subprocess.run(
         [
             str(RELEASE / "oxeye-loadgen"), "--endpoint", f"http://127.0.0.1:{server.grpc}",
             "--protocol", "grpc", "--count", str(spans), "--duration", "3600s",
-            "--connections", str(connections), "--batch-spans", "2000", "--json",
+            "--connections", str(connections), "--batch-spans", "2000", "--workload", WORKLOAD, "--json",
         ],
         check=True, capture_output=True, text=True,
     )
@@ -216,9 +227,9 @@ def queries(server: Server, trace: str, log_trace: str) -> list:
          f"SELECT span_id, name, duration_ns FROM spans WHERE trace_id = from_hex('{trace}')",
          f"SELECT span_id, name, duration_ns FROM {spans_ch} WHERE trace_id = unhex('{trace}')"),
         ("trace search: service + attribute + min duration",
-         "SELECT trace_id, max(duration_ns) FROM spans WHERE service_name = 'checkout' AND attributes['http.route'] = '/cart' AND duration_ns > 1000000 GROUP BY 1 ORDER BY 2 DESC LIMIT 20",
-         "SELECT trace_id, max(duration_ns) FROM spans WHERE service_name = 'checkout' AND attributes['http.route'] = '/cart' AND duration_ns > 1000000 GROUP BY 1 ORDER BY 2 DESC LIMIT 20",
-         f"SELECT trace_id, max(duration_ns) FROM {spans_ch} WHERE service_name = 'checkout' AND attributes['http.route'] = '/cart' AND duration_ns > 1000000 GROUP BY 1 ORDER BY 2 DESC LIMIT 20"),
+         f"SELECT trace_id, max(duration_ns) FROM spans WHERE service_name = 'checkout' AND attributes['http.route'] = '{ROUTE}' AND duration_ns > 1000000 GROUP BY 1 ORDER BY 2 DESC LIMIT 20",
+         f"SELECT trace_id, max(duration_ns) FROM spans WHERE service_name = 'checkout' AND attributes['http.route'] = '{ROUTE}' AND duration_ns > 1000000 GROUP BY 1 ORDER BY 2 DESC LIMIT 20",
+         f"SELECT trace_id, max(duration_ns) FROM {spans_ch} WHERE service_name = 'checkout' AND attributes['http.route'] = '{ROUTE}' AND duration_ns > 1000000 GROUP BY 1 ORDER BY 2 DESC LIMIT 20"),
         ("p99 latency by service over 1h",
          f"SELECT service_name, approx_percentile_cont(duration_ns, 0.99) FROM spans WHERE start_time >= {t_ox} GROUP BY 1",
          f"SELECT service_name, approx_quantile(duration_ns, 0.99) FROM spans WHERE start_time >= {t_duck} GROUP BY 1",
@@ -232,9 +243,9 @@ def queries(server: Server, trace: str, log_trace: str) -> list:
          "SELECT attributes['http.route'] AS v, count(*) AS n FROM spans GROUP BY 1 ORDER BY 2 DESC LIMIT 10",
          f"SELECT attributes['http.route'] AS v, count(*) AS n FROM {spans_ch} GROUP BY 1 ORDER BY 2 DESC LIMIT 10"),
         ("logs full-text search",
-         "SELECT count(*) FROM logs WHERE search(body, 'talking AND db')",
-         "SELECT count(*) FROM logs WHERE regexp_matches(body, '(?i)\\btalking\\b') AND regexp_matches(body, '(?i)\\bdb\\b')",
-         "SELECT count(*) FROM logs WHERE match(body, '(?i)\\\\btalking\\\\b') AND match(body, '(?i)\\\\bdb\\\\b')"),
+         f"SELECT count(*) FROM logs WHERE search(body, '{W1} AND {W2}')",
+         f"SELECT count(*) FROM logs WHERE regexp_matches(body, '(?i)\\b{W1}\\b') AND regexp_matches(body, '(?i)\\b{W2}\\b')",
+         f"SELECT count(*) FROM logs WHERE match(body, '(?i)\\\\b{W1}\\\\b') AND match(body, '(?i)\\\\b{W2}\\\\b')"),
         ("logs of one trace",
          f"SELECT time, body FROM logs WHERE trace_id = '{log_trace}'",
          f"SELECT time, body FROM logs WHERE trace_id = from_hex('{log_trace}')",
@@ -254,7 +265,7 @@ def scan_twins(trace: str, log_trace: str) -> dict:
         "trace by id (no time range)":
             f"SELECT span_id, name, duration_ns FROM spans WHERE lower(trace_id) = '{trace}'",
         "logs full-text search":
-            "SELECT count(*) FROM logs WHERE regexp_like(body, '(?i)\\btalking\\b') AND regexp_like(body, '(?i)\\bdb\\b')",
+            f"SELECT count(*) FROM logs WHERE regexp_like(body, '(?i)\\b{W1}\\b') AND regexp_like(body, '(?i)\\b{W2}\\b')",
         "logs of one trace":
             f"SELECT time, body FROM logs WHERE lower(trace_id) = '{log_trace}'",
     }
@@ -405,13 +416,19 @@ def main():
     p.add_argument("--connections", type=int, default=4)
     p.add_argument("--work-dir", default=str(ROOT / "target-bench"), help="where data directories go (needs disk)")
     p.add_argument("--json", help="also write raw results here")
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="synthetic",
+                   help="what the load generator sends: its synthetic shapes, or the demo shop's traffic")
     p.add_argument("--keep", action="store_true", help="keep the data directories")
     args = p.parse_args()
     if args.quick:
         args.sizes, args.runs = "1M", 3
+    global WORKLOAD, ROUTE, W1, W2
+    WORKLOAD = args.workload
+    ROUTE = WORKLOADS[WORKLOAD]["route"]
+    W1, W2 = WORKLOADS[WORKLOAD]["words"]
     pathlib.Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     started = time.time()
-    print(f"oxeye benchmark suite, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+    print(f"oxeye benchmark suite ({WORKLOAD} workload), {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
           f"{os.cpu_count()} cores, duckdb {duckdb.__version__}, chdb {chdb.__version__}", flush=True)
     decode = decode_bench(args.quick)
     sizes = [run_size(parse_size(s), args) for s in args.sizes.split(",")]

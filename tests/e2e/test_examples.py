@@ -139,6 +139,20 @@ def test_loadgen_demo_workload_acknowledged_equals_stored(oxeye: Oxeye):
     assert set(ALL_SERVICES) <= services
 
 
+def assert_snippet_data_stored(server: Oxeye, p: subprocess.CompletedProcess, service: str) -> None:
+    """A snippet ran, printed its trace id, and its two spans, log record and counter are stored."""
+    assert p.returncode == 0, p.stderr[-2000:]
+    trace_id = p.stdout.strip().splitlines()[-1]
+    assert len(trace_id) == 32
+    spans = server.sql_dicts(f"SELECT name, service_name FROM spans WHERE trace_id = '{trace_id}' ORDER BY name")
+    assert [s["name"] for s in spans] == ["GET /hello", "SELECT greetings"]
+    assert {s["service_name"] for s in spans} == {service}
+    assert server.sql_value(f"SELECT count(*) FROM logs WHERE trace_id = '{trace_id}'") == 1
+    assert server.sql_value(
+        f"SELECT count(*) FROM metrics WHERE name = 'hello.requests' AND service_name = '{service}'"
+    ) >= 1
+
+
 @pytest.mark.parametrize(
     "protocol,port_attr", [("grpc", "grpc_endpoint"), ("http/protobuf", "otlp_http")]
 )
@@ -152,16 +166,7 @@ def test_python_snippet_reaches_oxeye(shared_oxeye: Oxeye, protocol: str, port_a
            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
     p = subprocess.run([sys.executable, str(snippet)], capture_output=True, text=True, timeout=120, env=env,
                        stdin=subprocess.DEVNULL)
-    assert p.returncode == 0, p.stderr[-2000:]
-    trace_id = p.stdout.strip().splitlines()[-1]
-    assert len(trace_id) == 32
-    spans = shared_oxeye.sql_dicts(f"SELECT name, service_name FROM spans WHERE trace_id = '{trace_id}' ORDER BY name")
-    assert [s["name"] for s in spans] == ["GET /hello", "SELECT greetings"]
-    assert {s["service_name"] for s in spans} == {"python-snippet"}
-    assert shared_oxeye.sql_value(f"SELECT count(*) FROM logs WHERE trace_id = '{trace_id}'") == 1
-    assert shared_oxeye.sql_value(
-        "SELECT count(*) FROM metrics WHERE name = 'hello.requests' AND service_name = 'python-snippet'"
-    ) >= 1
+    assert_snippet_data_stored(shared_oxeye, p, "python-snippet")
 
 
 @pytest.mark.parametrize("protocol,port_attr", [("http/protobuf", "otlp_http"), ("grpc", "grpc_endpoint")])
@@ -185,13 +190,4 @@ def test_node_snippet_reaches_oxeye(shared_oxeye: Oxeye, protocol: str, port_att
                            stdin=subprocess.DEVNULL)
     finally:
         snippet.unlink(missing_ok=True)
-    assert p.returncode == 0, p.stderr[-2000:]
-    trace_id = p.stdout.strip().splitlines()[-1]
-    assert len(trace_id) == 32
-    spans = shared_oxeye.sql_dicts(f"SELECT name, service_name FROM spans WHERE trace_id = '{trace_id}' ORDER BY name")
-    assert [s["name"] for s in spans] == ["GET /hello", "SELECT greetings"]
-    assert {s["service_name"] for s in spans} == {"node-snippet"}
-    assert shared_oxeye.sql_value(f"SELECT count(*) FROM logs WHERE trace_id = '{trace_id}'") == 1
-    assert shared_oxeye.sql_value(
-        "SELECT count(*) FROM metrics WHERE name = 'hello.requests' AND service_name = 'node-snippet'"
-    ) >= 1
+    assert_snippet_data_stored(shared_oxeye, p, "node-snippet")

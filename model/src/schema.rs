@@ -11,6 +11,8 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
 
+use crate::Signal;
+
 /// Time zone of every timestamp column.
 pub const TIMEZONE: &str = "UTC";
 
@@ -309,94 +311,101 @@ pub fn is_storage_only_column(name: &str) -> bool {
     name.ends_with("_typed") || name == "resource_entity_refs" || name == "time_unset"
 }
 
+/// DESIGN.md's SQL columns per table: the names users, the UI and tests rely on. The SQL layer
+/// shows each of them; storage holds each of them except [`COMPUTED_SQL_COLUMNS`].
+pub fn design_sql_columns(signal: Signal) -> &'static [&'static str] {
+    match signal {
+        Signal::Spans => &[
+            "trace_id",
+            "span_id",
+            "parent_span_id",
+            "trace_state",
+            "name",
+            "kind",
+            "service_name",
+            "start_time",
+            "end_time",
+            "duration_ns",
+            "status_code",
+            "status_message",
+            "attributes",
+            "resource_attributes",
+            "scope_name",
+            "scope_version",
+            "events",
+            "links",
+        ],
+        Signal::Logs => &[
+            "time",
+            "observed_time",
+            "severity_number",
+            "severity_text",
+            "body",
+            "trace_id",
+            "span_id",
+            "service_name",
+            "attributes",
+            "resource_attributes",
+            "scope_name",
+        ],
+        Signal::Metrics => &[
+            "time",
+            "start_time",
+            "name",
+            "description",
+            "unit",
+            "type",
+            "is_monotonic",
+            "temporality",
+            "service_name",
+            "attributes",
+            "resource_attributes",
+            "value",
+        ],
+        Signal::Histograms => &[
+            "time",
+            "start_time",
+            "name",
+            "unit",
+            "service_name",
+            "attributes",
+            "resource_attributes",
+            "count",
+            "sum",
+            "min",
+            "max",
+            "bucket_counts",
+            "explicit_bounds",
+            "temporality",
+        ],
+        _ => &[],
+    }
+}
+
+/// SQL columns the query layer computes from stored ones (`end_time` = start + duration).
+pub const COMPUTED_SQL_COLUMNS: &[&str] = &["end_time"];
+
 #[cfg(test)]
 mod tests {
 
+    use super::{COMPUTED_SQL_COLUMNS, design_sql_columns};
     use crate::Signal;
 
-    /// Storage columns behind DESIGN.md's SQL columns (`end_time` is computed by the query
-    /// layer, whose own test checks the SQL schema).
+    /// Storage columns behind DESIGN.md's SQL columns (the query layer's own test checks the
+    /// SQL schema, computed columns included).
     #[test]
     fn contract_columns_exist() {
-        let expect: &[(Signal, &[&str])] = &[
-            (
-                Signal::Spans,
-                &[
-                    "trace_id",
-                    "span_id",
-                    "parent_span_id",
-                    "trace_state",
-                    "name",
-                    "kind",
-                    "service_name",
-                    "start_time",
-                    "duration_ns",
-                    "status_code",
-                    "status_message",
-                    "attributes",
-                    "resource_attributes",
-                    "scope_name",
-                    "scope_version",
-                    "events",
-                    "links",
-                ],
-            ),
-            (
-                Signal::Logs,
-                &[
-                    "time",
-                    "observed_time",
-                    "severity_number",
-                    "severity_text",
-                    "body",
-                    "trace_id",
-                    "span_id",
-                    "service_name",
-                    "attributes",
-                    "resource_attributes",
-                    "scope_name",
-                ],
-            ),
-            (
-                Signal::Metrics,
-                &[
-                    "time",
-                    "start_time",
-                    "name",
-                    "description",
-                    "unit",
-                    "type",
-                    "is_monotonic",
-                    "temporality",
-                    "service_name",
-                    "attributes",
-                    "resource_attributes",
-                    "value",
-                ],
-            ),
-            (
-                Signal::Histograms,
-                &[
-                    "time",
-                    "start_time",
-                    "name",
-                    "unit",
-                    "service_name",
-                    "attributes",
-                    "resource_attributes",
-                    "count",
-                    "sum",
-                    "min",
-                    "max",
-                    "bucket_counts",
-                    "explicit_bounds",
-                    "temporality",
-                ],
-            ),
-        ];
-        for (signal, columns) in expect {
+        for signal in [
+            Signal::Spans,
+            Signal::Logs,
+            Signal::Metrics,
+            Signal::Histograms,
+        ] {
             let schema = signal.schema();
-            for c in *columns {
+            for c in design_sql_columns(signal) {
+                if COMPUTED_SQL_COLUMNS.contains(c) {
+                    continue;
+                }
                 assert!(schema.field_with_name(c).is_ok(), "{signal} lacks {c}");
             }
         }

@@ -7,11 +7,11 @@
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::metrics::v1::metric::Data;
-use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics};
+use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
 use oxeye_demo::catalog::{self, CatalogImporter};
 use oxeye_demo::shop::{self, Shop};
 use oxeye_demo::telemetry::{Destination, PipelineConfig, ServiceIdentity, Telemetry};
+use oxeye_model::metrics::point_count;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -124,17 +124,6 @@ fn points_of(rm: &ResourceMetrics) -> usize {
     rm.scope_metrics
         .iter()
         .flat_map(|sm| &sm.metrics)
-        .map(metric_points)
+        .map(point_count)
         .sum()
-}
-
-fn metric_points(metric: &Metric) -> usize {
-    match &metric.data {
-        Some(Data::Gauge(g)) => g.data_points.len(),
-        Some(Data::Sum(s)) => s.data_points.len(),
-        Some(Data::Histogram(h)) => h.data_points.len(),
-        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-        Some(Data::Summary(s)) => s.data_points.len(),
-        None => 0,
-    }
 }

@@ -382,25 +382,27 @@ pub fn design_sql_columns(signal: Signal) -> &'static [&'static str] {
     }
 }
 
+/// The tables DESIGN.md names columns for.
+pub const DESIGN_TABLES: [Signal; 4] = [
+    Signal::Spans,
+    Signal::Logs,
+    Signal::Metrics,
+    Signal::Histograms,
+];
+
 /// SQL columns the query layer computes from stored ones (`end_time` = start + duration).
 pub const COMPUTED_SQL_COLUMNS: &[&str] = &["end_time"];
 
 #[cfg(test)]
 mod tests {
 
-    use super::{COMPUTED_SQL_COLUMNS, design_sql_columns};
-    use crate::Signal;
+    use super::{COMPUTED_SQL_COLUMNS, DESIGN_TABLES, design_sql_columns};
 
     /// Storage columns behind DESIGN.md's SQL columns (the query layer's own test checks the
     /// SQL schema, computed columns included).
     #[test]
     fn contract_columns_exist() {
-        for signal in [
-            Signal::Spans,
-            Signal::Logs,
-            Signal::Metrics,
-            Signal::Histograms,
-        ] {
+        for signal in DESIGN_TABLES {
             let schema = signal.schema();
             for c in design_sql_columns(signal) {
                 if COMPUTED_SQL_COLUMNS.contains(c) {

@@ -257,12 +257,7 @@ mod tests {
     /// DESIGN.md's SQL columns, as users, the UI and tests see them.
     #[test]
     fn contract_columns_exist() {
-        for signal in [
-            Signal::Spans,
-            Signal::Logs,
-            Signal::Metrics,
-            Signal::Histograms,
-        ] {
+        for signal in oxeye_model::schema::DESIGN_TABLES {
             let shape = SqlShape::new(signal);
             for c in oxeye_model::schema::design_sql_columns(signal) {
                 assert!(

@@ -166,6 +166,18 @@ const USER_AGENTS: [&str; 4] = [
     "ShopApp/4.2.0 (iPhone; iOS 17.5.1)",
 ];
 
+/// One cache-aside read of the frontend (see `Shop::read_through`).
+struct CachedRead {
+    key: String,
+    /// What the SET after a miss stores (value and expiry), for the span's statement.
+    stored: &'static str,
+    hit_rate: f64,
+    /// The request is meant to fail in inventory's database: the cache must miss.
+    db_fails: bool,
+    endpoint: &'static Endpoint,
+    extra: Vec<KeyValue>,
+}
+
 /// What the frontend answered to one simulated browser request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestOutcome {
@@ -595,6 +607,62 @@ impl Shop {
         }
     }
 
+    /// Cache-aside read at the frontend: GET from Redis and, on a miss, ask inventory and SET
+    /// its answer. `Ok` with the time the data is in hand; `Err` with inventory's status
+    /// (`None`: the call timed out) when it did not answer 200.
+    fn read_through(
+        &self,
+        rng: &mut SmallRng,
+        root: &Context,
+        start: SystemTime,
+        read: CachedRead,
+        fetch: impl FnOnce(&mut SmallRng, &Context, SystemTime) -> Reply,
+    ) -> Result<SystemTime, (Option<u16>, SystemTime)> {
+        let fe = &self.frontend;
+        // Only a cache miss reaches the database, so a request meant to fail there misses.
+        let hit = !read.db_fails && rng.random_bool(read.hit_rate);
+        let t = fe
+            .svc
+            .redis(root, start, "GET", &read.key, redis_latency(rng), None);
+        root.span()
+            .set_attribute(KeyValue::new("app.cache.hit", hit));
+        if hit {
+            return Ok(t);
+        }
+        let call = Call {
+            caller: &fe.svc,
+            parent: root,
+            endpoint: read.endpoint,
+            path: "",
+            start: t,
+            timeout: INVENTORY_TIMEOUT,
+            extra: read.extra,
+        };
+        let result = remote_call(&self.propagator, rng, call, fetch);
+        match result.status {
+            Some(200) => Ok(fe.svc.redis(
+                root,
+                result.end,
+                "SET",
+                &format!("{} {}", read.key, read.stored),
+                redis_latency(rng),
+                None,
+            )),
+            status => Err((status, result.end)),
+        }
+    }
+
+    /// The frontend's answer when inventory failed (502) or did not answer in time (504).
+    fn inventory_failed(
+        &self,
+        root: &Context,
+        t: SystemTime,
+        status: Option<u16>,
+    ) -> (u16, SystemTime) {
+        let code = if status.is_some() { 502 } else { 504 };
+        self.upstream_failed(root, t, "inventory", code)
+    }
+
     /// `GET /api/products?category=`: the top products of a category, from the cache or from
     /// inventory.
     fn list_products(
@@ -605,45 +673,24 @@ impl Shop {
         category: &'static str,
         fault: Option<Fault>,
     ) -> (u16, SystemTime) {
-        let fe = &self.frontend;
         let db_fails = fault == Some(Fault::InventoryDb);
-        // Only a cache miss reaches the database, so a request meant to fail there misses.
-        let hit = !db_fails && rng.random_bool(LIST_CACHE_HIT_RATE);
-        let key = format!("products:{category}:top50");
-        let mut t = fe
-            .svc
-            .redis(root, start, "GET", &key, redis_latency(rng), None);
-        root.span()
-            .set_attribute(KeyValue::new("app.cache.hit", hit));
-        if !hit {
-            let call = Call {
-                caller: &fe.svc,
-                parent: root,
+        let t = match self.read_through(
+            rng,
+            root,
+            start,
+            CachedRead {
+                key: format!("products:{category}:top50"),
+                stored: "<50 products> EX 300",
+                hit_rate: LIST_CACHE_HIT_RATE,
+                db_fails,
                 endpoint: &INVENTORY_LIST,
-                path: "",
-                start: t,
-                timeout: INVENTORY_TIMEOUT,
                 extra: vec![KeyValue::new("app.category", category)],
-            };
-            let result = remote_call(&self.propagator, rng, call, |rng, parent, at| {
-                self.inventory_list(rng, parent, at, category, db_fails)
-            });
-            t = result.end;
-            match result.status {
-                Some(200) => {
-                    t = fe.svc.redis(
-                        root,
-                        t,
-                        "SET",
-                        &format!("{key} <50 products> EX 300"),
-                        redis_latency(rng),
-                        None,
-                    );
-                }
-                Some(_) => return self.upstream_failed(root, t, "inventory", 502),
-                None => return self.upstream_failed(root, t, "inventory", 504),
-            }
-        }
+            },
+            |rng, parent, at| self.inventory_list(rng, parent, at, category, db_fails),
+        ) {
+            Ok(t) => t,
+            Err((status, t)) => return self.inventory_failed(root, t, status),
+        };
         self.render(
             rng,
             root,
@@ -662,54 +709,34 @@ impl Shop {
         product: i64,
         fault: Option<Fault>,
     ) -> (u16, SystemTime) {
-        let fe = &self.frontend;
         let db_fails = fault == Some(Fault::InventoryDb);
-        let hit = !db_fails && rng.random_bool(PRODUCT_CACHE_HIT_RATE);
-        let key = format!("product:{product}");
-        let mut t = fe
-            .svc
-            .redis(root, start, "GET", &key, redis_latency(rng), None);
-        root.span()
-            .set_attribute(KeyValue::new("app.cache.hit", hit));
-        if !hit {
-            let call = Call {
-                caller: &fe.svc,
-                parent: root,
+        let t = match self.read_through(
+            rng,
+            root,
+            start,
+            CachedRead {
+                key: format!("product:{product}"),
+                stored: "<product> EX 600",
+                hit_rate: PRODUCT_CACHE_HIT_RATE,
+                db_fails,
                 endpoint: &INVENTORY_GET,
-                path: "",
-                start: t,
-                timeout: INVENTORY_TIMEOUT,
                 extra: vec![KeyValue::new("app.product.id", product)],
-            };
-            let result = remote_call(&self.propagator, rng, call, |rng, parent, at| {
-                self.inventory_get(rng, parent, at, product, db_fails)
-            });
-            t = result.end;
-            match result.status {
-                Some(200) => {
-                    t = fe.svc.redis(
-                        root,
-                        t,
-                        "SET",
-                        &format!("{key} <product> EX 600"),
-                        redis_latency(rng),
-                        None,
-                    );
-                }
-                Some(404) => {
-                    fe.svc.log(
-                        root,
-                        t,
-                        Severity::Info,
-                        format!("product {product} not found"),
-                        vec![("app.product.id", product.into())],
-                    );
-                    return (404, t);
-                }
-                Some(_) => return self.upstream_failed(root, t, "inventory", 502),
-                None => return self.upstream_failed(root, t, "inventory", 504),
+            },
+            |rng, parent, at| self.inventory_get(rng, parent, at, product, db_fails),
+        ) {
+            Ok(t) => t,
+            Err((Some(404), t)) => {
+                self.frontend.svc.log(
+                    root,
+                    t,
+                    Severity::Info,
+                    format!("product {product} not found"),
+                    vec![("app.product.id", product.into())],
+                );
+                return (404, t);
             }
-        }
+            Err((status, t)) => return self.inventory_failed(root, t, status),
+        };
         self.render(
             rng,
             root,

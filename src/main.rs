@@ -154,11 +154,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let ready = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(parking_lot::RwLock::new(registry));
-    let api = oxeye_query::http::router(oxeye_query::http::ApiState {
+    let api = oxeye_ui::server::router(oxeye_query::http::router(oxeye_query::http::ApiState {
         engine: engine.clone(),
         registry: registry.clone(),
         ready: ready.clone(),
-    });
+    }));
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| {

@@ -88,11 +88,13 @@ struct SqlBody {
 #[derive(Deserialize)]
 struct SqlParams {
     format: Option<String>,
+    /// The statement, for `GET /api/v1/sql?sql=...` (links such as the UI's CSV download).
+    sql: Option<String>,
 }
 
 async fn sql(
     State(state): State<ApiState>,
-    Query(params): Query<SqlParams>,
+    ApiQuery(params): ApiQuery<SqlParams>,
     body: axum::body::Bytes,
 ) -> Response {
     let request: SqlBody = match serde_json::from_slice(&body) {
@@ -103,11 +105,25 @@ async fn sql(
             ));
         }
     };
-    let result = match state.engine.sql(&request.sql).await {
+    run_sql(&state, &request.sql, params.format.as_deref()).await
+}
+
+/// `GET /api/v1/sql?sql=...&format=...`: the same read-only SQL, for links and downloads.
+async fn sql_get(State(state): State<ApiState>, ApiQuery(params): ApiQuery<SqlParams>) -> Response {
+    match params.sql.as_deref().filter(|s| !s.trim().is_empty()) {
+        Some(statement) => run_sql(&state, statement, params.format.as_deref()).await,
+        None => bad_request(
+            "give the statement as ?sql=SELECT ... (or POST {\"sql\": ...})".to_string(),
+        ),
+    }
+}
+
+async fn run_sql(state: &ApiState, statement: &str, format: Option<&str>) -> Response {
+    let result = match state.engine.sql(statement).await {
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    let (content_type, encoded) = match params.format.as_deref().unwrap_or("json") {
+    let (content_type, encoded) = match format.unwrap_or("json") {
         "json" => ("application/json", format::to_json(&result)),
         "ndjson" => ("application/x-ndjson", format::to_ndjson(&result)),
         "csv" => ("text/csv; charset=utf-8", format::to_csv(&result)),
@@ -174,7 +190,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 /// The API routes (the UI is mounted beside them by the binary).
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/api/v1/sql", post(sql))
+        .route("/api/v1/sql", post(sql).get(sql_get))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -1,0 +1,8 @@
+//! One module per page.
+
+pub mod logs;
+pub mod metrics;
+pub mod services;
+pub mod sql;
+pub mod trace;
+pub mod traces;

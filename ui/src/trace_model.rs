@@ -143,7 +143,7 @@ struct RawSpan {
     status: Status,
     status_message: String,
     attributes: Vec<(String, String)>,
-    events: Vec<(i64, String, Vec<(String, String)>)>,
+    events: Vec<SpanEvent>,
     links: Vec<SpanLink>,
     scope: String,
 }
@@ -202,15 +202,15 @@ impl TraceView {
                 .and_then(Value::as_array)
                 .map(|evs| {
                     evs.iter()
-                        .map(|e| {
-                            (
-                                nanos(e.get("time_unix_nano")).unwrap_or(start),
-                                e.get("name")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or("")
-                                    .to_string(),
-                                attribute_list(e.get("attributes")),
-                            )
+                        .map(|e| SpanEvent {
+                            // Absolute here; made relative to the trace's start in `assemble`.
+                            offset_ns: nanos(e.get("time_unix_nano")).unwrap_or(start),
+                            name: e
+                                .get("name")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_string(),
+                            attributes: attribute_list(e.get("attributes")),
                         })
                         .collect()
                 })
@@ -362,10 +362,9 @@ impl TraceView {
                 events: s
                     .events
                     .into_iter()
-                    .map(|(t, name, attributes)| SpanEvent {
-                        offset_ns: t - trace_start,
-                        name,
-                        attributes,
+                    .map(|e| SpanEvent {
+                        offset_ns: e.offset_ns - trace_start,
+                        ..e
                     })
                     .collect(),
                 links: s.links,

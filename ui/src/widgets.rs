@@ -294,6 +294,12 @@ pub const LOOKBACKS: [(&str, &str); 8] = [
 #[component]
 pub fn RangePicker(lookback: String, start: String, end: String) -> impl IntoView {
     let custom = !start.is_empty();
+    // The API's default range when the URL names none.
+    let lookback = if lookback.is_empty() {
+        "1h".to_string()
+    } else {
+        lookback
+    };
     let options = LOOKBACKS
         .iter()
         .map(|(v, label)| {

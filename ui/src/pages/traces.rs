@@ -1,5 +1,7 @@
 //! Trace search: filters in the URL, a scatter plot of duration over time, and the result list.
 
+use std::cmp::Reverse;
+
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::Form;
@@ -84,11 +86,11 @@ fn api_query(q: &ParamsMap) -> String {
 
 pub fn sort_traces(traces: &mut [TraceSummary], order: &str) {
     match order {
-        "longest" => traces.sort_by(|a, b| b.duration_ns.cmp(&a.duration_ns)),
-        "shortest" => traces.sort_by(|a, b| a.duration_ns.cmp(&b.duration_ns)),
-        "spans" => traces.sort_by(|a, b| b.span_count.cmp(&a.span_count)),
-        "errors" => traces.sort_by(|a, b| b.error_count.cmp(&a.error_count)),
-        _ => traces.sort_by(|a, b| b.start_time_unix_nano.cmp(&a.start_time_unix_nano)),
+        "longest" => traces.sort_by_key(|t| Reverse(t.duration_ns)),
+        "shortest" => traces.sort_by_key(|t| t.duration_ns),
+        "spans" => traces.sort_by_key(|t| Reverse(t.span_count)),
+        "errors" => traces.sort_by_key(|t| Reverse(t.error_count)),
+        _ => traces.sort_by_key(|t| Reverse(t.start_time_unix_nano)),
     }
 }
 
@@ -318,7 +320,7 @@ fn TraceTable(traces: Vec<TraceSummary>) -> impl IntoView {
                     </td>
                     <td class="services">{services}</td>
                     <td class="num">{t.span_count}</td>
-                    <td class="num errors">{(t.error_count > 0).then(|| t.error_count)}</td>
+                    <td class="num errors">{(t.error_count > 0).then_some(t.error_count)}</td>
                     <td class="duration">
                         <div class="duration-bar"><span style:width=width></span></div>
                         {format::duration(t.duration_ns as f64)}

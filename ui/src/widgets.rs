@@ -34,6 +34,31 @@ pub fn query_with(query: &ParamsMap, changes: &[(&str, Option<String>)]) -> Stri
     crate::api::query_string(pairs.iter().map(|(k, v)| (k.as_str(), v.clone())))
 }
 
+/// `value`, or `default` when it is empty.
+pub fn or_default(value: String, default: &str) -> String {
+    if value.is_empty() {
+        default.to_string()
+    } else {
+        value
+    }
+}
+
+/// The URL's time window as API parameters: `lookback` (1h when neither it nor `start` is
+/// given), `start`, `end`.
+pub fn window_pairs(q: &ParamsMap) -> Vec<(&'static str, String)> {
+    let lookback = param(q, "lookback");
+    let lookback = if param(q, "start").is_empty() {
+        or_default(lookback, "1h")
+    } else {
+        lookback
+    };
+    vec![
+        ("lookback", lookback),
+        ("start", param(q, "start")),
+        ("end", param(q, "end")),
+    ]
+}
+
 #[component]
 pub fn Loading(#[prop(into)] what: String) -> impl IntoView {
     view! { <div class="state loading" role="status">"Loading " {what} "…"</div> }

@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use crate::api::{get_json, query_string, with_query};
 use crate::format;
-use crate::widgets::{Empty, ErrorBox, LineChart, Loading, RangePicker, Series, palette, param};
+use crate::widgets::{
+    Empty, ErrorBox, LineChart, Loading, RangePicker, Series, palette, param, window_pairs,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetricName {
@@ -54,22 +56,6 @@ pub struct QueryDoc {
     pub truncated: bool,
     #[serde(default)]
     pub series: Vec<MetricSeries>,
-}
-
-fn window_pairs(q: &ParamsMap) -> Vec<(&'static str, String)> {
-    let lookback = param(q, "lookback");
-    vec![
-        (
-            "lookback",
-            if lookback.is_empty() && param(q, "start").is_empty() {
-                "1h".into()
-            } else {
-                lookback
-            },
-        ),
-        ("start", param(q, "start")),
-        ("end", param(q, "end")),
-    ]
 }
 
 fn api_query(q: &ParamsMap) -> String {

@@ -13,7 +13,10 @@ use crate::api::{encode, get_json, query_string, with_query};
 use crate::format;
 use crate::graph::{self, Edge, NODE_HEIGHT, NODE_WIDTH, service_colour};
 use crate::pages::traces::ServicesDoc;
-use crate::widgets::{Empty, ErrorBox, LineChart, Loading, RangePicker, Series, palette, param};
+use crate::widgets::{
+    Empty, ErrorBox, LineChart, Loading, RangePicker, Series, or_default, palette, param,
+    window_pairs,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EdgeDoc {
@@ -79,19 +82,7 @@ pub struct RedDoc {
 }
 
 fn window_query(q: &leptos_router::params::ParamsMap) -> String {
-    let lookback = param(q, "lookback");
-    query_string([
-        (
-            "lookback",
-            if lookback.is_empty() && param(q, "start").is_empty() {
-                "1h".into()
-            } else {
-                lookback
-            },
-        ),
-        ("start", param(q, "start")),
-        ("end", param(q, "end")),
-    ])
+    query_string(window_pairs(q))
 }
 
 #[component]
@@ -110,7 +101,7 @@ pub fn ServiceMapPage() -> impl IntoView {
         view! {
             <Form method="GET" action="/services">
                 <div class="filters">
-                    <RangePicker lookback=param(&q, "lookback").if_blank("1h") start=param(&q, "start") end=param(&q, "end")/>
+                    <RangePicker lookback=or_default(param(&q, "lookback"), "1h") start=param(&q, "start") end=param(&q, "end")/>
                     <button type="submit" class="primary">"Show"</button>
                 </div>
             </Form>
@@ -135,20 +126,6 @@ pub fn ServiceMapPage() -> impl IntoView {
                 })}
             </Suspense>
         </section>
-    }
-}
-
-trait IfBlank {
-    fn if_blank(self, default: &str) -> String;
-}
-
-impl IfBlank for String {
-    fn if_blank(self, default: &str) -> String {
-        if self.is_empty() {
-            default.to_string()
-        } else {
-            self
-        }
     }
 }
 
@@ -259,7 +236,7 @@ pub fn ServicePage() -> impl IntoView {
         view! {
             <Form method="GET" action=action>
                 <div class="filters">
-                    <RangePicker lookback=param(&q, "lookback").if_blank("1h") start=param(&q, "start") end=param(&q, "end")/>
+                    <RangePicker lookback=or_default(param(&q, "lookback"), "1h") start=param(&q, "start") end=param(&q, "end")/>
                     <button type="submit" class="primary">"Show"</button>
                 </div>
             </Form>

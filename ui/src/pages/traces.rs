@@ -13,7 +13,7 @@ use crate::api::{encode, get_json, query_string, with_query};
 use crate::format;
 use crate::graph::service_colour;
 use crate::scale::{Scale, nice_ticks, time_ticks, y_max};
-use crate::widgets::{Empty, ErrorBox, Loading, RangePicker, Time, param, use_clock};
+use crate::widgets::{Empty, ErrorBox, Loading, RangePicker, Time, or_default, param, use_clock};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServicesDoc {
@@ -200,26 +200,12 @@ fn SearchForm(q: ParamsMap, services: Vec<String>, operations: Vec<Operation>) -
                 </label>
                 <label>"Min duration" <input name="min_duration" value=param(&q, "min_duration") placeholder="e.g. 100ms" size="8"/></label>
                 <label>"Max duration" <input name="max_duration" value=param(&q, "max_duration") placeholder="e.g. 2s" size="8"/></label>
-                <RangePicker lookback=param(&q, "lookback").if_empty("1h") start=param(&q, "start") end=param(&q, "end")/>
-                <label>"Limit" <input name="limit" type="number" min="1" max="1000" value=param(&q, "limit").if_empty("20")/></label>
+                <RangePicker lookback=or_default(param(&q, "lookback"), "1h") start=param(&q, "start") end=param(&q, "end")/>
+                <label>"Limit" <input name="limit" type="number" min="1" max="1000" value=or_default(param(&q, "limit"), "20")/></label>
                 <label>"Sort" <select name="sort">{sorts}</select></label>
                 <button type="submit" class="primary">"Find traces"</button>
             </div>
         </Form>
-    }
-}
-
-trait IfEmpty {
-    fn if_empty(self, default: &str) -> String;
-}
-
-impl IfEmpty for String {
-    fn if_empty(self, default: &str) -> String {
-        if self.is_empty() {
-            default.to_string()
-        } else {
-            self
-        }
     }
 }
 

@@ -239,6 +239,16 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub pg_password: Option<String>,
+
+    /// TOML file of alert rules and notification channels, loaded at start and again whenever
+    /// it changes (rules kept in git) [default: unset]
+    #[arg(long, env = "OXEYE_ALERT_RULES_FILE", value_name = "FILE")]
+    pub alert_rules_file: Option<PathBuf>,
+
+    /// oxeye's address as people reach it, for links in alert notifications
+    /// [default: http://<http-listen>]
+    #[arg(long, env = "OXEYE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -276,6 +286,8 @@ impl ServeArgs {
             query_max_rows,
             pg_user,
             pg_password,
+            alert_rules_file,
+            public_url,
         )
     }
 }
@@ -323,6 +335,7 @@ pub struct ServeConfig {
     pub collector: oxeye_collector::CollectorConfig,
     pub store: oxeye_store::StoreConfig,
     pub query: oxeye_query::QueryConfig,
+    pub alert: oxeye_alert::AlertConfig,
 }
 
 impl ServeArgs {
@@ -394,11 +407,19 @@ impl ServeArgs {
                 .unwrap_or(query_defaults.max_result_rows),
             ..query_defaults
         };
+        let http_listen = self
+            .http_listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700)));
+        let alert = oxeye_alert::AlertConfig {
+            rules_file: self.alert_rules_file,
+            public_url: self
+                .public_url
+                .unwrap_or_else(|| format!("http://{http_listen}")),
+            ..oxeye_alert::AlertConfig::default()
+        };
         Ok(ServeConfig {
             data_dir,
-            http_listen: self
-                .http_listen
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700))),
+            http_listen,
             pg_listen: self
                 .pg_listen
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5433))),
@@ -407,6 +428,7 @@ impl ServeArgs {
             collector,
             store,
             query,
+            alert,
         })
     }
 }

@@ -151,14 +151,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("cannot start the query engine")?;
     let collector = oxeye_collector::start(&config.collector, router, &mut registry).await?;
+    let stop_alerts = CancellationToken::new();
+    let alert_dir = config.data_dir.join("alerts");
+    let alerts = oxeye_alert::AlertService::open(
+        engine.clone(),
+        Arc::new(oxeye_alert::storage::LocalStore::open(&alert_dir)?),
+        Arc::new(oxeye_alert::lease::FileLease::new(
+            alert_dir.join("leader.lock"),
+        )),
+        config.alert.clone(),
+        &mut registry,
+        stop_alerts.clone(),
+    )
+    .await
+    .context("cannot start alerting")?;
+    let evaluator = alerts.start();
 
     let ready = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(parking_lot::RwLock::new(registry));
-    let api = oxeye_ui::server::router(oxeye_query::http::router(oxeye_query::http::ApiState {
-        engine: engine.clone(),
-        registry: registry.clone(),
-        ready: ready.clone(),
-    }));
+    let api = oxeye_ui::server::router(
+        oxeye_query::http::router(oxeye_query::http::ApiState {
+            engine: engine.clone(),
+            registry: registry.clone(),
+            ready: ready.clone(),
+        })
+        .merge(oxeye_alert::http::router(alerts.clone())),
+    );
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| {
@@ -209,6 +227,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("stopping: draining requests and flushing acknowledged data");
     ready.store(false, Ordering::Relaxed);
     collector.shutdown().await;
+    stop_alerts.cancel();
+    let _ = evaluator.await;
     stop_http.cancel();
     let _ = http_task.await;
     pg.shutdown().await;

@@ -174,6 +174,24 @@ impl QueryEngine {
         &self.inner.config
     }
 
+    /// Adds a table that another part of oxeye owns (alerting's `alert_events`, say) and lists
+    /// it in `pg_catalog` and `information_schema`, so SQL clients see it like the others.
+    pub async fn register_table(
+        &self,
+        name: &str,
+        table: Arc<dyn datafusion::datasource::TableProvider>,
+    ) -> Result<(), QueryError> {
+        let ctx = &self.inner.ctx;
+        ctx.register_table(name, table)
+            .map_err(|e| QueryError::Internal(format!("cannot register table {name}: {e}")))?;
+        crate::pg::catalog::register(ctx)
+            .await
+            .map_err(|e| QueryError::Internal(format!("cannot refresh pg_catalog: {e}")))?;
+        crate::pg::catalog::register_information_schema(ctx)
+            .await
+            .map_err(|e| QueryError::Internal(format!("cannot refresh information_schema: {e}")))
+    }
+
     /// Plans a read-only statement (placeholders `$1`... allowed) without running it.
     pub async fn plan(&self, sql: &str) -> Result<LogicalPlan, QueryError> {
         let limit = self.inner.config.memory_limit_bytes;

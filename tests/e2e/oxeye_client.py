@@ -225,6 +225,12 @@ class Oxeye:
         assert code == 0, f"oxeye exited with {code} after SIGTERM:\n{self.log_tail()}"
         return code
 
+    def restart(self) -> None:
+        """`stop()` (SIGTERM, asserting a clean exit) then `start()` again: same ports, flags
+        and data directory."""
+        self.stop()
+        self.start()
+
     def kill9(self) -> None:
         assert self.running, "oxeye is not running"
         self.proc.send_signal(signal.SIGKILL)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,7 +82,7 @@ def filled(module_oxeye_factory) -> dict:
 
 def test_every_page_loads_hydrates_and_stays_local(filled):
     r = browser("pages", base=filled["base"], trace_id=filled["checkout"], shots=str(SHOTS))
-    assert r["pages"] == 7
+    assert r["pages"] == 8
 
 
 def test_search_form_results_and_waterfall(filled):
@@ -111,6 +112,35 @@ def test_logs_search_histogram_and_trace_link(filled):
 def test_sql_console_runs_charts_and_downloads(filled):
     r = browser("sql", base=filled["base"], services=["frontend", "checkout", "payments", "inventory"])
     assert r["rows"] >= 4
+
+
+def test_alerts_page_creates_a_rule_that_fires(filled):
+    server: Oxeye = filled["server"]
+    name = f"ui-rule-{secrets.token_hex(4)}"
+    try:
+        r = browser(
+            "alerts",
+            base=filled["base"],
+            name=name,
+            sql="SELECT service_name, count(*) AS value FROM spans GROUP BY service_name",
+            threshold=0,
+            shots=str(SHOTS),
+        )
+        assert r["dry_run_rows"] >= 1
+        # What the page showed is what the API says: the rule's instances fire.
+        alerts = server.get_json("/api/v1/alerts")["alerts"]
+        mine = [a for a in alerts if a["rule_name"] == name]
+        firing = [a for a in mine if a["state"] == "firing"]
+        assert firing, f"no firing alert of {name}: {mine}"
+        assert all(a["severity"] == "critical" for a in firing), firing
+        assert all(a["annotations"]["summary"].startswith("fired") for a in firing), firing
+        assert {a["labels"].get("service_name") for a in firing} >= {"frontend", "checkout"}, firing
+    finally:
+        # The rule runs every second; remove it so it does not load the rest of the module.
+        rules = server.get_json("/api/v1/alerts/rules")["rules"]
+        for rule in rules:
+            if rule["name"] == name:
+                server.session.delete(f"{server.api}/api/v1/alerts/rules/{rule['id']}", timeout=30)
 
 
 def test_telemetry_markup_is_shown_not_run(filled):

@@ -34,7 +34,22 @@ fn decode<T: DeserializeOwned>(status: u16, body: &[u8]) -> ApiResult<T> {
     if !(200..300).contains(&status) {
         return Err(error_message(status, &String::from_utf8_lossy(body)));
     }
+    // An empty success (e.g. 204 to a DELETE) reads as JSON `null`.
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"null"[..]
+    } else {
+        body
+    };
     serde_json::from_slice(body).map_err(|e| format!("the API's answer could not be read: {e}"))
+}
+
+/// The HTTP methods the pages use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
 }
 
 /// `GET` a path under the API (e.g. `/api/v1/services`) and decode its JSON.
@@ -42,7 +57,7 @@ pub fn get_json<T>(uri: String) -> impl Future<Output = ApiResult<T>> + Send + '
 where
     T: DeserializeOwned + Send + 'static,
 {
-    request(uri, None)
+    request(Method::Get, uri, None)
 }
 
 /// `POST` a JSON body to a path under the API and decode its JSON answer.
@@ -53,11 +68,31 @@ pub fn post_json<T>(
 where
     T: DeserializeOwned + Send + 'static,
 {
-    request(uri, Some(body.to_string()))
+    request(Method::Post, uri, Some(body.to_string()))
+}
+
+/// `PUT` a JSON body to a path under the API and decode its JSON answer.
+pub fn put_json<T>(
+    uri: String,
+    body: serde_json::Value,
+) -> impl Future<Output = ApiResult<T>> + Send + 'static
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    request(Method::Put, uri, Some(body.to_string()))
+}
+
+/// `DELETE` a path under the API and decode its JSON answer (`null` when it has none).
+pub fn delete_json<T>(uri: String) -> impl Future<Output = ApiResult<T>> + Send + 'static
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    request(Method::Delete, uri, None)
 }
 
 #[cfg(feature = "ssr")]
 fn request<T>(
+    method: Method,
     uri: String,
     body: Option<String>,
 ) -> impl Future<Output = ApiResult<T>> + Send + 'static
@@ -74,15 +109,18 @@ where
                     .into(),
             );
         };
-        let builder = http::Request::builder().uri(&uri);
+        let method = match method {
+            Method::Get => http::Method::GET,
+            Method::Post => http::Method::POST,
+            Method::Put => http::Method::PUT,
+            Method::Delete => http::Method::DELETE,
+        };
+        let builder = http::Request::builder().method(method).uri(&uri);
         let request = match body {
             Some(b) => builder
-                .method(http::Method::POST)
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(axum::body::Body::from(b)),
-            None => builder
-                .method(http::Method::GET)
-                .body(axum::body::Body::empty()),
+            None => builder.body(axum::body::Body::empty()),
         }
         .map_err(|e| format!("bad API request {uri}: {e}"))?;
         let response = match router.oneshot(request).await {
@@ -102,6 +140,7 @@ where
 
 #[cfg(not(feature = "ssr"))]
 fn request<T>(
+    method: Method,
     uri: String,
     body: Option<String>,
 ) -> impl Future<Output = ApiResult<T>> + Send + 'static
@@ -109,16 +148,22 @@ where
     T: DeserializeOwned + Send + 'static,
 {
     send_wrapper::SendWrapper::new(async move {
+        let builder = match method {
+            Method::Get => gloo_net::http::Request::get(&uri),
+            Method::Post => gloo_net::http::Request::post(&uri),
+            Method::Put => gloo_net::http::Request::put(&uri),
+            Method::Delete => gloo_net::http::Request::delete(&uri),
+        };
         let response = match body {
             Some(b) => {
-                gloo_net::http::Request::post(&uri)
+                builder
                     .header("content-type", "application/json")
                     .body(b)
                     .map_err(|e| format!("bad API request {uri}: {e}"))?
                     .send()
                     .await
             }
-            None => gloo_net::http::Request::get(&uri).send().await,
+            None => builder.send().await,
         }
         .map_err(|e| format!("the oxeye server could not be reached ({uri}): {e}"))?;
         let status = response.status();
@@ -183,6 +228,8 @@ mod tests {
         );
         let r: ApiResult<serde_json::Value> = decode(200, b"{not json");
         assert!(r.is_err());
+        let r: ApiResult<serde_json::Value> = decode(204, b"");
+        assert_eq!(r, Ok(serde_json::Value::Null));
     }
 
     #[test]

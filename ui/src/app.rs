@@ -63,6 +63,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/logs") view=pages::logs::LogsPage ssr=SsrMode::Async/>
                     <Route path=path!("/explore") view=pages::metrics::MetricsPage ssr=SsrMode::Async/>
                     <Route path=path!("/sql") view=pages::sql::SqlPage ssr=SsrMode::Async/>
+                    <Route path=path!("/alerts") view=pages::alerts::AlertsPage ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>
@@ -91,6 +92,7 @@ fn Header() -> impl IntoView {
                 <A href="/logs">"Logs"</A>
                 <A href="/explore">"Metrics"</A>
                 <A href="/sql">"SQL"</A>
+                <A href="/alerts">"Alerts"</A>
             </nav>
             <div class="goto">
                 <Form method="GET" action="/go">

@@ -13,7 +13,7 @@ use crate::http::{ApiQuery, ApiState, bad_request, error_response};
 
 /// Spans that are requests a service serves: entry points (server and consumer spans) and the
 /// roots of traces.
-const REQUEST_SPANS: &str = "(kind IN ('SERVER', 'CONSUMER') OR parent_span_id IS NULL)";
+pub const REQUEST_SPANS: &str = "(kind IN ('SERVER', 'CONSUMER') OR parent_span_id IS NULL)";
 
 #[derive(Debug, Deserialize)]
 pub struct RedParams {

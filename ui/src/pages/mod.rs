@@ -1,5 +1,6 @@
 //! One module per page.
 
+pub mod alerts;
 pub mod logs;
 pub mod metrics;
 pub mod services;

@@ -200,7 +200,8 @@ pub enum Builder {
         #[serde(default = "default_window")]
         window: Dur,
     },
-    /// Log records matching a full-text query (and service, minimum severity) per service.
+    /// Log records matching a full-text query (and service, minimum severity) per service. With
+    /// a service given there is always a row (0 when nothing matched), so `< 1` catches silence.
     LogCount {
         #[serde(default)]
         query: Option<String>,
@@ -322,10 +323,19 @@ impl Builder {
                     })?;
                     filters.push(format!("severity_number >= {floor}"));
                 }
-                format!(
-                    "SELECT service_name, count(*) AS value FROM logs WHERE {} GROUP BY 1",
-                    filters.join(" AND ")
-                )
+                // With a service given the query has no GROUP BY, so it always returns one row
+                // and "fewer than N lines" fires when the service falls silent.
+                match present(service) {
+                    Some(s) => format!(
+                        "SELECT {} AS service_name, count(*) AS value FROM logs WHERE {}",
+                        sql_str(s),
+                        filters.join(" AND ")
+                    ),
+                    None => format!(
+                        "SELECT service_name, count(*) AS value FROM logs WHERE {} GROUP BY 1",
+                        filters.join(" AND ")
+                    ),
+                }
             }
             Builder::Metric {
                 name,
@@ -650,6 +660,19 @@ mod tests {
         };
         let sql = b.to_sql().expect("sql");
         assert!(sql.contains("search(body, 'timeout')") && sql.contains("severity_number >= 17"));
+        assert!(sql.contains("GROUP BY"), "{sql}");
+        let b = Builder::LogCount {
+            query: None,
+            service: Some("payment".into()),
+            severity: None,
+            window: Dur::secs(60),
+        };
+        let sql = b.to_sql().expect("sql");
+        assert!(
+            sql.starts_with("SELECT 'payment' AS service_name, count(*)")
+                && !sql.contains("GROUP BY"),
+            "{sql}"
+        );
         let b = Builder::Metric {
             name: "queue.depth".into(),
             aggregation: "max".into(),

@@ -23,7 +23,17 @@ from oxeye_client import (
 )
 
 S = 1_000_000_000
-TABLES = {"spans", "logs", "metrics", "histograms", "exp_histograms", "summaries"}
+TABLES = {
+    "spans",
+    "logs",
+    "metrics",
+    "histograms",
+    "exp_histograms",
+    "summaries",
+    # Alerting's history (alert/src/tables.rs).
+    "alert_events",
+    "alert_notifications",
+}
 UTC = dt.timezone.utc
 
 

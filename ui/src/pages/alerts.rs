@@ -876,7 +876,7 @@ fn scroll_to(id: &str) {
 // The page.
 
 #[component]
-pub fn AlertsPage() -> impl IntoView {
+pub fn AlertsPage() -> AnyView {
     let query = use_query_map();
     // The lists refresh every few seconds, in the browser only (effects do not run on the
     // server): the tick is part of every list's source.
@@ -984,6 +984,7 @@ pub fn AlertsPage() -> impl IntoView {
             <SilenceEditor ctx/>
         </section>
     }
+    .into_any()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1029,7 +1030,7 @@ fn api_time(text: &str) -> AnyView {
 // Active alerts.
 
 #[component]
-fn ActiveAlerts(alerts: Vec<AlertInstance>, ctx: Ctx) -> impl IntoView {
+fn ActiveAlerts(alerts: Vec<AlertInstance>, ctx: Ctx) -> AnyView {
     let count = alerts.len();
     let rows = alerts
         .into_iter()
@@ -1079,6 +1080,7 @@ fn ActiveAlerts(alerts: Vec<AlertInstance>, ctx: Ctx) -> impl IntoView {
             <tbody>{rows}</tbody>
         </table>
     }
+    .into_any()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1101,7 +1103,7 @@ fn evaluation_cell(evaluation: Option<Evaluation>) -> AnyView {
 }
 
 #[component]
-fn RulesTable(rules: Vec<AlertRule>, ctx: Ctx) -> impl IntoView {
+fn RulesTable(rules: Vec<AlertRule>, ctx: Ctx) -> AnyView {
     let rows = rules
         .into_iter()
         .map(|r| {
@@ -1188,6 +1190,7 @@ fn RulesTable(rules: Vec<AlertRule>, ctx: Ctx) -> impl IntoView {
             <tbody>{rows}</tbody>
         </table>
     }
+    .into_any()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1241,7 +1244,7 @@ fn TextField(
     label: &'static str,
     value: RwSignal<String>,
     #[prop(optional)] placeholder: &'static str,
-) -> impl IntoView {
+) -> AnyView {
     view! {
         <label>
             <span class="field-label">{label}</span>
@@ -1250,6 +1253,7 @@ fn TextField(
                 on:input=move |ev| value.set(event_target_value(&ev))/>
         </label>
     }
+    .into_any()
 }
 
 /// A textarea bound to a signal; `id` is also its `name`.
@@ -1260,7 +1264,7 @@ fn TextArea(
     value: RwSignal<String>,
     #[prop(optional)] placeholder: &'static str,
     #[prop(default = "3")] rows: &'static str,
-) -> impl IntoView {
+) -> AnyView {
     view! {
         <label>
             <span class="field-label">{label}</span>
@@ -1269,6 +1273,7 @@ fn TextArea(
                 on:input=move |ev| value.set(event_target_value(&ev))></textarea>
         </label>
     }
+    .into_any()
 }
 
 /// A select bound to a signal; `id` is also its `name`. The server marks the initial option
@@ -1279,7 +1284,7 @@ fn SelectField(
     label: &'static str,
     value: RwSignal<String>,
     options: &'static [(&'static str, &'static str)],
-) -> impl IntoView {
+) -> AnyView {
     let initial = value.get_untracked();
     let options = options
         .iter()
@@ -1298,10 +1303,11 @@ fn SelectField(
             </select>
         </label>
     }
+    .into_any()
 }
 
 #[component]
-fn RuleEditor(ctx: Ctx) -> impl IntoView {
+fn RuleEditor(ctx: Ctx) -> AnyView {
     let f = ctx.fields;
     let is_builder = move || f.mode.get() == "builder";
 
@@ -1417,11 +1423,12 @@ fn RuleEditor(ctx: Ctx) -> impl IntoView {
             {dry_view}
         </div>
     }
+    .into_any()
 }
 
 /// The builder's fields (shown in builder mode); each kind shows the fields it uses.
 #[component]
-fn BuilderFields(f: RuleFields) -> impl IntoView {
+fn BuilderFields(f: RuleFields) -> AnyView {
     let is_builder = move || f.mode.get() == "builder";
     let unused = move |field: &'static str| move || !builder_field_used(&f.kind.get(), field);
     view! {
@@ -1466,11 +1473,12 @@ fn BuilderFields(f: RuleFields) -> impl IntoView {
             <p class="hint">{move || builder_hint(&f.kind.get())}</p>
         </fieldset>
     }
+    .into_any()
 }
 
 /// Condition, schedule, severity, labels, annotations and notifiers.
 #[component]
-fn RuleSettings(f: RuleFields) -> impl IntoView {
+fn RuleSettings(f: RuleFields) -> AnyView {
     view! {
         <div class="rule-settings">
             <div class="form-grid">
@@ -1503,10 +1511,11 @@ fn RuleSettings(f: RuleFields) -> impl IntoView {
             </div>
         </div>
     }
+    .into_any()
 }
 
 #[component]
-fn DryRunResult(d: DryRun) -> impl IntoView {
+fn DryRunResult(d: DryRun) -> AnyView {
     let total = d.instances.len();
     let active = d.instances.iter().filter(|i| i.active).count();
     let elapsed = d.elapsed_ms.map(|ms| format!(" in {ms:.1} ms"));
@@ -1552,13 +1561,14 @@ fn DryRunResult(d: DryRun) -> impl IntoView {
             {table}
         </div>
     }
+    .into_any()
 }
 
 // ---------------------------------------------------------------------------------------------
 // History.
 
 #[component]
-fn HistoryFilter(names: Vec<(String, String)>, filter: String) -> impl IntoView {
+fn HistoryFilter(names: Vec<(String, String)>, filter: String) -> AnyView {
     let filtered = !filter.is_empty();
     let options = names
         .into_iter()
@@ -1581,10 +1591,11 @@ fn HistoryFilter(names: Vec<(String, String)>, filter: String) -> impl IntoView 
             </div>
         </Form>
     }
+    .into_any()
 }
 
 #[component]
-fn HistoryList(events: Vec<AlertEvent>) -> impl IntoView {
+fn HistoryList(events: Vec<AlertEvent>) -> AnyView {
     let mut events = events;
     // Newest first (the API's order already; kept when times do not parse).
     events.sort_by_key(|e| std::cmp::Reverse(format::parse_utc_timestamp(&e.time)));
@@ -1615,13 +1626,14 @@ fn HistoryList(events: Vec<AlertEvent>) -> impl IntoView {
             <tbody>{rows}</tbody>
         </table>
     }
+    .into_any()
 }
 
 // ---------------------------------------------------------------------------------------------
 // Silences.
 
 #[component]
-fn SilenceList(silences: Vec<Silence>, ctx: Ctx) -> impl IntoView {
+fn SilenceList(silences: Vec<Silence>, ctx: Ctx) -> AnyView {
     let rows = silences
         .into_iter()
         .map(|s| {
@@ -1663,10 +1675,11 @@ fn SilenceList(silences: Vec<Silence>, ctx: Ctx) -> impl IntoView {
             <tbody>{rows}</tbody>
         </table>
     }
+    .into_any()
 }
 
 #[component]
-fn SilenceEditor(ctx: Ctx) -> impl IntoView {
+fn SilenceEditor(ctx: Ctx) -> AnyView {
     let s = ctx.silence;
     let create = move |_: leptos::ev::MouseEvent| {
         let matchers = match parse_matchers(&s.matchers.get_untracked()) {
@@ -1736,6 +1749,7 @@ fn SilenceEditor(ctx: Ctx) -> impl IntoView {
             </div>
         </div>
     }
+    .into_any()
 }
 
 #[cfg(test)]

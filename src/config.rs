@@ -240,6 +240,25 @@ pub struct ServeArgs {
     )]
     pub pg_password: Option<String>,
 
+    /// Keep segments and index files in S3-compatible object storage, `s3://bucket/prefix`,
+    /// instead of `<data-dir>/objects`; credentials from the AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY environment variables [default: unset, local disk]
+    #[arg(long, env = "OXEYE_OBJECT_STORE", value_name = "URL")]
+    pub object_store: Option<String>,
+
+    /// S3-compatible endpoint (MinIO, Ceph, ...), e.g. http://127.0.0.1:9000 [default: AWS]
+    #[arg(long, env = "OXEYE_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region [default: us-east-1]
+    #[arg(long, env = "OXEYE_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Local read cache of segments kept in object storage, under `<data-dir>/cache`
+    /// [default: 4GiB]
+    #[arg(long, env = "OXEYE_CACHE_SIZE", value_name = "SIZE")]
+    pub cache_size: Option<ByteSize>,
+
     /// TOML file of alert rules and notification channels, loaded at start and again whenever
     /// it changes (rules kept in git) [default: unset]
     #[arg(long, env = "OXEYE_ALERT_RULES_FILE", value_name = "FILE")]
@@ -288,6 +307,10 @@ impl ServeArgs {
             pg_password,
             alert_rules_file,
             public_url,
+            object_store,
+            s3_endpoint,
+            s3_region,
+            cache_size,
         )
     }
 }
@@ -336,6 +359,9 @@ pub struct ServeConfig {
     pub store: oxeye_store::StoreConfig,
     pub query: oxeye_query::QueryConfig,
     pub alert: oxeye_alert::AlertConfig,
+    /// Segments in S3-compatible storage instead of the data directory.
+    pub object_store: Option<oxeye_store::S3Options>,
+    pub cache_bytes: u64,
 }
 
 impl ServeArgs {
@@ -429,6 +455,14 @@ impl ServeArgs {
             store,
             query,
             alert,
+            object_store: self.object_store.map(|url| oxeye_store::S3Options {
+                url,
+                endpoint: self.s3_endpoint,
+                region: self.s3_region,
+                access_key_id: None,
+                secret_access_key: None,
+            }),
+            cache_bytes: self.cache_size.map(|b| b.0).unwrap_or(4 << 30),
         })
     }
 }

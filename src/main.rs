@@ -137,9 +137,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let mut registry = Registry::default();
 
-    let store = oxeye_store::Store::open_local(config.store.clone(), &mut registry)
-        .await
-        .context("cannot open the store")?;
+    let store = match &config.object_store {
+        None => oxeye_store::Store::open_local(config.store.clone(), &mut registry).await,
+        Some(s3) => {
+            let storage = oxeye_store::Storage::s3(s3)
+                .and_then(|s| s.with_read_cache(&config.data_dir.join("cache"), config.cache_bytes))
+                .context("cannot set up the object store")?;
+            tracing::info!(
+                object_store = storage.description(),
+                "segments are kept in object storage"
+            );
+            oxeye_store::Store::open(
+                config.store.clone(),
+                storage,
+                Arc::new(oxeye_store::FileMetastore::new(&config.data_dir)),
+                &mut registry,
+            )
+            .await
+        }
+    }
+    .context("cannot open the store")?;
     let router: Arc<dyn Ingest> = Arc::new(ShardRouter::new(
         store
             .shard_sinks()

@@ -205,14 +205,31 @@ pub fn router(state: ApiState) -> Router {
 async fn admin_flush(State(state): State<ApiState>) -> Response {
     match state.engine.store().flush().await {
         Ok(()) => axum::Json(serde_json::json!({"flushed": true})).into_response(),
-        Err(e) => error_response(&QueryError::Internal(e.to_string())),
+        Err(e) => store_error_response(&e),
     }
+}
+
+/// A store failure: object storage that cannot be reached is a 503 (retry later; the rows
+/// wait in the WAL), anything else a 500.
+fn store_error_response(e: &oxeye_store::StoreError) -> Response {
+    if matches!(e, oxeye_store::StoreError::ObjectStore { .. }) {
+        let body = serde_json::json!({"error": {
+            "kind": "unavailable",
+            "message": format!("{e}; nothing was lost: the rows stay in the WAL and are written when the object store answers again"),
+            "position": null,
+        }});
+        let mut r = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        return r;
+    }
+    error_response(&QueryError::Internal(e.to_string()))
 }
 
 /// `POST /api/v1/admin/compact`: merges small segments until nothing is left to merge.
 async fn admin_compact(State(state): State<ApiState>) -> Response {
     match state.engine.store().compact().await {
         Ok(merges) => axum::Json(serde_json::json!({"merges": merges})).into_response(),
-        Err(e) => error_response(&QueryError::Internal(e.to_string())),
+        Err(e) => store_error_response(&e),
     }
 }

@@ -10,6 +10,7 @@
 //! are plain functions tested without a running store; `Store` wires them to threads, tasks,
 //! files and object storage.
 
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod error;
@@ -45,7 +46,7 @@ pub use error::StoreError;
 pub use index::{IndexPredicate, TextQuery};
 pub use scan::{RowFilterStage, RowPredicate, ScanPart, ScanPlan, ScanRequest, ScanStats};
 pub use segment::{SegmentMeta, SegmentRef};
-pub use storage::Storage;
+pub use storage::{S3Options, Storage};
 
 use crate::memtable::ReadState;
 use crate::metrics::{SignalLabels, StoreMetrics};

@@ -240,6 +240,17 @@ pub struct ServeArgs {
     )]
     pub pg_password: Option<String>,
 
+    /// Keep the segment catalog in PostgreSQL, `postgres://user:password@host:5432/db`, instead
+    /// of `<data-dir>/catalog.json` (with --object-store, a node's disk then holds only its WAL
+    /// and read cache) [default: unset, local file]
+    #[arg(
+        long,
+        env = "OXEYE_METASTORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub metastore: Option<String>,
+
     /// Keep segments and index files in S3-compatible object storage, `s3://bucket/prefix`,
     /// instead of `<data-dir>/objects`; credentials from the AWS_ACCESS_KEY_ID and
     /// AWS_SECRET_ACCESS_KEY environment variables [default: unset, local disk]
@@ -307,6 +318,7 @@ impl ServeArgs {
             pg_password,
             alert_rules_file,
             public_url,
+            metastore,
             object_store,
             s3_endpoint,
             s3_region,
@@ -359,6 +371,8 @@ pub struct ServeConfig {
     pub store: oxeye_store::StoreConfig,
     pub query: oxeye_query::QueryConfig,
     pub alert: oxeye_alert::AlertConfig,
+    /// The catalog in PostgreSQL instead of the data directory.
+    pub metastore: Option<String>,
     /// Segments in S3-compatible storage instead of the data directory.
     pub object_store: Option<oxeye_store::S3Options>,
     pub cache_bytes: u64,
@@ -455,6 +469,7 @@ impl ServeArgs {
             store,
             query,
             alert,
+            metastore: self.metastore,
             object_store: self.object_store.map(|url| oxeye_store::S3Options {
                 url,
                 endpoint: self.s3_endpoint,

@@ -137,26 +137,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let mut registry = Registry::default();
 
-    let store = match &config.object_store {
-        None => oxeye_store::Store::open_local(config.store.clone(), &mut registry).await,
-        Some(s3) => {
-            let storage = oxeye_store::Storage::s3(s3)
-                .and_then(|s| s.with_read_cache(&config.data_dir.join("cache"), config.cache_bytes))
-                .context("cannot set up the object store")?;
-            tracing::info!(
-                object_store = storage.description(),
-                "segments are kept in object storage"
-            );
-            oxeye_store::Store::open(
-                config.store.clone(),
-                storage,
-                Arc::new(oxeye_store::FileMetastore::new(&config.data_dir)),
-                &mut registry,
-            )
-            .await
-        }
+    let storage = match &config.object_store {
+        None => oxeye_store::Storage::local(&config.data_dir.join("objects")),
+        Some(s3) => oxeye_store::Storage::s3(s3)
+            .and_then(|s| s.with_read_cache(&config.data_dir.join("cache"), config.cache_bytes)),
     }
-    .context("cannot open the store")?;
+    .context("cannot set up the object store")?;
+    let metastore = match &config.metastore {
+        None => None,
+        Some(url) => Some(Arc::new(
+            oxeye_metastore::PgMetastore::connect(url)
+                .await
+                .context("cannot open the metastore")?,
+        )),
+    };
+    let catalog: Arc<dyn oxeye_store::Metastore> = match &metastore {
+        None => Arc::new(oxeye_store::FileMetastore::new(&config.data_dir)),
+        Some(meta) => meta.clone(),
+    };
+    tracing::info!(
+        object_store = storage.description(),
+        metastore = config
+            .metastore
+            .as_deref()
+            .map_or("local file".to_string(), oxeye_metastore::redact),
+        "storage"
+    );
+    let store = oxeye_store::Store::open(config.store.clone(), storage, catalog, &mut registry)
+        .await
+        .context("cannot open the store")?;
     let router: Arc<dyn Ingest> = Arc::new(ShardRouter::new(
         store
             .shard_sinks()
@@ -170,12 +179,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let collector = oxeye_collector::start(&config.collector, router, &mut registry).await?;
     let stop_alerts = CancellationToken::new();
     let alert_dir = config.data_dir.join("alerts");
+    // Alone, alerting keeps its data in the data directory and leads by a file lock; with a
+    // metastore, every node shares rules and state there and one holds the evaluator lease.
+    let (alert_store, leadership): (
+        Arc<dyn oxeye_alert::storage::AlertStore>,
+        Arc<dyn oxeye_alert::lease::Leadership>,
+    ) = match &metastore {
+        None => (
+            Arc::new(oxeye_alert::storage::LocalStore::open(&alert_dir)?),
+            Arc::new(oxeye_alert::lease::FileLease::new(
+                alert_dir.join("leader.lock"),
+            )),
+        ),
+        Some(meta) => (
+            Arc::new(oxeye_alert::storage_pg::PgAlertStore::new(
+                meta.clone(),
+                config.alert.history,
+            )),
+            Arc::new(oxeye_alert::lease::MetastoreLease::start(
+                meta.clone(),
+                "alert-evaluator",
+                format!("{}/{}", config.http_listen, std::process::id()),
+                std::time::Duration::from_secs(10),
+                stop_alerts.clone(),
+            )),
+        ),
+    };
     let alerts = oxeye_alert::AlertService::open(
         engine.clone(),
-        Arc::new(oxeye_alert::storage::LocalStore::open(&alert_dir)?),
-        Arc::new(oxeye_alert::lease::FileLease::new(
-            alert_dir.join("leader.lock"),
-        )),
+        alert_store,
+        leadership,
         config.alert.clone(),
         &mut registry,
         stop_alerts.clone(),

@@ -19,6 +19,8 @@ use crate::time::now_ms;
 const TICK: Duration = Duration::from_millis(100);
 /// How often the rules file is checked for changes.
 const RULES_FILE_CHECK: Duration = Duration::from_secs(2);
+/// How often a node sharing its store with others takes in their changes.
+const SHARED_SYNC: Duration = Duration::from_secs(2);
 
 /// Clears a rule's in-flight mark however its evaluation ends.
 struct InFlight {
@@ -44,6 +46,10 @@ impl AlertService {
     async fn run(self) {
         let mut tasks = JoinSet::new();
         let mut next_file_check = Instant::now() + RULES_FILE_CHECK;
+        let shared = self.inner.store.shared();
+        let mut next_sync = Instant::now();
+        // Whether this node leads with the leader's latest state in hand.
+        let mut leading = !shared;
         loop {
             if let Some(path) = self.inner.config.rules_file.clone()
                 && Instant::now() >= next_file_check
@@ -65,7 +71,29 @@ impl AlertService {
                         .inc();
                 }
             }
-            if self.inner.config.evaluate && self.inner.leader.is_leader() {
+            let leader = self.inner.config.evaluate && self.inner.leader.is_leader();
+            if shared {
+                if !leader {
+                    leading = false;
+                }
+                if Instant::now() >= next_sync || (leader && !leading) {
+                    next_sync = Instant::now() + SHARED_SYNC;
+                    if let Err(e) = self.sync_config().await {
+                        tracing::warn!(error = %e, "cannot read the shared alert configuration");
+                    }
+                    if !leading {
+                        // A follower shows the leader's state; a new leader carries on from
+                        // it (pending times, what was notified), so nothing fires twice.
+                        match self.sync_state().await {
+                            Ok(()) => leading = leader,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read the shared alert state")
+                            }
+                        }
+                    }
+                }
+            }
+            if leader && leading {
                 for rule in self.take_due(now_ms()) {
                     tasks.spawn(self.clone().evaluate(rule));
                 }

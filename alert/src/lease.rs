@@ -88,3 +88,81 @@ mod tests {
         assert!(b.is_leader(), "released when the holder goes");
     }
 }
+
+/// Leadership through a lease in the PostgreSQL metastore, shared by every query node. A
+/// background task renews it every third of its time to live; a node that cannot renew (its
+/// database link broke, it stalled) stops evaluating before the lease can pass to another node.
+#[derive(Debug)]
+pub struct MetastoreLease {
+    /// When the lease was last confirmed ours.
+    confirmed: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+    ttl: Duration,
+}
+
+use std::sync::Arc;
+use std::time::Duration;
+
+impl MetastoreLease {
+    /// Starts competing for `name` as `holder`; gives the lease up when `stop` is cancelled.
+    pub fn start(
+        meta: Arc<oxeye_metastore::PgMetastore>,
+        name: &str,
+        holder: String,
+        ttl: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> MetastoreLease {
+        let confirmed = Arc::new(parking_lot::Mutex::new(None));
+        let lease = MetastoreLease {
+            confirmed: confirmed.clone(),
+            ttl,
+        };
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut held = false;
+            loop {
+                let asked = std::time::Instant::now();
+                match meta.acquire_lease(&name, &holder, ttl).await {
+                    Ok(true) => {
+                        *confirmed.lock() = Some(asked);
+                        if !held {
+                            tracing::info!(lease = name, holder, "this node evaluates alert rules");
+                        }
+                        held = true;
+                    }
+                    Ok(false) => {
+                        *confirmed.lock() = None;
+                        if held {
+                            tracing::warn!(
+                                lease = name,
+                                holder,
+                                "another node took the alerting lease"
+                            );
+                        }
+                        held = false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(lease = name, error = %e, "cannot renew the alerting lease");
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(ttl / 3) => {}
+                }
+            }
+            *confirmed.lock() = None;
+            if held && let Err(e) = meta.release_lease(&name, &holder).await {
+                tracing::warn!(lease = name, error = %e, "cannot release the alerting lease");
+            }
+        });
+        lease
+    }
+}
+
+impl Leadership for MetastoreLease {
+    fn is_leader(&self) -> bool {
+        // Stop a little before the lease could expire in the database.
+        self.confirmed
+            .lock()
+            .is_some_and(|t| t.elapsed() < self.ttl.mul_f64(0.8))
+    }
+}

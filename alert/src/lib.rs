@@ -22,6 +22,7 @@ pub mod service;
 pub mod silence;
 pub mod state;
 pub mod storage;
+pub mod storage_pg;
 pub mod tables;
 pub mod template;
 pub mod time;

@@ -74,6 +74,8 @@ pub(crate) struct Core {
     pub runtime: BTreeMap<String, RuleRuntime>,
     pub schedule: BTreeMap<String, Schedule>,
     pub rules_file_stamp: Option<(SystemTime, u64)>,
+    /// The revision of the stored configuration this node's view is from.
+    pub config_revision: i64,
 }
 
 pub(crate) struct Inner {
@@ -291,6 +293,7 @@ impl AlertService {
             core.channels.insert(c.name.clone(), (c, RuleSource::Api));
         }
         core.silences = loaded.config.silences;
+        core.config_revision = loaded.config_revision;
         core.runtime = loaded.state.rules;
         let service = AlertService {
             inner: Arc::new(Inner {
@@ -368,9 +371,9 @@ impl AlertService {
 
     async fn save_config(&self) -> Result<(), AlertError> {
         let _writer = self.inner.config_writer.lock().await;
-        let doc = {
+        let (doc, expected) = {
             let core = self.inner.core.lock();
-            ConfigDoc {
+            let doc = ConfigDoc {
                 rules: core
                     .rules
                     .values()
@@ -384,10 +387,88 @@ impl AlertService {
                     .map(|(c, _)| c.clone())
                     .collect(),
                 silences: core.silences.clone(),
-            }
+            };
+            (doc, core.config_revision)
         };
         let store = self.inner.store.clone();
-        spawn_blocking_io(move || store.save_config(&doc)).await
+        let revision = spawn_blocking_io(move || store.save_config(&doc, expected)).await?;
+        self.inner.core.lock().config_revision = revision;
+        Ok(())
+    }
+
+    /// Takes in the configuration other nodes saved (shared stores only). Rules that went away
+    /// or were disabled end here when this node leads.
+    pub(crate) async fn sync_config(&self) -> Result<(), AlertError> {
+        let _writer = self.inner.config_writer.lock().await;
+        let known = self.inner.core.lock().config_revision;
+        let store = self.inner.store.clone();
+        let Some((revision, doc)) = spawn_blocking_io(move || store.config_if_newer(known)).await?
+        else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let mut ended = Vec::new();
+        {
+            let mut core = self.inner.core.lock();
+            let incoming: BTreeMap<String, Rule> =
+                doc.rules.into_iter().map(|r| (r.id.clone(), r)).collect();
+            let stale: Vec<String> = core
+                .rules
+                .values()
+                .filter(|r| r.source == RuleSource::Api && !incoming.contains_key(&r.id))
+                .map(|r| r.id.clone())
+                .collect();
+            for id in stale {
+                if let Some(rule) = core.rules.remove(&id) {
+                    core.schedule.remove(&id);
+                    ended.push((rule, true));
+                }
+            }
+            for (id, rule) in incoming {
+                let old = core.rules.get(&id).cloned();
+                if old.as_deref() == Some(&rule) {
+                    continue;
+                }
+                let disabled_now =
+                    !rule.spec.enabled && old.as_ref().is_none_or(|o| o.spec.enabled);
+                let rule = Arc::new(rule);
+                core.rules.insert(id.clone(), rule.clone());
+                core.schedule.insert(
+                    id,
+                    Schedule {
+                        next_due_ms: now,
+                        in_flight: false,
+                    },
+                );
+                if disabled_now {
+                    ended.push((rule, false));
+                }
+            }
+            core.channels
+                .retain(|_, (_, source)| *source == RuleSource::File);
+            for c in doc.channels {
+                core.channels.insert(c.name.clone(), (c, RuleSource::Api));
+            }
+            core.silences = doc.silences;
+            core.config_revision = revision;
+            self.inner.metrics.rules.set(core.rules.len() as i64);
+        }
+        drop(_writer);
+        for (rule, removed) in ended {
+            self.end_rule(&rule.id, removed.then_some(&rule)).await;
+        }
+        Ok(())
+    }
+
+    /// Takes in the state the leader saved (a follower shows it; a new leader starts from it).
+    pub(crate) async fn sync_state(&self) -> Result<(), AlertError> {
+        let store = self.inner.store.clone();
+        let state = spawn_blocking_io(move || store.load_state()).await?;
+        let mut core = self.inner.core.lock();
+        let Core { rules, runtime, .. } = &mut *core;
+        *runtime = state.rules;
+        runtime.retain(|id, _| rules.contains_key(id));
+        Ok(())
     }
 
     pub(crate) async fn save_state(&self) -> Result<(), AlertError> {
@@ -424,6 +505,10 @@ impl AlertService {
         &self,
         apply: impl FnOnce(&mut Core) -> Result<(T, Box<dyn FnOnce(&mut Core) + Send>), AlertError>,
     ) -> Result<T, AlertError> {
+        if self.inner.store.shared() {
+            // Change the newest configuration, not this node's possibly older view of it.
+            self.sync_config().await?;
+        }
         let (out, undo) = apply(&mut self.inner.core.lock())?;
         if let Err(e) = self.save_config().await {
             undo(&mut self.inner.core.lock());
@@ -587,6 +672,11 @@ impl AlertService {
 
     /// Ends a rule's instances (deleted or disabled): firing ones resolve and receivers hear.
     async fn end_rule(&self, id: &str, removed: Option<&Arc<Rule>>) {
+        // With a shared store only the leader owns instances and notifications; it ends them
+        // when it takes in the change.
+        if self.inner.store.shared() && !self.inner.leader.is_leader() {
+            return;
+        }
         let now = now_ms();
         let (events, jobs) = {
             let mut core = self.inner.core.lock();

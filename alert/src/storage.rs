@@ -89,20 +89,34 @@ pub struct Delivery {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub config: ConfigDoc,
+    /// The configuration's revision, for [`AlertStore::save_config`].
+    pub config_revision: i64,
     pub state: StateDoc,
     pub events: VecDeque<Event>,
     pub deliveries: VecDeque<Delivery>,
 }
 
 /// Where alerting keeps its data. The embedded default is [`LocalStore`]; a cluster keeps it in
-/// the metastore.
+/// the PostgreSQL metastore ([`crate::storage_pg::PgAlertStore`]), shared by every query node.
 pub trait AlertStore: Send + Sync + 'static {
     /// Reads everything, keeping at most `history` of the newest events and deliveries.
     fn load(&self, history: usize) -> Result<Loaded, AlertError>;
-    fn save_config(&self, doc: &ConfigDoc) -> Result<(), AlertError>;
+    /// Saves the configuration if it is still at revision `expected` (another node may have
+    /// changed it meanwhile: [`AlertError::Conflict`]); returns the new revision.
+    fn save_config(&self, doc: &ConfigDoc, expected: i64) -> Result<i64, AlertError>;
     fn save_state(&self, doc: &StateDoc) -> Result<(), AlertError>;
     fn append_events(&self, events: &[Event]) -> Result<(), AlertError>;
     fn append_deliveries(&self, deliveries: &[Delivery]) -> Result<(), AlertError>;
+    /// Whether other nodes share this store (then followers re-read it).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The configuration, when its revision is past `revision`.
+    fn config_if_newer(&self, _revision: i64) -> Result<Option<(i64, ConfigDoc)>, AlertError> {
+        Ok(None)
+    }
+    /// The state as the leader last saved it.
+    fn load_state(&self) -> Result<StateDoc, AlertError>;
 }
 
 /// Files in a directory: `config.json`, `state.json`, `events.jsonl`, `notifications.jsonl`
@@ -225,14 +239,21 @@ impl AlertStore for LocalStore {
     fn load(&self, history: usize) -> Result<Loaded, AlertError> {
         Ok(Loaded {
             config: self.read_doc("config.json")?,
+            config_revision: 0,
             state: self.read_doc("state.json")?,
             events: self.read_history("events", history),
             deliveries: self.read_history("notifications", history),
         })
     }
 
-    fn save_config(&self, doc: &ConfigDoc) -> Result<(), AlertError> {
-        self.write_doc("config.json", doc)
+    /// One process owns the directory, so there is nobody to conflict with.
+    fn save_config(&self, doc: &ConfigDoc, expected: i64) -> Result<i64, AlertError> {
+        self.write_doc("config.json", doc)?;
+        Ok(expected + 1)
+    }
+
+    fn load_state(&self) -> Result<StateDoc, AlertError> {
+        self.read_doc("state.json")
     }
 
     fn save_state(&self, doc: &StateDoc) -> Result<(), AlertError> {

@@ -186,6 +186,11 @@ pub struct ServeArgs {
     #[arg(long, env = "OXEYE_SHARDS", value_name = "N")]
     pub shards: Option<u32>,
 
+    /// Id of this process's first shard; nodes sharing a --metastore serve disjoint ranges
+    /// (`--first-shard 4 --shards 4` is shards 4..7) [default: 0]
+    #[arg(long, env = "OXEYE_FIRST_SHARD", value_name = "ID")]
+    pub first_shard: Option<u32>,
+
     /// Flush a shard's memtable to a segment at this size... [default: 128MiB]
     #[arg(long, env = "OXEYE_FLUSH_SIZE", value_name = "SIZE")]
     pub flush_size: Option<ByteSize>,
@@ -304,6 +309,7 @@ impl ServeArgs {
             batch_max_rows,
             batch_max_delay,
             shards,
+            first_shard,
             flush_size,
             flush_age,
             max_unflushed,
@@ -419,6 +425,10 @@ impl ServeArgs {
         store.shards = self.shards.unwrap_or(store.shards);
         if store.shards == 0 {
             bail!("--shards must be at least 1");
+        }
+        store.first_shard = self.first_shard.unwrap_or(0);
+        if store.first_shard.checked_add(store.shards).is_none() {
+            bail!("--first-shard + --shards must stay below 2^32");
         }
         store.flush_bytes = bytes(self.flush_size, store.flush_bytes as u64)?;
         store.flush_age = self.flush_age.map(|d| d.0).unwrap_or(store.flush_age);

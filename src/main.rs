@@ -53,7 +53,9 @@ enum Command {
     Collector(ServeArgs),
     /// Run one store shard replica (scale-out)
     Store(ServeArgs),
-    /// Run a stateless query node: SQL, APIs, UI, alerting (scale-out)
+    /// Run a query node: SQL, APIs, UI and alerting over what store nodes committed to the
+    /// shared --metastore and --object-store (segments only: rows not yet flushed by a store
+    /// node are not visible from here yet)
     Query(ServeArgs),
 }
 
@@ -81,10 +83,10 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args.over(file.serve)).await,
+            Command::Serve(args) => serve_role(args.over(file.serve), Role::All).await,
             Command::Collector(args) => scale_out_role("collector", args.over(file.collector)),
             Command::Store(args) => scale_out_role("store", args.over(file.store)),
-            Command::Query(args) => scale_out_role("query", args.over(file.query)),
+            Command::Query(args) => serve_role(args.over(file.query), Role::Query).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
@@ -127,8 +129,27 @@ async fn stop_signal() {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.resolve()?;
+/// What one process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Everything: OTLP receivers, store shards, SQL, APIs, UI, alerting.
+    All,
+    /// SQL, APIs, UI and alerting over what store nodes committed to a shared metastore and
+    /// object store; no receivers, no shards, nothing written but alerting's records.
+    Query,
+}
+
+async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
+    let mut config = args.resolve()?;
+    if role == Role::Query {
+        if config.metastore.is_none() || config.object_store.is_none() {
+            anyhow::bail!(
+                "a query node reads what store nodes committed: give it the cluster's --metastore \
+                 and --object-store"
+            );
+        }
+        config.store.shards = 0;
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -176,7 +197,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine = oxeye_query::QueryEngine::new(store.clone(), config.query.clone(), &mut registry)
         .await
         .context("cannot start the query engine")?;
-    let collector = oxeye_collector::start(&config.collector, router, &mut registry).await?;
+    let collector = match role {
+        Role::All => Some(oxeye_collector::start(&config.collector, router, &mut registry).await?),
+        Role::Query => None,
+    };
     let stop_alerts = CancellationToken::new();
     let alert_dir = config.data_dir.join("alerts");
     // Alone, alerting keeps its data in the data directory and leads by a file lock; with a
@@ -266,8 +290,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
     tracing::info!(
         postgres = %pg.addr,
-        otlp_grpc = %collector.grpc_addr,
-        otlp_http = %collector.http_addr,
+        otlp_grpc = collector.as_ref().map(|c| c.grpc_addr.to_string()).unwrap_or_default(),
+        otlp_http = collector.as_ref().map(|c| c.http_addr.to_string()).unwrap_or_default(),
         http = %http_addr,
         data_dir = %config.data_dir.display(),
         "oxeye is serving"
@@ -276,7 +300,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     stop_signal().await;
     tracing::info!("stopping: draining requests and flushing acknowledged data");
     ready.store(false, Ordering::Relaxed);
-    collector.shutdown().await;
+    if let Some(collector) = collector {
+        collector.shutdown().await;
+    }
     stop_alerts.cancel();
     let _ = evaluator.await;
     stop_http.cancel();

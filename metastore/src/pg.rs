@@ -229,6 +229,10 @@ async fn read_state(
 
 #[async_trait::async_trait]
 impl Metastore for PgMetastore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn load(&self) -> Result<CatalogState, StoreError> {
         let guard = self.client().await?;
         let client = guard

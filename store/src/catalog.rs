@@ -108,6 +108,11 @@ pub trait Metastore: Send + Sync + 'static {
     async fn load(&self) -> Result<CatalogState, StoreError>;
     /// Applies `change` atomically and returns the new state.
     async fn commit(&self, change: CatalogChange) -> Result<CatalogState, StoreError>;
+    /// Whether other nodes commit to this catalog too (then this node's view can be behind it,
+    /// and only a fresh `load` says which objects are in use).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// The embedded metastore: `catalog.json` in the data directory.

@@ -10,8 +10,14 @@ pub struct StoreConfig {
     /// Root of the store's local state (WAL, catalog, index cache, and segments when no object
     /// store is configured).
     pub data_dir: PathBuf,
-    /// Number of shards this process serves (each has its own WAL).
+    /// Number of shards this process serves (each has its own WAL); 0 for a node that only
+    /// queries what other nodes committed.
     pub shards: u32,
+    /// The id of this process's first shard: nodes sharing a metastore serve disjoint ranges
+    /// (`first_shard .. first_shard + shards`).
+    pub first_shard: u32,
+    /// How often a node sharing its catalog takes in other nodes' commits.
+    pub catalog_refresh: Duration,
     /// Flush a shard's memtable once it holds this many bytes...
     pub flush_bytes: usize,
     /// ...or once its oldest row is this old.
@@ -43,6 +49,8 @@ impl StoreConfig {
         StoreConfig {
             data_dir: data_dir.into(),
             shards: 1,
+            first_shard: 0,
+            catalog_refresh: Duration::from_secs(5),
             flush_bytes: 128 * 1024 * 1024,
             flush_age: Duration::from_secs(30),
             max_unflushed_bytes: 1024 * 1024 * 1024,
@@ -59,8 +67,30 @@ impl StoreConfig {
 }
 
 impl StoreConfig {
+    /// Whether this process serves `shard` (and so compacts and expires its segments).
+    pub fn owns(&self, shard: u32) -> bool {
+        shard >= self.first_shard && shard - self.first_shard < self.shards
+    }
+
     /// How segments of `signal` are cut.
     pub fn layout(&self, signal: Signal) -> crate::segment::Layout {
         crate::segment::Layout::for_signal(signal, self.granule_rows, self.row_group_rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_owns_exactly_its_shard_range() {
+        let mut c = StoreConfig::new("/tmp/x");
+        c.first_shard = 4;
+        c.shards = 2;
+        assert!(!c.owns(3));
+        assert!(c.owns(4) && c.owns(5));
+        assert!(!c.owns(6));
+        c.shards = 0;
+        assert!(!c.owns(4), "a query node owns nothing");
     }
 }

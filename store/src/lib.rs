@@ -156,11 +156,9 @@ impl Store {
         {
             let mut st = state.write();
             for seg in &catalog_state.segments {
-                st.segments
-                    .entry(seg.signal)
-                    .or_default()
-                    .push(Arc::new(seg.clone()));
+                st.add_segment(Arc::new(seg.clone()));
             }
+            st.generation = catalog_state.generation;
         }
         let config = Arc::new(config);
         let disk_ok = Arc::new(AtomicBool::new(true));
@@ -168,7 +166,7 @@ impl Store {
         let mut sinks = Vec::new();
         let mut flush_locks = BTreeMap::new();
         let mut flush_now = BTreeMap::new();
-        for id in 0..config.shards.max(1) {
+        for id in config.first_shard..config.first_shard + config.shards {
             let flushed = catalog_state
                 .shards
                 .get(&id)

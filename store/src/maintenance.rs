@@ -71,6 +71,23 @@ pub(crate) fn start(inner: &Arc<Inner>) {
             }
         }
     }));
+    if inner.catalog.shared() {
+        let weak = Arc::downgrade(inner);
+        let stop = inner.shutdown.clone();
+        let every = inner.config.catalog_refresh;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = refresh_catalog(&inner).await {
+                    tracing::warn!(error = %e, "cannot read the shared catalog; queries see what this node knew");
+                }
+            }
+        }));
+    }
     let weak = Arc::downgrade(inner);
     let stop = inner.shutdown.clone();
     let interval = inner.config.maintenance_interval;
@@ -95,7 +112,10 @@ pub(crate) fn start(inner: &Arc<Inner>) {
             if let Err(e) = delete_pending(&inner, false).await {
                 tracing::warn!(error = %e, "deleting removed segments failed; will retry");
             }
-            if last_orphan_check.is_none_or(|t| t.elapsed() > ORPHAN_AGE / 4) {
+            // A node without shards owns no objects, so it deletes none.
+            if !inner.shards.is_empty()
+                && last_orphan_check.is_none_or(|t| t.elapsed() > ORPHAN_AGE / 4)
+            {
                 last_orphan_check = Some(Instant::now());
                 if let Err(e) = delete_orphans(&inner).await {
                     tracing::warn!(error = %e, "orphan cleanup failed");
@@ -204,12 +224,18 @@ pub(crate) fn pick_merge(
 pub(crate) async fn compact_once(inner: &Inner) -> Result<bool, StoreError> {
     let _guard = inner.maintenance_lock.lock().await;
     for signal in Signal::ALL {
-        let segments = inner
+        // Each node merges its own shards' segments only: two nodes never race for the same.
+        let segments: Vec<SegmentRef> = inner
             .state
             .read()
             .segments
             .get(&signal)
-            .cloned()
+            .map(|v| {
+                v.iter()
+                    .filter(|s| inner.config.owns(s.shard))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         let group = pick_merge(
             &segments,
@@ -267,13 +293,13 @@ async fn merge(inner: &Inner, signal: Signal, inputs: Vec<SegmentRef>) -> Result
     let removed: Vec<String> = inputs.iter().map(|s| s.id.clone()).collect();
     let Some(seg) = built else {
         // Inputs held no rows: just drop them.
-        inner
+        let committed = inner
             .catalog
             .commit(CatalogChange::Remove {
                 removed: removed.clone(),
             })
             .await?;
-        swap_segments(inner, signal, &removed, None);
+        swap_segments(inner, signal, &removed, None, committed.generation);
         return Ok(());
     };
     let expected: u64 = inputs.iter().map(|s| s.rows).sum();
@@ -288,7 +314,7 @@ async fn merge(inner: &Inner, signal: Signal, inputs: Vec<SegmentRef>) -> Result
     inner.storage.put(&seg.meta.data_path, seg.data).await?;
     inner.storage.put(&seg.meta.index_path, seg.index).await?;
     let meta = seg.meta;
-    if let Err(e) = inner
+    let committed = match inner
         .catalog
         .commit(CatalogChange::Replace {
             removed: removed.clone(),
@@ -296,13 +322,16 @@ async fn merge(inner: &Inner, signal: Signal, inputs: Vec<SegmentRef>) -> Result
         })
         .await
     {
-        // Lost a race (retention removed an input): discard our output, keep the catalog.
-        let _ = inner.storage.delete(&meta.data_path).await;
-        let _ = inner.storage.delete(&meta.index_path).await;
-        return Err(e);
-    }
+        Ok(c) => c,
+        Err(e) => {
+            // Lost a race (retention removed an input): discard our output, keep the catalog.
+            let _ = inner.storage.delete(&meta.data_path).await;
+            let _ = inner.storage.delete(&meta.index_path).await;
+            return Err(e);
+        }
+    };
     let rows = meta.rows;
-    swap_segments(inner, signal, &removed, Some(meta));
+    swap_segments(inner, signal, &removed, Some(meta), committed.generation);
     inner.metrics.compactions.inc();
     inner
         .metrics
@@ -318,6 +347,7 @@ fn swap_segments(
     signal: Signal,
     removed: &[String],
     added: Option<crate::SegmentMeta>,
+    generation: u64,
 ) {
     let mut gone = Vec::new();
     {
@@ -332,14 +362,40 @@ fn swap_segments(
             }
         });
         if let Some(a) = added {
-            list.push(Arc::new(a));
+            st.add_segment(Arc::new(a));
         }
+        st.generation = st.generation.max(generation);
     }
     let now = Instant::now();
     inner
         .pending_deletes
         .lock()
         .extend(gone.into_iter().map(|s| (s, now)));
+}
+
+/// Takes in what other nodes committed to a shared catalog: their new segments become visible,
+/// the ones they merged or expired go (their objects are theirs to delete). A refresh older than
+/// this node's own last commit is ignored.
+pub(crate) async fn refresh_catalog(inner: &Inner) -> Result<bool, StoreError> {
+    let loaded = inner.catalog.load().await?;
+    let mut st = inner.state.write();
+    if loaded.generation <= st.generation {
+        return Ok(false);
+    }
+    let mut known: std::collections::HashMap<String, SegmentRef> = std::mem::take(&mut st.segments)
+        .into_values()
+        .flatten()
+        .map(|s| (s.id.clone(), s))
+        .collect();
+    for meta in loaded.segments {
+        // Keep the same `Arc` for a segment already known: caches and running scans hold it.
+        let seg = known.remove(&meta.id).unwrap_or_else(|| Arc::new(meta));
+        st.add_segment(seg);
+    }
+    st.generation = loaded.generation;
+    drop(st);
+    Store::update_segment_gauges(inner);
+    Ok(true)
 }
 
 /// Drops segments whose newest row is older than their signal's retention.
@@ -356,7 +412,7 @@ pub(crate) async fn retention(inner: &Inner) -> Result<usize, StoreError> {
             .get(signal)
             .map(|v| {
                 v.iter()
-                    .filter(|s| s.max_time < cutoff)
+                    .filter(|s| s.max_time < cutoff && inner.config.owns(s.shard))
                     .map(|s| s.id.clone())
                     .collect()
             })
@@ -364,13 +420,13 @@ pub(crate) async fn retention(inner: &Inner) -> Result<usize, StoreError> {
         if expired.is_empty() {
             continue;
         }
-        inner
+        let committed = inner
             .catalog
             .commit(CatalogChange::Remove {
                 removed: expired.clone(),
             })
             .await?;
-        swap_segments(inner, *signal, &expired, None);
+        swap_segments(inner, *signal, &expired, None, committed.generation);
         dropped += expired.len();
         inner
             .metrics
@@ -411,6 +467,20 @@ pub(crate) async fn delete_pending(inner: &Inner, ignore_grace: bool) -> Result<
 /// Deletes segment objects that no catalog entry names and that are old enough not to be an
 /// upload in progress.
 async fn delete_orphans(inner: &Inner) -> Result<usize, StoreError> {
+    // Other nodes sharing the catalog and the bucket commit segments this node has not seen:
+    // those are in use too.
+    let shared: Vec<String> = if inner.catalog.shared() {
+        inner
+            .catalog
+            .load()
+            .await?
+            .segments
+            .into_iter()
+            .flat_map(|s| [s.data_path, s.index_path])
+            .collect()
+    } else {
+        Vec::new()
+    };
     let known: std::collections::HashSet<String> = {
         let st = inner.state.read();
         st.segments
@@ -424,6 +494,7 @@ async fn delete_orphans(inner: &Inner) -> Result<usize, StoreError> {
                     .iter()
                     .flat_map(|(s, _)| [s.data_path.clone(), s.index_path.clone()]),
             )
+            .chain(shared)
             .collect()
     };
     let cutoff = now_unix_ms() as i64 - ORPHAN_AGE.as_millis() as i64;

@@ -79,10 +79,22 @@ impl ShardMemory {
 #[derive(Debug, Default)]
 pub struct ReadState {
     pub segments: BTreeMap<Signal, Vec<SegmentRef>>,
+    /// The catalog generation `segments` reflects (a refresh never goes back past a commit
+    /// this process made).
+    pub generation: u64,
     pub shards: BTreeMap<u32, ShardMemory>,
 }
 
 impl ReadState {
+    /// Adds a committed segment unless it is there already (a catalog refresh may have brought
+    /// it in first).
+    pub fn add_segment(&mut self, meta: SegmentRef) {
+        let list = self.segments.entry(meta.signal).or_default();
+        if !list.iter().any(|s| s.id == meta.id) {
+            list.push(meta);
+        }
+    }
+
     /// In-memory batches of `signal` across all shards that overlap the time range.
     pub fn memory_batches(
         &self,

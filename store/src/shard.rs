@@ -384,7 +384,7 @@ async fn flush_frozen(inner: &Inner, id: u32, frozen: &Arc<Frozen>) -> Result<()
         }
     }
     let added = built.clone();
-    catalog
+    let committed = catalog
         .commit(CatalogChange::Flush {
             shard: id,
             flushed_wal_seq: frozen.sealed_wal_seq,
@@ -394,11 +394,9 @@ async fn flush_frozen(inner: &Inner, id: u32, frozen: &Arc<Frozen>) -> Result<()
     {
         let mut st = state.write();
         for meta in built.iter() {
-            st.segments
-                .entry(meta.signal)
-                .or_default()
-                .push(Arc::new(meta.clone()));
+            st.add_segment(Arc::new(meta.clone()));
         }
+        st.generation = st.generation.max(committed.generation);
         if let Some(mem) = st.shards.get_mut(&id) {
             mem.frozen.retain(|f| !Arc::ptr_eq(f, frozen));
             metrics.memtable_bytes.set(mem.unflushed_bytes() as i64);

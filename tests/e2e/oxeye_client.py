@@ -161,9 +161,10 @@ class Oxeye:
     # Lifecycle ------------------------------------------------------------------------------
 
     def command(self) -> list[str]:
+        """`oxeye serve ...`, or another role given as the flag `role` (e.g. `role="query"`)."""
         cmd = [
             str(self.binary),
-            "serve",
+            str(self.flags.get("role", "serve")),
             "--data-dir",
             str(self.data_dir),
             "--otlp-grpc-listen",
@@ -176,7 +177,8 @@ class Oxeye:
             self.pg_addr,
         ]
         for name, value in self.flags.items():
-            cmd += [f"--{name.replace('_', '-')}", str(value)]
+            if name != "role":
+                cmd += [f"--{name.replace('_', '-')}", str(value)]
         return cmd
 
     def start(self) -> None:

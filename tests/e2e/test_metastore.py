@@ -951,3 +951,75 @@ def test_two_nodes_share_rules_and_one_evaluates_through_a_leader_kill(metastore
         time.sleep(2)
         assert [x.status for x in hook.received("/c")] == ["firing", "resolved"]
         leader.start()  # so the factory can stop it cleanly
+
+
+def test_a_query_node_serves_what_two_store_nodes_commit(metastore, s3, oxeye_factory):
+    """Two ingesting nodes with disjoint shards and a query node, all on one metastore and one
+    bucket: the query node answers for both nodes' flushed data, follows their later flushes and
+    compactions, and the shared catalog stays consistent while both commit at once."""
+    quiet = {"flush_age": "1h", "maintenance_interval": "1h", "shards": 1}
+    a = oxeye_factory(**s3.flags(metastore=metastore.url, first_shard=0, **quiet))
+    b = oxeye_factory(**s3.flags(metastore=metastore.url, first_shard=1, **quiet))
+    q = oxeye_factory(**s3.flags(metastore=metastore.url, role="query"))
+
+    sent_a = [send_data(a, unique("node-a"))]
+    sent_b = [send_data(b, unique("node-b"), traces=2, children=3, logs=4)]
+    flush(a)
+    flush(b)
+    # Each store node answers for its own data; the query node for both, once it refreshed.
+    answers(a, sent_a)
+    answers(b, sent_b)
+    both = sent_a + sent_b
+    wait_until(
+        lambda: _answers_or_none(q, both),
+        timeout=20,
+        what="the query node answering for both store nodes",
+    )
+    assert {s["shard"] for s in _segment_rows(q)} == {0, 1}, _segment_rows(q)
+
+    # Both commit at once, several times: every commit lands, none is lost or doubled.
+    more_a, more_b = [], []
+
+    def churn(node: Oxeye, name: str, out: list) -> None:
+        for i in range(3):
+            out.append(send_data(node, unique(f"{name}-{i}"), traces=1, children=2, logs=1))
+            flush(node)
+
+    threads = [
+        threading.Thread(target=churn, args=(a, "churn-a", more_a)),
+        threading.Thread(target=churn, args=(b, "churn-b", more_b)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    everything = both + more_a + more_b
+    wait_until(lambda: _answers_or_none(q, everything), timeout=20, what="the query node after the churn")
+    catalog = metastore.catalog()
+    assert_matches_system_segments(q, catalog)
+
+    # A compacts its own shard only; the query node follows, with the same answers.
+    r = admin(a, "compact")
+    assert r.status_code == 200, r.text
+    wait_until(
+        lambda: {s["id"] for s in _segment_rows(q)} == set(metastore.catalog().segments),
+        timeout=20,
+        what="the query node taking in the compaction",
+    )
+    merged = [s for s in metastore.catalog().segments.values() if s.meta["level"] > 0]
+    assert merged, "A merged nothing"
+    assert {s.shard for s in merged} == {0}, "A merged B's segments"
+    assert _answers_or_none(q, everything), "answers changed after compaction"
+    assert not (q.data_dir / "wal").exists() or not any((q.data_dir / "wal").iterdir()), "a query node wrote a WAL"
+
+
+def _segment_rows(server: Oxeye) -> list[dict[str, Any]]:
+    return server.sql_dicts("SELECT id, table_name, shard, level, rows FROM system.segments ORDER BY id")
+
+
+def _answers_or_none(server: Oxeye, sent: list) -> dict[str, Any] | None:
+    """`answers` when they are already exactly what was sent, else None (for polling)."""
+    try:
+        return answers(server, sent)
+    except AssertionError:
+        return None

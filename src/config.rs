@@ -245,6 +245,14 @@ pub struct ServeArgs {
     )]
     pub pg_password: Option<String>,
 
+    /// Arrow Flight listen address of a store node (`oxeye store`) [default: 127.0.0.1:7701]
+    #[arg(long, env = "OXEYE_FLIGHT_LISTEN", value_name = "ADDR")]
+    pub flight_listen: Option<SocketAddr>,
+
+    /// The Flight URL other nodes reach this store node at [default: http://<flight-listen>]
+    #[arg(long, env = "OXEYE_FLIGHT_ADVERTISE", value_name = "URL")]
+    pub flight_advertise: Option<String>,
+
     /// Keep the segment catalog in PostgreSQL, `postgres://user:password@host:5432/db`, instead
     /// of `<data-dir>/catalog.json` (with --object-store, a node's disk then holds only its WAL
     /// and read cache) [default: unset, local file]
@@ -324,6 +332,8 @@ impl ServeArgs {
             pg_password,
             alert_rules_file,
             public_url,
+            flight_listen,
+            flight_advertise,
             metastore,
             object_store,
             s3_endpoint,
@@ -379,6 +389,8 @@ pub struct ServeConfig {
     pub alert: oxeye_alert::AlertConfig,
     /// The catalog in PostgreSQL instead of the data directory.
     pub metastore: Option<String>,
+    pub flight_listen: SocketAddr,
+    pub flight_advertise: String,
     /// Segments in S3-compatible storage instead of the data directory.
     pub object_store: Option<oxeye_store::S3Options>,
     pub cache_bytes: u64,
@@ -457,6 +469,9 @@ impl ServeArgs {
                 .unwrap_or(query_defaults.max_result_rows),
             ..query_defaults
         };
+        let flight_listen = self
+            .flight_listen
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7701)));
         let http_listen = self
             .http_listen
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700)));
@@ -480,6 +495,10 @@ impl ServeArgs {
             query,
             alert,
             metastore: self.metastore,
+            flight_listen,
+            flight_advertise: self
+                .flight_advertise
+                .unwrap_or_else(|| format!("http://{flight_listen}")),
             object_store: self.object_store.map(|url| oxeye_store::S3Options {
                 url,
                 endpoint: self.s3_endpoint,

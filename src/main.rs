@@ -3,6 +3,7 @@
 //!
 //! This file holds only the command line, configuration and the wiring of the roles.
 
+mod cluster;
 mod config;
 
 use std::path::PathBuf;
@@ -49,9 +50,11 @@ enum Command {
     /// Run every role in one process: OTLP receivers, store, SQL and HTTP API, PostgreSQL
     /// protocol, web UI and alerting, on a local data directory
     Serve(ServeArgs),
-    /// Run an edge collector that forwards to store nodes (scale-out)
+    /// Run an edge collector: OTLP receivers that route each row by shard key to the live
+    /// store nodes of the --metastore over Arrow Flight (scale-out)
     Collector(ServeArgs),
-    /// Run one store shard replica (scale-out)
+    /// Run a store node: shards --first-shard.. with their WAL, taking writes over Arrow Flight
+    /// (--flight-listen), segments in --object-store, catalog in --metastore (scale-out)
     Store(ServeArgs),
     /// Run a query node: SQL, APIs, UI and alerting over what store nodes committed to the
     /// shared --metastore and --object-store (segments only: rows not yet flushed by a store
@@ -84,8 +87,8 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve_role(args.over(file.serve), Role::All).await,
-            Command::Collector(args) => scale_out_role("collector", args.over(file.collector)),
-            Command::Store(args) => scale_out_role("store", args.over(file.store)),
+            Command::Collector(args) => collector_role(args.over(file.collector)).await,
+            Command::Store(args) => serve_role(args.over(file.store), Role::Store).await,
             Command::Query(args) => serve_role(args.over(file.query), Role::Query).await,
         }
     });
@@ -93,14 +96,65 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-/// The separate roles validate their configuration, then explain that this build cannot run
-/// them apart yet.
-fn scale_out_role(role: &str, args: ServeArgs) -> anyhow::Result<()> {
-    args.resolve()?;
-    anyhow::bail!(
-        "running the {role} role as a separate process needs the Arrow Flight transport between \
-         nodes, which this build does not have yet; run `oxeye serve` for all roles in one process"
-    )
+/// An edge collector: OTLP in, Flight out to the store nodes that own each row's shard.
+async fn collector_role(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    let Some(url) = &config.metastore else {
+        anyhow::bail!(
+            "a collector finds the store nodes in the cluster's --metastore; give it one"
+        );
+    };
+    let meta = Arc::new(
+        oxeye_metastore::PgMetastore::connect(url)
+            .await
+            .context("cannot open the metastore")?,
+    );
+    let mut registry = Registry::default();
+    let stop_cluster = CancellationToken::new();
+    let router: Arc<dyn Ingest> = cluster::ClusterRouter::start(meta, stop_cluster.clone());
+    let collector = oxeye_collector::start(&config.collector, router, &mut registry).await?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let ops = oxeye_query::http::ops_router(oxeye_query::http::OpsState {
+        registry: Arc::new(parking_lot::RwLock::new(registry)),
+        ready: ready.clone(),
+    });
+    let stop_http = CancellationToken::new();
+    let (_, http) = serve_http(config.http_listen, ops, stop_http.clone()).await?;
+    tracing::info!(
+        otlp_grpc = %collector.grpc_addr,
+        otlp_http = %collector.http_addr,
+        http = %config.http_listen,
+        "oxeye collector is serving"
+    );
+    stop_signal().await;
+    ready.store(false, Ordering::Relaxed);
+    collector.shutdown().await;
+    stop_cluster.cancel();
+    stop_http.cancel();
+    let _ = http.await;
+    tracing::info!("oxeye collector stopped");
+    Ok(())
+}
+
+/// Serves `router` on `addr` until `stop`; returns the bound address and the server task.
+async fn serve_http(
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for HTTP; is the port in use?"))?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok((bound, task))
 }
 
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
@@ -137,18 +191,23 @@ enum Role {
     /// SQL, APIs, UI and alerting over what store nodes committed to a shared metastore and
     /// object store; no receivers, no shards, nothing written but alerting's records.
     Query,
+    /// Shards that take writes over Arrow Flight, and the SQL/HTTP API over them (no alert
+    /// evaluation: that is the query nodes' job).
+    Store,
 }
 
 async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
     let mut config = args.resolve()?;
-    if role == Role::Query {
-        if config.metastore.is_none() || config.object_store.is_none() {
-            anyhow::bail!(
-                "a query node reads what store nodes committed: give it the cluster's --metastore \
-                 and --object-store"
-            );
-        }
-        config.store.shards = 0;
+    if role != Role::All && (config.metastore.is_none() || config.object_store.is_none()) {
+        anyhow::bail!(
+            "the {role:?} role works in a cluster: give it the cluster's --metastore and \
+             --object-store (or run `oxeye serve` for everything in one process)"
+        );
+    }
+    match role {
+        Role::Query => config.store.shards = 0,
+        Role::Store => config.alert.evaluate = false,
+        Role::All => {}
     }
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
@@ -199,7 +258,36 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         .context("cannot start the query engine")?;
     let collector = match role {
         Role::All => Some(oxeye_collector::start(&config.collector, router, &mut registry).await?),
-        Role::Query => None,
+        Role::Query | Role::Store => None,
+    };
+    let stop_cluster = CancellationToken::new();
+    let flight = match (role, &metastore) {
+        (Role::Store, Some(meta)) => {
+            let service = oxeye_flight::IngestFlightService::new(store.shard_sinks());
+            let (addr, task) =
+                oxeye_flight::serve(config.flight_listen, service, stop_cluster.clone())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on {} for Arrow Flight; is the port in use?",
+                            config.flight_listen
+                        )
+                    })?;
+            cluster::heartbeat(
+                meta.clone(),
+                oxeye_metastore::Node {
+                    id: format!("store-{}", config.store.first_shard),
+                    role: "store".into(),
+                    flight_addr: config.flight_advertise.clone(),
+                    first_shard: config.store.first_shard,
+                    shards: config.store.shards,
+                },
+                stop_cluster.clone(),
+            );
+            tracing::info!(flight = %addr, advertised = config.flight_advertise, "store node");
+            Some(task)
+        }
+        _ => None,
     };
     let stop_alerts = CancellationToken::new();
     let alert_dir = config.data_dir.join("alerts");
@@ -251,27 +339,8 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         })
         .merge(oxeye_alert::http::router(alerts.clone())),
     );
-    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} for the HTTP API; is the port in use?",
-                config.http_listen
-            )
-        })?;
-    let http_addr = http_listener.local_addr()?;
     let stop_http = CancellationToken::new();
-    let http_task = {
-        let stop = stop_http.clone();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http_listener, api)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "HTTP API server failed");
-            }
-        })
-    };
+    let (http_addr, http_task) = serve_http(config.http_listen, api, stop_http.clone()).await?;
     let pg = oxeye_query::pg::start(
         engine.clone(),
         oxeye_query::pg::PgConfig {
@@ -302,6 +371,10 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
     ready.store(false, Ordering::Relaxed);
     if let Some(collector) = collector {
         collector.shutdown().await;
+    }
+    stop_cluster.cancel();
+    if let Some(flight) = flight {
+        let _ = flight.await;
     }
     stop_alerts.cancel();
     let _ = evaluator.await;

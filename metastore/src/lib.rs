@@ -8,8 +8,10 @@
 
 mod documents;
 mod migrations;
+mod nodes;
 mod pg;
 
 pub use documents::Document;
+pub use nodes::Node;
 
 pub use pg::{MetastoreError, PgMetastore, redact};

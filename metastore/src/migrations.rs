@@ -49,6 +49,19 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
              expires_at timestamptz NOT NULL
          );",
     ),
+    (
+        3,
+        "node membership",
+        "CREATE TABLE oxeye_nodes (
+             id text PRIMARY KEY,
+             role text NOT NULL,
+             flight_addr text NOT NULL,
+             first_shard integer NOT NULL,
+             shards integer NOT NULL,
+             started_at timestamptz NOT NULL DEFAULT now(),
+             heartbeat_at timestamptz NOT NULL
+         );",
+    ),
 ];
 
 /// The advisory lock key that serialises migrations across nodes ("oxeye" in ASCII).

@@ -163,16 +163,46 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
+    ready_response(&state.ready)
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    metrics_response(&state.registry)
+}
+
+fn ready_response(ready: &AtomicBool) -> Response {
+    if ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
     }
 }
 
-async fn metrics(State(state): State<ApiState>) -> Response {
+/// What a process without the query engine (a collector) serves over HTTP.
+#[derive(Clone)]
+pub struct OpsState {
+    pub registry: Arc<parking_lot::RwLock<Registry>>,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// `/healthz`, `/readyz` and `/metrics` alone.
+pub fn ops_router(state: OpsState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(|State(s): State<OpsState>| async move { ready_response(&s.ready) }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<OpsState>| async move { metrics_response(&s.registry) }),
+        )
+        .with_state(state)
+}
+
+fn metrics_response(registry: &parking_lot::RwLock<Registry>) -> Response {
     let mut text = String::new();
-    let registry = state.registry.read();
+    let registry = registry.read();
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
         Ok(()) => (
             StatusCode::OK,

@@ -1023,3 +1023,73 @@ def _answers_or_none(server: Oxeye, sent: list) -> dict[str, Any] | None:
         return answers(server, sent)
     except AssertionError:
         return None
+
+
+def test_a_collector_routes_over_flight_to_store_nodes(metastore, s3, oxeye_factory):
+    """`oxeye collector` takes OTLP from the SDK and sends each trace, whole, to the store node
+    that owns its shard over Arrow Flight (the shard map comes from the store nodes' heartbeats
+    in the metastore); a query node answers for all of it; a store node killed with `kill -9`
+    keeps every row it acknowledged."""
+    from oxeye_client import SdkTraces, SpanSpec, free_ports
+
+    fa, fb = free_ports(2)
+    store = {"flush_age": "1h", "maintenance_interval": "1h", "shards": 2}
+    a = oxeye_factory(
+        **s3.flags(metastore=metastore.url, role="store", first_shard=0, flight_listen=f"127.0.0.1:{fa}", **store)
+    )
+    b = oxeye_factory(
+        **s3.flags(metastore=metastore.url, role="store", first_shard=2, flight_listen=f"127.0.0.1:{fb}", **store)
+    )
+    c = oxeye_factory(metastore=metastore.url, role="collector")
+    q = oxeye_factory(**s3.flags(metastore=metastore.url, role="query"))
+    wait_until(
+        lambda: "shard map changed" in c.log() and all(f"127.0.0.1:{p}" in c.log() for p in (fa, fb)),
+        timeout=20,
+        what="the collector seeing both store nodes",
+    )
+
+    service = unique("via-flight")
+    sdk = SdkTraces(c)
+    start = time.time_ns() - 60 * 1_000_000_000
+    try:
+        for t in range(24):
+            root = SpanSpec(
+                service,
+                f"GET /flight/{t}",
+                kind="SERVER",
+                duration_ms=20,
+                children=[SpanSpec(service, f"step {i}", offset_ms=1 + i, duration_ms=1) for i in range(3)],
+            )
+            sdk.send(root, start + t * 1_000_000)
+        sdk.flush()
+    finally:
+        sdk.shutdown()
+    traces: dict[str, set[str]] = {}
+    for s in sdk.spans:
+        traces.setdefault(s.trace_id, set()).add(s.span_id)
+    total = sum(len(v) for v in traces.values())
+    assert total == 24 * 4
+
+    def count(node: Oxeye, where: str = "") -> int:
+        rows = node.sql_dicts(f"SELECT count(*) AS n FROM spans WHERE service_name = '{service}'{where}")
+        return int(rows[0]["n"])
+
+    # Every acknowledged span is in a store node's shards, each exactly once.
+    wait_until(lambda: count(a) + count(b) == total or None, timeout=20, what="all spans in the stores")
+    assert count(a) > 0 and count(b) > 0, (count(a), count(b))
+    for trace_id, spans in traces.items():
+        on = [count(n, f" AND trace_id = '{trace_id}'") for n in (a, b)]
+        assert sorted(on) == [0, len(spans)], f"trace {trace_id} split across store nodes: {on}"
+
+    # A store node dies with unflushed rows; its WAL brings them back.
+    before_b = count(b)
+    b.kill9()
+    b.start()
+    assert count(b) == before_b, "rows acknowledged by the killed store node are gone"
+    flush(a)
+    flush(b)
+    wait_until(lambda: count(q) == total or None, timeout=20, what="the query node seeing every span once")
+    spans_on_q = q.sql_dicts(
+        f"SELECT trace_id, count(*) AS n FROM spans WHERE service_name = '{service}' GROUP BY trace_id"
+    )
+    assert {r["trace_id"]: int(r["n"]) for r in spans_on_q} == {t: len(s) for t, s in traces.items()}

@@ -1,0 +1,252 @@
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use oxeye_model::ingest::Ingest;
+use oxeye_model::{Signal, SignalBatch};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error_to_status;
+
+/// The Flight service of a store node: `DoPut` into its shards, and a `ready` action.
+#[derive(Clone)]
+pub struct IngestFlightService {
+    shards: Arc<BTreeMap<u32, Arc<dyn Ingest>>>,
+}
+
+impl std::fmt::Debug for IngestFlightService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestFlightService")
+            .field("shards", &self.shards.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl IngestFlightService {
+    pub fn new(shards: Vec<(u32, Arc<dyn Ingest>)>) -> IngestFlightService {
+        IngestFlightService {
+            shards: Arc::new(shards.into_iter().collect()),
+        }
+    }
+
+    /// `[table, shard]` from a descriptor.
+    fn target(&self, d: Option<&FlightDescriptor>) -> Result<(Signal, Arc<dyn Ingest>), Status> {
+        let path = d.map(|d| d.path.as_slice()).unwrap_or_default();
+        let [table, shard] = path else {
+            return Err(Status::invalid_argument(
+                "DoPut needs a descriptor path [table, shard]",
+            ));
+        };
+        let signal = Signal::ALL
+            .into_iter()
+            .find(|s| s.table_name() == table)
+            .ok_or_else(|| Status::invalid_argument(format!("unknown table `{table}`")))?;
+        let shard: u32 = shard
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("shard `{shard}` is not a number")))?;
+        let sink = self.shards.get(&shard).cloned().ok_or_else(|| {
+            // The collector's shard map is stale: it retries after refreshing it.
+            Status::unavailable(format!("this node does not serve shard {shard}"))
+        })?;
+        Ok((signal, sink))
+    }
+}
+
+fn unimplemented<T>(what: &str) -> Result<T, Status> {
+    Err(Status::unimplemented(format!(
+        "{what} is not served by oxeye store nodes"
+    )))
+}
+
+#[tonic::async_trait]
+impl FlightService for IngestFlightService {
+    type HandshakeStream = BoxStream<'static, Result<HandshakeResponse, Status>>;
+    type ListFlightsStream = BoxStream<'static, Result<FlightInfo, Status>>;
+    type DoGetStream = BoxStream<'static, Result<FlightData, Status>>;
+    type DoPutStream = BoxStream<'static, Result<PutResult, Status>>;
+    type DoActionStream = BoxStream<'static, Result<arrow_flight::Result, Status>>;
+    type ListActionsStream = BoxStream<'static, Result<ActionType, Status>>;
+    type DoExchangeStream = BoxStream<'static, Result<FlightData, Status>>;
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let mut input = request.into_inner();
+        let Some(first) = input.message().await? else {
+            return Err(Status::invalid_argument("empty DoPut stream"));
+        };
+        let (signal, sink) = self.target(first.flight_descriptor.as_ref())?;
+        let data = futures::stream::once(async { Ok(first) })
+            .chain(input)
+            .map_err(|s| FlightError::Tonic(Box::new(s)));
+        let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
+        // One acknowledgement per batch, sent once the shard holds it durably; the first
+        // refusal ends the stream with the store's status.
+        let acks = async_stream(move |tx| async move {
+            let mut seq: u64 = 0;
+            while let Some(batch) = batches.next().await {
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(format!(
+                                "cannot decode a batch: {e}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                };
+                if let Err(e) = sink.ingest(vec![SignalBatch::new(signal, batch)]).await {
+                    let _ = tx.send(Err(error_to_status(&e))).await;
+                    return;
+                }
+                seq += 1;
+                let ack = PutResult {
+                    app_metadata: bytes::Bytes::from(seq.to_string()),
+                };
+                if tx.send(Ok(ack)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(acks))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        match request.into_inner().r#type.as_str() {
+            "ready" => {
+                let body = format!(
+                    "{{\"shards\": {:?}}}",
+                    self.shards.keys().collect::<Vec<_>>()
+                );
+                let r = arrow_flight::Result {
+                    body: bytes::Bytes::from(body),
+                };
+                Ok(Response::new(
+                    futures::stream::once(async { Ok(r) }).boxed(),
+                ))
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown action `{other}`; oxeye store nodes know `ready`"
+            ))),
+        }
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let a = ActionType {
+            r#type: "ready".into(),
+            description: "the shards this node serves, once it accepts writes".into(),
+        };
+        Ok(Response::new(
+            futures::stream::once(async { Ok(a) }).boxed(),
+        ))
+    }
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        unimplemented("Handshake")
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        unimplemented("ListFlights")
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        unimplemented("GetFlightInfo")
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        unimplemented("PollFlightInfo")
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        unimplemented("GetSchema")
+    }
+
+    async fn do_get(
+        &self,
+        _request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        unimplemented("DoGet")
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        unimplemented("DoExchange")
+    }
+}
+
+/// A stream fed by a task through a small bounded channel (the task waits when the client
+/// reads slowly).
+fn async_stream<T, F, Fut>(f: F) -> BoxStream<'static, T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> BoxStream<'static, T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// Serves Flight on `addr` until `stop` is cancelled.
+pub async fn serve(
+    addr: SocketAddr,
+    service: IngestFlightService,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let task = tokio::spawn(async move {
+        let server = tonic::transport::Server::builder()
+            .add_service(
+                FlightServiceServer::new(service).max_decoding_message_size(64 * 1024 * 1024),
+            )
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "Flight server failed");
+        }
+    });
+    tracing::info!(addr = %local, "Arrow Flight listening");
+    Ok((local, task))
+}

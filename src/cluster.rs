@@ -1,8 +1,8 @@
-//! The wiring of the scale-out roles: a store node's Flight service and heartbeat, and a
-//! collector's shard map, read from the live store nodes in the metastore and turned into a
-//! rendezvous router over Flight sinks.
+//! The wiring of the scale-out roles: a store node's heartbeat, and a collector's shard map,
+//! read from the store nodes in the metastore and turned into a rendezvous router over
+//! persistent per-shard queues that deliver over Flight.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +12,10 @@ use oxeye_model::SignalBatch;
 use oxeye_model::ingest::{Ingest, IngestError};
 use tokio_util::sync::CancellationToken;
 
+use crate::queue::{Queues, ShardQueue};
+
 /// How often nodes announce themselves and collectors re-read the shard map.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
-/// A node silent for this long is out of the shard map.
-pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Announces a store node every [`HEARTBEAT`] until `stop`.
 pub fn heartbeat(meta: Arc<PgMetastore>, node: Node, stop: CancellationToken) {
@@ -33,26 +33,45 @@ pub fn heartbeat(meta: Arc<PgMetastore>, node: Node, stop: CancellationToken) {
 }
 
 /// Which store node (Flight URL) serves each shard.
-type ShardMap = BTreeSet<(u32, String)>;
+type ShardMap = BTreeMap<u32, String>;
+/// Flight sinks by (shard, store URL).
+type Sinks = BTreeMap<(u32, String), Arc<dyn Ingest>>;
 
-/// A collector's router over the store nodes that are alive now.
+/// A collector's router: rows go by shard key to their shard's persistent queue
+/// ([`crate::queue`]), which delivers them to the store node serving the shard. The shard map
+/// holds every store node that ever announced itself, alive or not: a store that is down keeps
+/// its shards (its rows wait in the queue) instead of its rows moving to other shards.
 pub struct ClusterRouter {
-    current: parking_lot::RwLock<(ShardMap, Arc<ShardRouter>)>,
+    queues: Arc<Queues>,
+    map: Arc<parking_lot::RwLock<ShardMap>>,
+    router: parking_lot::RwLock<Arc<ShardRouter>>,
+    /// A Flight sink per (shard, address), reused across deliveries.
+    sinks: Arc<parking_lot::Mutex<Sinks>>,
+    stop: CancellationToken,
 }
 
 impl ClusterRouter {
-    /// Starts following the shard map in the metastore.
-    pub fn start(meta: Arc<PgMetastore>, stop: CancellationToken) -> Arc<ClusterRouter> {
+    /// Opens the queues under `queue_dir` (delivering what an earlier run left) and starts
+    /// following the shard map in the metastore.
+    pub fn start(
+        meta: Arc<PgMetastore>,
+        queues: Queues,
+        stop: CancellationToken,
+    ) -> std::io::Result<Arc<ClusterRouter>> {
         let router = Arc::new(ClusterRouter {
-            current: parking_lot::RwLock::new((
-                BTreeSet::new(),
-                Arc::new(ShardRouter::new(vec![])),
-            )),
+            queues: Arc::new(queues),
+            map: Arc::new(parking_lot::RwLock::new(BTreeMap::new())),
+            router: parking_lot::RwLock::new(Arc::new(ShardRouter::new(vec![]))),
+            sinks: Arc::new(parking_lot::Mutex::new(BTreeMap::new())),
+            stop: stop.clone(),
         });
+        for shard in router.queues.existing_shards() {
+            router.queue(shard)?;
+        }
         let r = router.clone();
         tokio::spawn(async move {
             loop {
-                match meta.live_nodes("store", NODE_TIMEOUT).await {
+                match meta.live_nodes("store", FOREVER).await {
                     Ok(nodes) => r.update(&nodes),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the shard map; keeping the last one")
@@ -64,7 +83,34 @@ impl ClusterRouter {
                 }
             }
         });
-        router
+        Ok(router)
+    }
+
+    pub fn queues(&self) -> &Arc<Queues> {
+        &self.queues
+    }
+
+    /// The queue of `shard`, with its delivery task running.
+    fn queue(&self, shard: u32) -> std::io::Result<Arc<ShardQueue>> {
+        let (queue, opened) = self.queues.get(shard)?;
+        if opened {
+            let map = self.map.clone();
+            let sinks = self.sinks.clone();
+            let target: Arc<dyn Fn(u32) -> Option<Arc<dyn Ingest>> + Send + Sync> =
+                Arc::new(move |shard| {
+                    let addr = map.read().get(&shard).cloned()?;
+                    let mut sinks = sinks.lock();
+                    if let Some(s) = sinks.get(&(shard, addr.clone())) {
+                        return Some(s.clone());
+                    }
+                    let sink: Arc<dyn Ingest> =
+                        Arc::new(oxeye_flight::FlightShardSink::new(&addr, shard).ok()?);
+                    sinks.insert((shard, addr), sink.clone());
+                    Some(sink)
+                });
+            tokio::spawn(queue.clone().drain(target, self.stop.clone()));
+        }
+        Ok(queue)
     }
 
     fn update(&self, nodes: &[Node]) {
@@ -74,28 +120,34 @@ impl ClusterRouter {
                 (n.first_shard..n.first_shard + n.shards).map(|s| (s, n.flight_addr.clone()))
             })
             .collect();
-        if self.current.read().0 == map {
+        if *self.map.read() == map {
             return;
         }
         let mut targets = Vec::new();
-        for (shard, addr) in &map {
-            match oxeye_flight::FlightShardSink::new(addr, *shard) {
-                Ok(sink) => targets.push(ShardTarget {
+        for shard in map.keys() {
+            match self.queue(*shard) {
+                Ok(q) => targets.push(ShardTarget {
                     id: *shard,
-                    sink: Arc::new(sink),
+                    sink: q,
                 }),
-                Err(e) => tracing::warn!(shard, addr, error = %e, "skipping a store shard"),
+                Err(e) => tracing::error!(shard, error = %e, "cannot open the shard's queue"),
             }
         }
         tracing::info!(shards = ?map, "shard map changed");
-        *self.current.write() = (map, Arc::new(ShardRouter::new(targets)));
+        *self.map.write() = map;
+        *self.router.write() = Arc::new(ShardRouter::new(targets));
     }
 }
+
+/// Every store node that announced itself, however long ago.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 #[async_trait::async_trait]
 impl Ingest for ClusterRouter {
     async fn ingest(&self, batches: Vec<SignalBatch>) -> Result<(), IngestError> {
-        let router = self.current.read().1.clone();
+        let bytes: usize = batches.iter().map(|b| b.memory_size()).sum();
+        self.queues.budget().admit(bytes as u64)?;
+        let router = self.router.read().clone();
         router.ingest(batches).await
     }
 }

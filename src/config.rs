@@ -245,6 +245,11 @@ pub struct ServeArgs {
     )]
     pub pg_password: Option<String>,
 
+    /// Most bytes a collector (`oxeye collector`) holds on disk for store nodes that are down
+    /// or slow; beyond it writes are refused with OTLP's retryable codes [default: 1GiB]
+    #[arg(long, env = "OXEYE_QUEUE_SIZE", value_name = "SIZE")]
+    pub queue_size: Option<ByteSize>,
+
     /// Arrow Flight listen address of a store node (`oxeye store`) [default: 127.0.0.1:7701]
     #[arg(long, env = "OXEYE_FLIGHT_LISTEN", value_name = "ADDR")]
     pub flight_listen: Option<SocketAddr>,
@@ -332,6 +337,7 @@ impl ServeArgs {
             pg_password,
             alert_rules_file,
             public_url,
+            queue_size,
             flight_listen,
             flight_advertise,
             metastore,
@@ -391,6 +397,8 @@ pub struct ServeConfig {
     pub metastore: Option<String>,
     pub flight_listen: SocketAddr,
     pub flight_advertise: String,
+    /// The collector's queue bound.
+    pub queue_bytes: u64,
     /// Segments in S3-compatible storage instead of the data directory.
     pub object_store: Option<oxeye_store::S3Options>,
     pub cache_bytes: u64,
@@ -496,6 +504,7 @@ impl ServeArgs {
             alert,
             metastore: self.metastore,
             flight_listen,
+            queue_bytes: self.queue_size.map(|b| b.0).unwrap_or(1 << 30),
             flight_advertise: self
                 .flight_advertise
                 .unwrap_or_else(|| format!("http://{flight_listen}")),

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod config;
+mod queue;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -111,7 +112,23 @@ async fn collector_role(args: ServeArgs) -> anyhow::Result<()> {
     );
     let mut registry = Registry::default();
     let stop_cluster = CancellationToken::new();
-    let router: Arc<dyn Ingest> = cluster::ClusterRouter::start(meta, stop_cluster.clone());
+    let queues = queue::Queues::new(
+        config.data_dir.join("queue"),
+        queue::QueueBudget::new(config.queue_bytes),
+    );
+    let cluster_router = cluster::ClusterRouter::start(meta, queues, stop_cluster.clone())
+        .with_context(|| {
+            format!(
+                "cannot open the collector's queue in {}",
+                config.data_dir.join("queue").display()
+            )
+        })?;
+    queue::register_metrics(
+        cluster_router.queues().clone(),
+        &mut registry,
+        stop_cluster.clone(),
+    );
+    let router: Arc<dyn Ingest> = cluster_router;
     let collector = oxeye_collector::start(&config.collector, router, &mut registry).await?;
     let ready = Arc::new(AtomicBool::new(true));
     let ops = oxeye_query::http::ops_router(oxeye_query::http::OpsState {

@@ -217,32 +217,9 @@ impl Ingest for ShardRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxeye_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
-    use oxeye_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     fn batch(traces: u8, spans_per_trace: u8) -> SignalBatch {
-        let spans = (1..=traces)
-            .flat_map(|t| {
-                (1..=spans_per_trace).map(move |s| Span {
-                    trace_id: [t; 16].to_vec(),
-                    span_id: [s; 8].to_vec(),
-                    ..Default::default()
-                })
-            })
-            .collect();
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        oxeye_model::spans::spans_from_otlp(&request)
-            .unwrap()
-            .batches
-            .remove(0)
+        oxeye_model::spans::sample_batch(traces, spans_per_trace).unwrap()
     }
 
     #[test]

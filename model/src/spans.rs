@@ -285,6 +285,33 @@ impl SpansBuilder {
 
 /// Converts a trace export request into a `spans` batch. Invalid spans (bad trace or span id)
 /// are counted in `rejected` and left out; the rest are kept.
+/// A spans batch of `traces` traces with `spans_per_trace` spans each (trace ids `[t; 16]`,
+/// span ids `[s; 8]`, everything else default), for tests of the parts that move batches.
+#[doc(hidden)]
+pub fn sample_batch(traces: u8, spans_per_trace: u8) -> Result<crate::SignalBatch, ModelError> {
+    use crate::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let spans = (1..=traces)
+        .flat_map(|t| {
+            (1..=spans_per_trace).map(move |s| Span {
+                trace_id: [t; 16].to_vec(),
+                span_id: [s; 8].to_vec(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let mut converted = spans_from_otlp(&request)?;
+    Ok(converted.batches.remove(0))
+}
+
 pub fn spans_from_otlp(request: &ExportTraceServiceRequest) -> Result<Converted, ModelError> {
     let mut out = Converted::default();
     let mut builder = SpansBuilder::default();

@@ -1030,8 +1030,6 @@ def test_a_collector_routes_over_flight_to_store_nodes(metastore, s3, oxeye_fact
     that owns its shard over Arrow Flight (the shard map comes from the store nodes' heartbeats
     in the metastore); a query node answers for all of it; a store node killed with `kill -9`
     keeps every row it acknowledged."""
-    from oxeye_client import SdkTraces, SpanSpec, free_ports
-
     fa, fb = free_ports(2)
     store = {"flush_age": "1h", "maintenance_interval": "1h", "shards": 2}
     a = oxeye_factory(
@@ -1049,24 +1047,7 @@ def test_a_collector_routes_over_flight_to_store_nodes(metastore, s3, oxeye_fact
     )
 
     service = unique("via-flight")
-    sdk = SdkTraces(c)
-    start = time.time_ns() - 60 * 1_000_000_000
-    try:
-        for t in range(24):
-            root = SpanSpec(
-                service,
-                f"GET /flight/{t}",
-                kind="SERVER",
-                duration_ms=20,
-                children=[SpanSpec(service, f"step {i}", offset_ms=1 + i, duration_ms=1) for i in range(3)],
-            )
-            sdk.send(root, start + t * 1_000_000)
-        sdk.flush()
-    finally:
-        sdk.shutdown()
-    traces: dict[str, set[str]] = {}
-    for s in sdk.spans:
-        traces.setdefault(s.trace_id, set()).add(s.span_id)
+    traces = _send_traces(c, service, 24)
     total = sum(len(v) for v in traces.values())
     assert total == 24 * 4
 
@@ -1093,3 +1074,91 @@ def test_a_collector_routes_over_flight_to_store_nodes(metastore, s3, oxeye_fact
         f"SELECT trace_id, count(*) AS n FROM spans WHERE service_name = '{service}' GROUP BY trace_id"
     )
     assert {r["trace_id"]: int(r["n"]) for r in spans_on_q} == {t: len(s) for t, s in traces.items()}
+
+
+def _send_traces(collector: Oxeye, service: str, n: int) -> dict[str, set[str]]:
+    """`n` traces of 4 spans through `collector` with the SDK; returns trace id -> span ids."""
+    from oxeye_client import SdkTraces, SpanSpec
+
+    sdk = SdkTraces(collector)
+    start = time.time_ns() - 60 * 1_000_000_000
+    try:
+        for t in range(n):
+            root = SpanSpec(
+                service,
+                f"GET /q/{t}",
+                kind="SERVER",
+                duration_ms=20,
+                children=[SpanSpec(service, f"step {i}", offset_ms=1 + i, duration_ms=1) for i in range(3)],
+            )
+            sdk.send(root, start + t * 1_000_000)
+        sdk.flush()
+    finally:
+        sdk.shutdown()
+    traces: dict[str, set[str]] = {}
+    for s in sdk.spans:
+        traces.setdefault(s.trace_id, set()).add(s.span_id)
+    return traces
+
+
+def test_the_collector_queue_keeps_writes_while_stores_are_down(metastore, s3, oxeye_factory):
+    """With its store node down, a collector keeps acknowledging into its on-disk queue (which
+    survives a restart of the collector), refuses with 429 + Retry-After once the queue is full,
+    and delivers everything exactly once when the store is back."""
+    (fa,) = free_ports(1)
+    a = oxeye_factory(
+        **s3.flags(
+            metastore=metastore.url,
+            role="store",
+            shards=2,
+            flight_listen=f"127.0.0.1:{fa}",
+            flush_age="1h",
+            maintenance_interval="1h",
+        )
+    )
+    c = oxeye_factory(metastore=metastore.url, role="collector")
+    q = oxeye_factory(**s3.flags(metastore=metastore.url, role="query"))
+    wait_until(lambda: f"127.0.0.1:{fa}" in c.log(), timeout=20, what="the collector seeing the store")
+
+    service = unique("queued")
+    first = _send_traces(c, service, 5)
+    a.stop()
+    # The store is down: the SDK is still acknowledged, by the collector's queue.
+    second = _send_traces(c, service, 7)
+    queued = list((c.data_dir / "queue").glob("shard-*/*.rec"))
+    assert queued, "nothing waits in the collector's queue while the store is down"
+    c.stop()
+    c.start()  # the queue survives a restart of the collector
+    assert list((c.data_dir / "queue").glob("shard-*/*.rec")), "the queue was lost in the restart"
+
+    # A small queue fills up and pushes back with OTLP's retryable answer.
+    small = oxeye_factory(metastore=metastore.url, role="collector", queue_size="64KiB")
+    wait_until(lambda: "shard map changed" in small.log(), timeout=20, what="the small collector's shard map")
+    statuses = []
+    for i in range(200):
+        records = [log_record(f"filler {i} {'x' * 2000}", time.time_ns()) for _ in range(20)]
+        r = small.post_otlp("logs", records_request(records, service=unique("filler")).SerializeToString())
+        statuses.append(r.status_code)
+        if r.status_code != 200:
+            assert r.status_code == 429, (r.status_code, r.content[:300])
+            assert r.headers.get("retry-after"), r.headers
+            break
+    assert statuses[-1] == 429, f"the 64 KiB queue never filled: {statuses[:5]}..."
+
+    a.start()
+    wanted = {**first, **second}
+    total = sum(len(s) for s in wanted.values())
+
+    def count(node: Oxeye) -> int:
+        return int(node.sql_dicts(f"SELECT count(*) AS n FROM spans WHERE service_name = '{service}'")[0]["n"])
+
+    wait_until(lambda: count(a) == total or None, timeout=60, what="the queue delivering every span to the store")
+    wait_until(
+        lambda: not list((c.data_dir / "queue").glob("shard-*/*.rec")) or None,
+        timeout=30,
+        what="the collector's queue emptying",
+    )
+    flush(a)
+    wait_until(lambda: count(q) == total or None, timeout=20, what="the query node seeing every span")
+    rows = q.sql_dicts(f"SELECT trace_id, count(*) AS n FROM spans WHERE service_name = '{service}' GROUP BY 1")
+    assert {r["trace_id"]: int(r["n"]) for r in rows} == {t: len(s) for t, s in wanted.items()}

@@ -1,0 +1,393 @@
+//! The collector's persistent queue: what a collector acknowledged but no store holds yet.
+//!
+//! One directory per shard under `<data-dir>/queue`; each acknowledged write to a shard is one
+//! file (the WAL's record format: checksummed Arrow IPC), written and synced before the client
+//! hears "ok". A drain task per shard sends the oldest file to the store node that serves the
+//! shard over Flight and deletes it once the store acknowledged, so a restart of the collector
+//! or an outage of a store loses nothing; order per shard is kept. The queue is bounded by
+//! bytes across shards: once full, writes are refused with OTLP's retryable "overloaded".
+//!
+//! A store that acknowledged a message whose acknowledgement was lost gets it again: delivery
+//! is at least once at that edge.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use oxeye_model::SignalBatch;
+use oxeye_model::ingest::{Ingest, IngestError};
+use oxeye_store::wal;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes queued across every shard, against a limit.
+#[derive(Debug)]
+pub struct QueueBudget {
+    used: AtomicU64,
+    max: u64,
+}
+
+impl QueueBudget {
+    pub fn new(max: u64) -> Arc<QueueBudget> {
+        Arc::new(QueueBudget {
+            used: AtomicU64::new(0),
+            max,
+        })
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Refuses a write of about `bytes` when it would not fit.
+    pub fn admit(&self, bytes: u64) -> Result<(), IngestError> {
+        let used = self.used();
+        if used + bytes > self.max {
+            return Err(IngestError::Overloaded {
+                reason: format!(
+                    "the collector's queue is full ({used} of {} bytes): the store nodes are \
+                     not taking writes fast enough or are unreachable",
+                    self.max
+                ),
+                retry_after: Duration::from_secs(5),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One shard's queue.
+#[derive(Debug)]
+pub struct ShardQueue {
+    shard: u32,
+    dir: PathBuf,
+    budget: Arc<QueueBudget>,
+    /// (sequence number, file size) of the files waiting, oldest first.
+    files: parking_lot::Mutex<VecDeque<(u64, u64)>>,
+    next_seq: AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+fn io_unavailable(what: &str, path: &Path, e: std::io::Error) -> IngestError {
+    IngestError::Unavailable {
+        reason: format!("{what} {}: {e}", path.display()),
+        retry_after: Duration::from_secs(5),
+    }
+}
+
+fn record_name(seq: u64) -> String {
+    format!("{seq:020}.rec")
+}
+
+impl ShardQueue {
+    /// Opens (or creates) the queue of `shard`, adopting the files a previous run left.
+    pub fn open(root: &Path, shard: u32, budget: Arc<QueueBudget>) -> std::io::Result<ShardQueue> {
+        let dir = root.join(format!("shard-{shard:04}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut files = Vec::new();
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(seq) = name
+                .strip_suffix(".rec")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                files.push((seq, e.metadata()?.len()));
+            } else if name.ends_with(".tmp") {
+                // A write that never completed was never acknowledged.
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        files.sort_unstable();
+        let total: u64 = files.iter().map(|f| f.1).sum();
+        budget.used.fetch_add(total, Ordering::Relaxed);
+        let next = files.last().map_or(1, |f| f.0 + 1);
+        if !files.is_empty() {
+            tracing::info!(
+                shard,
+                records = files.len(),
+                bytes = total,
+                "queued writes found; they will be delivered"
+            );
+        }
+        Ok(ShardQueue {
+            shard,
+            dir,
+            budget,
+            files: parking_lot::Mutex::new(files.into()),
+            next_seq: AtomicU64::new(next),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.lock().len()
+    }
+
+    /// Writes one record durably.
+    async fn push(&self, batches: Vec<SignalBatch>) -> Result<(), IngestError> {
+        let payload = wal::encode_record(&batches).map_err(|e| IngestError::Rejected {
+            reason: format!("cannot encode a queued write: {e}"),
+        })?;
+        let framed = wal::frame(&payload);
+        let size = framed.len() as u64;
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let dir = self.dir.clone();
+        let write = move || -> Result<(), IngestError> {
+            use std::io::Write;
+            let tmp = dir.join(format!("{}.tmp", record_name(seq)));
+            let path = dir.join(record_name(seq));
+            let mut f = std::fs::File::create(&tmp)
+                .map_err(|e| io_unavailable("cannot queue a write in", &tmp, e))?;
+            f.write_all(&framed)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| io_unavailable("cannot queue a write in", &tmp, e))?;
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| io_unavailable("cannot queue a write in", &path, e))?;
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_unavailable("cannot sync", &dir, e))
+        };
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| IngestError::Unavailable {
+                reason: format!("queue write task failed: {e}"),
+                retry_after: Duration::from_secs(1),
+            })??;
+        {
+            let mut files = self.files.lock();
+            files.push_back((seq, size));
+            // Sequence numbers are taken before the (concurrent) writes finish.
+            files.make_contiguous().sort_unstable();
+        }
+        self.budget.used.fetch_add(size, Ordering::Relaxed);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The oldest record, read back.
+    fn oldest(&self) -> Option<(u64, Result<Vec<SignalBatch>, String>)> {
+        let (seq, _) = *self.files.lock().front()?;
+        let path = self.dir.join(record_name(seq));
+        let read = std::fs::read(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|bytes| {
+                if bytes.len() < 8 {
+                    return Err(format!("{} is truncated", path.display()));
+                }
+                let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+                let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+                let payload = bytes.get(8..8 + len).ok_or("truncated record")?;
+                if crc32fast::hash(payload) != crc {
+                    return Err(format!("{} fails its checksum", path.display()));
+                }
+                wal::decode_record(payload)
+            });
+        Some((seq, read))
+    }
+
+    /// Forgets a delivered (or unreadable, set aside) record.
+    fn remove(&self, seq: u64, keep_as: Option<&Path>) {
+        let path = self.dir.join(record_name(seq));
+        let size = {
+            let mut files = self.files.lock();
+            let pos = files.iter().position(|f| f.0 == seq);
+            pos.and_then(|p| files.remove(p)).map_or(0, |f| f.1)
+        };
+        match keep_as {
+            Some(dead) => {
+                let _ = std::fs::create_dir_all(dead);
+                let _ = std::fs::rename(&path, dead.join(record_name(seq)));
+            }
+            None => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        self.budget.used.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    /// Delivers records oldest first to the store that serves the shard now, until `stop`.
+    pub async fn drain(
+        self: Arc<Self>,
+        target: Arc<dyn Fn(u32) -> Option<Arc<dyn Ingest>> + Send + Sync>,
+        stop: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let next = self.oldest();
+            let wait = match next {
+                None => Some(Duration::from_secs(1)),
+                Some((seq, Err(e))) => {
+                    let dead = self.dir.join("unreadable");
+                    tracing::error!(shard = self.shard, seq, error = e, dead = %dead.display(), "a queued write cannot be read; set aside");
+                    self.remove(seq, Some(&dead));
+                    None
+                }
+                Some((seq, Ok(batches))) => match target(self.shard) {
+                    None => Some(backoff),
+                    Some(sink) => match sink.ingest(batches).await {
+                        Ok(()) => {
+                            self.remove(seq, None);
+                            backoff = Duration::from_millis(200);
+                            None
+                        }
+                        Err(e) if e.is_retryable() => {
+                            tracing::debug!(shard = self.shard, error = %e, "store not taking queued writes; retrying");
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                            Some(e.retry_after().unwrap_or(backoff).min(backoff))
+                        }
+                        Err(e) => {
+                            let dead = self.dir.join("rejected");
+                            tracing::error!(shard = self.shard, seq, error = %e, dead = %dead.display(), "the store rejects a queued write; set aside");
+                            self.remove(seq, Some(&dead));
+                            None
+                        }
+                    },
+                },
+            };
+            if let Some(wait) = wait {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            } else if stop.is_cancelled() {
+                return;
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Ingest for ShardQueue {
+    async fn ingest(&self, batches: Vec<SignalBatch>) -> Result<(), IngestError> {
+        self.push(batches).await
+    }
+}
+
+/// Every shard's queue, created as shards appear.
+#[derive(Debug)]
+pub struct Queues {
+    root: PathBuf,
+    budget: Arc<QueueBudget>,
+    shards: parking_lot::Mutex<BTreeMap<u32, Arc<ShardQueue>>>,
+}
+
+impl Queues {
+    pub fn new(root: PathBuf, budget: Arc<QueueBudget>) -> Queues {
+        Queues {
+            root,
+            budget,
+            shards: parking_lot::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn budget(&self) -> &Arc<QueueBudget> {
+        &self.budget
+    }
+
+    /// Shards with a queue directory from an earlier run.
+    pub fn existing_shards(&self) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("shard-")
+                    .and_then(|s| s.parse().ok())
+            })
+            .collect()
+    }
+
+    /// The queue of `shard`, and whether it was just opened (its drain must be started).
+    pub fn get(&self, shard: u32) -> std::io::Result<(Arc<ShardQueue>, bool)> {
+        let mut shards = self.shards.lock();
+        if let Some(q) = shards.get(&shard) {
+            return Ok((q.clone(), false));
+        }
+        let q = Arc::new(ShardQueue::open(&self.root, shard, self.budget.clone())?);
+        shards.insert(shard, q.clone());
+        Ok((q, true))
+    }
+
+    pub fn queued_records(&self) -> usize {
+        self.shards.lock().values().map(|q| q.len()).sum()
+    }
+}
+
+/// `oxeye_collector_queue_bytes` and `oxeye_collector_queue_records`, sampled every second.
+pub fn register_metrics(
+    queues: Arc<Queues>,
+    registry: &mut prometheus_client::registry::Registry,
+    stop: CancellationToken,
+) {
+    use prometheus_client::metrics::gauge::Gauge;
+    let bytes = Gauge::<i64>::default();
+    let records = Gauge::<i64>::default();
+    registry.register(
+        "oxeye_collector_queue_bytes",
+        "Bytes of acknowledged writes waiting on disk for their store node",
+        bytes.clone(),
+    );
+    registry.register(
+        "oxeye_collector_queue_records",
+        "Acknowledged writes waiting on disk for their store node",
+        records.clone(),
+    );
+    tokio::spawn(async move {
+        loop {
+            bytes.set(queues.budget().used() as i64);
+            records.set(queues.queued_records() as i64);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(rows: u8) -> SignalBatch {
+        oxeye_model::spans::sample_batch(rows, 1).expect("spans")
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopening_in_order_and_the_budget_follows_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let budget = QueueBudget::new(1 << 20);
+        let q = ShardQueue::open(dir.path(), 3, budget.clone()).expect("open");
+        for _ in 0..3 {
+            q.push(vec![batch(10)]).await.expect("push");
+        }
+        let used = budget.used();
+        assert!(used > 0);
+        drop(q);
+        let budget2 = QueueBudget::new(1 << 20);
+        let q = ShardQueue::open(dir.path(), 3, budget2.clone()).expect("reopen");
+        assert_eq!(budget2.used(), used);
+        let (seq, first) = q.oldest().expect("a record");
+        assert_eq!(first.expect("readable")[0].batch.num_rows(), 10);
+        q.remove(seq, None);
+        assert_eq!(q.len(), 2);
+        assert!(budget2.used() < used);
+    }
+
+    #[test]
+    fn a_full_budget_refuses_with_a_retryable_error() {
+        let b = QueueBudget::new(100);
+        assert!(b.admit(100).is_ok());
+        b.used.fetch_add(60, Ordering::Relaxed);
+        let e = b.admit(50).unwrap_err();
+        assert!(
+            e.is_retryable() && e.to_string().contains("queue is full"),
+            "{e}"
+        );
+    }
+}

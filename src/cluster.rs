@@ -35,7 +35,7 @@ pub fn heartbeat(meta: Arc<PgMetastore>, node: Node, stop: CancellationToken) {
 /// Which store node (Flight URL) serves each shard.
 type ShardMap = BTreeMap<u32, String>;
 /// Flight sinks by (shard, store URL).
-type Sinks = BTreeMap<(u32, String), Arc<dyn Ingest>>;
+type Sinks = BTreeMap<(u32, String), Arc<oxeye_flight::FlightShardSink>>;
 
 /// A collector's router: rows go by shard key to their shard's persistent queue
 /// ([`crate::queue`]), which delivers them to the store node serving the shard. The shard map
@@ -96,18 +96,18 @@ impl ClusterRouter {
         if opened {
             let map = self.map.clone();
             let sinks = self.sinks.clone();
-            let target: Arc<dyn Fn(u32) -> Option<Arc<dyn Ingest>> + Send + Sync> =
-                Arc::new(move |shard| {
-                    let addr = map.read().get(&shard).cloned()?;
-                    let mut sinks = sinks.lock();
-                    if let Some(s) = sinks.get(&(shard, addr.clone())) {
-                        return Some(s.clone());
-                    }
-                    let sink: Arc<dyn Ingest> =
-                        Arc::new(oxeye_flight::FlightShardSink::new(&addr, shard).ok()?);
-                    sinks.insert((shard, addr), sink.clone());
-                    Some(sink)
-                });
+            let target: Arc<
+                dyn Fn(u32) -> Option<Arc<oxeye_flight::FlightShardSink>> + Send + Sync,
+            > = Arc::new(move |shard| {
+                let addr = map.read().get(&shard).cloned()?;
+                let mut sinks = sinks.lock();
+                if let Some(s) = sinks.get(&(shard, addr.clone())) {
+                    return Some(s.clone());
+                }
+                let sink = Arc::new(oxeye_flight::FlightShardSink::new(&addr, shard).ok()?);
+                sinks.insert((shard, addr), sink.clone());
+                Some(sink)
+            });
             tokio::spawn(queue.clone().drain(target, self.stop.clone()));
         }
         Ok(queue)

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use oxeye_flight::FlightShardSink;
 use oxeye_model::SignalBatch;
 use oxeye_model::ingest::{Ingest, IngestError};
 use oxeye_store::wal;
@@ -208,12 +209,16 @@ impl ShardQueue {
     }
 
     /// Delivers records oldest first to the store that serves the shard now, until `stop`.
+    /// A record is sent in runs of one signal; after a failure the next attempt resumes after
+    /// the batches the store already acknowledged, so none is written twice.
     pub async fn drain(
         self: Arc<Self>,
-        target: Arc<dyn Fn(u32) -> Option<Arc<dyn Ingest>> + Send + Sync>,
+        target: Arc<dyn Fn(u32) -> Option<Arc<FlightShardSink>> + Send + Sync>,
         stop: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(200);
+        // (record, batches of it already delivered)
+        let mut progress: (u64, usize) = (0, 0);
         loop {
             let next = self.oldest();
             let wait = match next {
@@ -226,24 +231,46 @@ impl ShardQueue {
                 }
                 Some((seq, Ok(batches))) => match target(self.shard) {
                     None => Some(backoff),
-                    Some(sink) => match sink.ingest(batches).await {
-                        Ok(()) => {
-                            self.remove(seq, None);
-                            backoff = Duration::from_millis(200);
-                            None
+                    Some(sink) => {
+                        if progress.0 != seq {
+                            progress = (seq, 0);
                         }
-                        Err(e) if e.is_retryable() => {
-                            tracing::debug!(shard = self.shard, error = %e, "store not taking queued writes; retrying");
-                            backoff = (backoff * 2).min(Duration::from_secs(10));
-                            Some(e.retry_after().unwrap_or(backoff).min(backoff))
+                        let mut failure = None;
+                        while progress.1 < batches.len() {
+                            let from = progress.1;
+                            let signal = batches[from].signal;
+                            let run = batches[from..]
+                                .iter()
+                                .take_while(|b| b.signal == signal)
+                                .count();
+                            let (acked, result) =
+                                sink.put(signal, &batches[from..from + run]).await;
+                            progress.1 += acked;
+                            if let Err(e) = result {
+                                failure = Some(e);
+                                break;
+                            }
                         }
-                        Err(e) => {
-                            let dead = self.dir.join("rejected");
-                            tracing::error!(shard = self.shard, seq, error = %e, dead = %dead.display(), "the store rejects a queued write; set aside");
-                            self.remove(seq, Some(&dead));
-                            None
+                        match failure {
+                            None => {
+                                self.remove(seq, None);
+                                backoff = Duration::from_millis(200);
+                                None
+                            }
+                            Some(e) if e.is_retryable() => {
+                                tracing::warn!(shard = self.shard, error = %e, retry_in_ms = backoff.as_millis() as u64, "the shard's store is not taking queued writes; they wait");
+                                let wait = backoff;
+                                backoff = (backoff * 2).min(Duration::from_secs(10));
+                                Some(wait)
+                            }
+                            Some(e) => {
+                                let dead = self.dir.join("rejected");
+                                tracing::error!(shard = self.shard, seq, error = %e, dead = %dead.display(), "the store rejects a queued write; set aside");
+                                self.remove(seq, Some(&dead));
+                                None
+                            }
                         }
-                    },
+                    }
                 },
             };
             if let Some(wait) = wait {

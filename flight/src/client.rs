@@ -3,7 +3,6 @@ use std::time::Duration;
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightClient, FlightDescriptor};
-use futures::TryStreamExt;
 use oxeye_model::ingest::{Ingest, IngestError};
 use oxeye_model::{Signal, SignalBatch};
 use tonic::transport::{Channel, Endpoint};
@@ -35,38 +34,56 @@ impl FlightShardSink {
         })
     }
 
-    async fn put(&self, signal: Signal, batches: Vec<SignalBatch>) -> Result<(), IngestError> {
+    /// Sends batches of one signal in one stream. Returns how many the store acknowledged
+    /// (durably in its WAL), in order, and why it stopped if that is fewer than all: a caller
+    /// that retries resumes after the acknowledged ones, so nothing is written twice.
+    pub async fn put(
+        &self,
+        signal: Signal,
+        batches: &[SignalBatch],
+    ) -> (usize, Result<(), IngestError>) {
+        use futures::StreamExt;
         let n = batches.len();
         let descriptor = FlightDescriptor::new_path(vec![
             signal.table_name().to_string(),
             self.shard.to_string(),
         ]);
-        let input = futures::stream::iter(batches.into_iter().map(|b| Ok(b.batch)));
-        // Dictionaries are sent as dictionaries: the store's schema has them, and hydrating
-        // would both change the schema and multiply the bytes on the wire.
+        let input = futures::stream::iter(
+            batches
+                .iter()
+                .map(|b| Ok(b.batch.clone()))
+                .collect::<Vec<_>>(),
+        );
+        // One message per batch (no splitting), so acknowledgements count batches; and
+        // dictionaries stay dictionaries: the store's schema has them, and hydrating would
+        // multiply the bytes on the wire.
         let data = FlightDataEncoderBuilder::new()
+            .with_max_flight_data_size(usize::MAX)
             .with_dictionary_handling(DictionaryHandling::Resend)
             .with_flight_descriptor(Some(descriptor))
             .build(input);
         let mut client = FlightClient::new(self.channel.clone());
-        let acks: Vec<_> = client
-            .do_put(data)
-            .await
-            .map_err(|e| self.error(e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.error(e))?;
-        if acks.len() != n {
-            return Err(IngestError::Unavailable {
-                reason: format!(
-                    "store {} acknowledged {} of {n} batches",
-                    self.store,
-                    acks.len()
-                ),
-                retry_after: Duration::from_secs(1),
-            });
+        let mut acks = match client.do_put(data).await {
+            Ok(acks) => acks,
+            Err(e) => return (0, Err(self.error(e))),
+        };
+        let mut acked = 0;
+        while let Some(ack) = acks.next().await {
+            match ack {
+                Ok(_) => acked += 1,
+                Err(e) => return (acked.min(n), Err(self.error(e))),
+            }
         }
-        Ok(())
+        if acked < n {
+            return (
+                acked,
+                Err(IngestError::Unavailable {
+                    reason: format!("store {} acknowledged {acked} of {n} batches", self.store),
+                    retry_after: Duration::from_secs(1),
+                }),
+            );
+        }
+        (n, Ok(()))
     }
 
     fn error(&self, e: FlightError) -> IngestError {
@@ -82,17 +99,17 @@ impl FlightShardSink {
 
 #[async_trait::async_trait]
 impl Ingest for FlightShardSink {
+    /// All or an error; callers that retry should use [`FlightShardSink::put`] to resume.
     async fn ingest(&self, batches: Vec<SignalBatch>) -> Result<(), IngestError> {
-        // One stream per signal: a Flight stream carries one schema.
-        for signal in Signal::ALL {
-            let of_signal: Vec<SignalBatch> = batches
+        let mut from = 0;
+        while from < batches.len() {
+            let signal = batches[from].signal;
+            let run = batches[from..]
                 .iter()
-                .filter(|b| b.signal == signal)
-                .cloned()
-                .collect();
-            if !of_signal.is_empty() {
-                self.put(signal, of_signal).await?;
-            }
+                .take_while(|b| b.signal == signal)
+                .count();
+            self.put(signal, &batches[from..from + run]).await.1?;
+            from += run;
         }
         Ok(())
     }

@@ -228,6 +228,10 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
+/// Largest message a store accepts: one batch is one message (collectors cut batches far
+/// smaller; see `--batch-max-rows`).
+const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
 /// Serves Flight on `addr` until `stop` is cancelled.
 pub async fn serve(
     addr: SocketAddr,
@@ -240,7 +244,7 @@ pub async fn serve(
     let task = tokio::spawn(async move {
         let server = tonic::transport::Server::builder()
             .add_service(
-                FlightServiceServer::new(service).max_decoding_message_size(64 * 1024 * 1024),
+                FlightServiceServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
         if let Err(e) = server.await {

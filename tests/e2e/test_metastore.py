@@ -1055,12 +1055,34 @@ def test_a_collector_routes_over_flight_to_store_nodes(metastore, s3, oxeye_fact
         rows = node.sql_dicts(f"SELECT count(*) AS n FROM spans WHERE service_name = '{service}'{where}")
         return int(rows[0]["n"])
 
+    def count_of(svc: str) -> int:
+        return sum(
+            int(n.sql_dicts(f"SELECT count(*) AS n FROM spans WHERE service_name = '{svc}'")[0]["n"])
+            for n in (a, b)
+        )
+
     # Every acknowledged span is in a store node's shards, each exactly once.
     wait_until(lambda: count(a) + count(b) == total or None, timeout=20, what="all spans in the stores")
     assert count(a) > 0 and count(b) > 0, (count(a), count(b))
     for trace_id, spans in traces.items():
         on = [count(n, f" AND trace_id = '{trace_id}'") for n in (a, b)]
         assert sorted(on) == [0, len(spans)], f"trace {trace_id} split across store nodes: {on}"
+
+    # A batch far larger than one Flight message's usual 2 MiB: delivered once, not re-sent
+    # for ever (a regression: acknowledgements were counted per message, not per batch).
+    big = unique("big-batch")
+    trace_id = random_trace_id()
+    spans = [span(trace_id, name=f"op {i}", attributes={"payload": "x" * 1500}) for i in range(3000)]
+    r = c.post_otlp("traces", trace_request(spans, service=big).SerializeToString())
+    assert r.status_code == 200, (r.status_code, r.content[:300])
+    wait_until(
+        lambda: (n := count_of(big)) == 3000 or (n > 3000 and pytest.fail(f"{n} rows for 3000 spans")),
+        timeout=30,
+        what="the 3000-span request in a store exactly once",
+    )
+    time.sleep(3)
+    assert count_of(big) == 3000, "the big batch was delivered more than once"
+    assert not list((c.data_dir / "queue").glob("shard-*/*.rec")), "the big batch is stuck in the queue"
 
     # A store node dies with unflushed rows; its WAL brings them back.
     before_b = count(b)

@@ -78,6 +78,24 @@ pub(crate) struct Core {
     pub config_revision: i64,
 }
 
+impl Core {
+    /// Removes the rules of `source` that `keep` does not name; returns them.
+    fn remove_absent(&mut self, source: RuleSource, keep: impl Fn(&str) -> bool) -> Vec<Arc<Rule>> {
+        let gone: Vec<String> = self
+            .rules
+            .values()
+            .filter(|r| r.source == source && !keep(&r.id))
+            .map(|r| r.id.clone())
+            .collect();
+        gone.into_iter()
+            .filter_map(|id| {
+                self.schedule.remove(&id);
+                self.rules.remove(&id)
+            })
+            .collect()
+    }
+}
+
 pub(crate) struct Inner {
     pub engine: QueryEngine,
     pub store: Arc<dyn AlertStore>,
@@ -412,17 +430,8 @@ impl AlertService {
             let mut core = self.inner.core.lock();
             let incoming: BTreeMap<String, Rule> =
                 doc.rules.into_iter().map(|r| (r.id.clone(), r)).collect();
-            let stale: Vec<String> = core
-                .rules
-                .values()
-                .filter(|r| r.source == RuleSource::Api && !incoming.contains_key(&r.id))
-                .map(|r| r.id.clone())
-                .collect();
-            for id in stale {
-                if let Some(rule) = core.rules.remove(&id) {
-                    core.schedule.remove(&id);
-                    ended.push((rule, true));
-                }
+            for rule in core.remove_absent(RuleSource::Api, |id| incoming.contains_key(id)) {
+                ended.push((rule, true));
             }
             for (id, rule) in incoming {
                 let old = core.rules.get(&id).cloned();
@@ -1108,18 +1117,7 @@ impl AlertService {
                 .into_iter()
                 .map(|s| (file_rule_id(&s.name), s))
                 .collect();
-            let old_ids: Vec<String> = core
-                .rules
-                .values()
-                .filter(|r| r.source == RuleSource::File && !new_ids.contains_key(&r.id))
-                .map(|r| r.id.clone())
-                .collect();
-            for id in old_ids {
-                if let Some(rule) = core.rules.remove(&id) {
-                    core.schedule.remove(&id);
-                    ended.push(rule);
-                }
-            }
+            ended.extend(core.remove_absent(RuleSource::File, |id| new_ids.contains_key(id)));
             for (id, spec) in new_ids {
                 let existing = core.rules.get(&id).cloned();
                 if existing.as_ref().is_some_and(|r| r.spec == spec) {

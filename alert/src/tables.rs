@@ -10,12 +10,9 @@ use arrow::array::{
     TimestampMillisecondArray, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use async_trait::async_trait;
-use datafusion::catalog::Session;
 use datafusion::common::Result;
-use datafusion::datasource::{MemTable, TableProvider, TableType};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::datasource::{TableProvider, TableType};
+use oxeye_query::system::SnapshotTable;
 use parking_lot::Mutex;
 
 use crate::storage::{Delivery, Event};
@@ -43,39 +40,6 @@ impl History {
             self.deliveries.pop_front();
         }
         self.deliveries.push_back(d);
-    }
-}
-
-type Snapshot = fn(&History) -> Result<RecordBatch>;
-
-#[derive(Debug)]
-struct HistoryTable {
-    history: Arc<Mutex<History>>,
-    schema: SchemaRef,
-    snapshot: Snapshot,
-}
-
-#[async_trait]
-impl TableProvider for HistoryTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = (self.snapshot)(&self.history.lock())?;
-        MemTable::try_new(self.schema.clone(), vec![vec![batch]])?
-            .scan(state, projection, filters, limit)
-            .await
     }
 }
 
@@ -189,22 +153,17 @@ fn deliveries_batch(h: &History) -> Result<RecordBatch> {
 
 /// The two tables, named as SQL users see them.
 pub fn tables(history: &Arc<Mutex<History>>) -> Vec<(&'static str, Arc<dyn TableProvider>)> {
+    let table = |schema: SchemaRef, snapshot: fn(&History) -> Result<RecordBatch>| {
+        let history = history.clone();
+        Arc::new(SnapshotTable::new(schema, TableType::Base, move || {
+            snapshot(&history.lock())
+        })) as Arc<dyn TableProvider>
+    };
     vec![
-        (
-            "alert_events",
-            Arc::new(HistoryTable {
-                history: history.clone(),
-                schema: events_schema(),
-                snapshot: events_batch,
-            }),
-        ),
+        ("alert_events", table(events_schema(), events_batch)),
         (
             "alert_notifications",
-            Arc::new(HistoryTable {
-                history: history.clone(),
-                schema: deliveries_schema(),
-                snapshot: deliveries_batch,
-            }),
+            table(deliveries_schema(), deliveries_batch),
         ),
     ]
 }

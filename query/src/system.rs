@@ -20,22 +20,44 @@ use oxeye_store::Store;
 
 type Snapshot = fn(&Store) -> Result<RecordBatch>;
 
-/// A table whose rows are computed from the store when it is scanned.
-#[derive(Debug)]
-struct SystemTable {
-    store: Store,
+/// A table whose rows are computed when it is scanned (from the store here; alerting uses it
+/// for its history). `View` tables are listed as views, others as base tables.
+pub struct SnapshotTable {
     schema: SchemaRef,
-    snapshot: Snapshot,
+    table_type: TableType,
+    snapshot: Box<dyn Fn() -> Result<RecordBatch> + Send + Sync>,
+}
+
+impl std::fmt::Debug for SnapshotTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotTable")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotTable {
+    pub fn new(
+        schema: SchemaRef,
+        table_type: TableType,
+        snapshot: impl Fn() -> Result<RecordBatch> + Send + Sync + 'static,
+    ) -> SnapshotTable {
+        SnapshotTable {
+            schema,
+            table_type,
+            snapshot: Box::new(snapshot),
+        }
+    }
 }
 
 #[async_trait]
-impl TableProvider for SystemTable {
+impl TableProvider for SnapshotTable {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
-        TableType::View
+        self.table_type
     }
 
     async fn scan(
@@ -45,7 +67,7 @@ impl TableProvider for SystemTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = (self.snapshot)(&self.store)?;
+        let batch = (self.snapshot)()?;
         MemTable::try_new(self.schema.clone(), vec![vec![batch]])?
             .scan(state, projection, filters, limit)
             .await
@@ -150,10 +172,9 @@ pub fn register(ctx: &SessionContext, store: &Store) -> Result<()> {
         datafusion::catalog::SchemaProvider::register_table(
             schema.as_ref(),
             name.to_string(),
-            Arc::new(SystemTable {
-                store: store.clone(),
-                schema: table_schema,
-                snapshot,
+            Arc::new({
+                let store = store.clone();
+                SnapshotTable::new(table_schema, TableType::View, move || snapshot(&store))
             }),
         )?;
     }

@@ -114,6 +114,54 @@ const PAD_T: f64 = 10.0;
 const PAD_B: f64 = 24.0;
 
 /// A time-series line chart with time and value axes and a legend.
+/// What the grid and the labels of a time chart need.
+struct Axes {
+    x: Scale,
+    y: Scale,
+    height: f64,
+    y_ticks: Vec<f64>,
+    x_ticks: Vec<i64>,
+    y_label: fn(f64) -> String,
+    clock: ReadSignal<Clock>,
+}
+
+/// Horizontal grid lines with value labels, and time labels along the bottom: the part every
+/// time chart shares.
+fn axes(a: Axes) -> impl IntoView {
+    let Axes {
+        x,
+        y,
+        height,
+        y_ticks,
+        x_ticks,
+        y_label,
+        clock,
+    } = a;
+    view! {
+        {y_ticks
+            .into_iter()
+            .map(|v| {
+                let py = y.map(v);
+                view! {
+                    <line x1=PAD_L.to_string() x2=(W - PAD_R).to_string() y1=py.to_string() y2=py.to_string() class="grid"/>
+                    <text x=(PAD_L - 6.0).to_string() y=(py + 4.0).to_string() text-anchor="end" class="axis">{y_label(v)}</text>
+                }
+            })
+            .collect_view()}
+        {x_ticks
+            .into_iter()
+            .map(|t| {
+                let px = x.map(t as f64);
+                view! {
+                    <text x=px.to_string() y=(height - 6.0).to_string() text-anchor="middle" class="axis">
+                        {move || format::clock_time(t, clock.get())}
+                    </text>
+                }
+            })
+            .collect_view()}
+    }
+}
+
 #[component]
 pub fn LineChart(
     series: Vec<Series>,
@@ -188,27 +236,7 @@ pub fn LineChart(
         <figure class="chart">
             <figcaption>{title}</figcaption>
             <svg viewBox=format!("0 0 {W} {height}") width="100%" role="img">
-                {y_ticks
-                    .into_iter()
-                    .map(|v| {
-                        let py = y.map(v);
-                        view! {
-                            <line x1=PAD_L.to_string() x2=(W - PAD_R).to_string() y1=py.to_string() y2=py.to_string() class="grid"/>
-                            <text x=(PAD_L - 6.0).to_string() y=(py + 4.0).to_string() text-anchor="end" class="axis">{format_value(v)}</text>
-                        }
-                    })
-                    .collect_view()}
-                {x_ticks
-                    .into_iter()
-                    .map(|t| {
-                        let px = x.map(t as f64);
-                        view! {
-                            <text x=px.to_string() y=(height - 6.0).to_string() text-anchor="middle" class="axis">
-                                {move || format::clock_time(t, clock.get())}
-                            </text>
-                        }
-                    })
-                    .collect_view()}
+                {axes(Axes { x, y, height, y_ticks, x_ticks, y_label: format_value, clock })}
                 {lines}
                 {empty.then(|| view! {
                     <text x=(W / 2.0).to_string() y=(height / 2.0).to_string() text-anchor="middle" class="axis">"no data in this range"</text>
@@ -275,27 +303,15 @@ pub fn StackedBars(
         <figure class="chart">
             <figcaption>{title}</figcaption>
             <svg viewBox=format!("0 0 {W} {height}") width="100%" role="img">
-                {nice_ticks(0.0, ymax, 3)
-                    .into_iter()
-                    .map(|v| {
-                        let py = y.map(v);
-                        view! {
-                            <line x1=PAD_L.to_string() x2=(W - PAD_R).to_string() y1=py.to_string() y2=py.to_string() class="grid"/>
-                            <text x=(PAD_L - 6.0).to_string() y=(py + 4.0).to_string() text-anchor="end" class="axis">{format::number(v)}</text>
-                        }
-                    })
-                    .collect_view()}
-                {time_ticks(t0, t1, 6)
-                    .into_iter()
-                    .map(|t| {
-                        let px = x.map(t as f64);
-                        view! {
-                            <text x=px.to_string() y=(height - 6.0).to_string() text-anchor="middle" class="axis">
-                                {move || format::clock_time(t, clock.get())}
-                            </text>
-                        }
-                    })
-                    .collect_view()}
+                {axes(Axes {
+                    x,
+                    y,
+                    height,
+                    y_ticks: nice_ticks(0.0, ymax, 3),
+                    x_ticks: time_ticks(t0, t1, 6),
+                    y_label: format::number,
+                    clock,
+                })}
                 {rects}
             </svg>
             <ul class="legend">{legend}</ul>

@@ -9,7 +9,9 @@
 
 use std::sync::{Arc, LazyLock};
 
+use arrow::array::{Array, ArrayRef, AsArray, MapArray, StructArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
 
 use crate::Signal;
 
@@ -47,6 +49,75 @@ pub fn attributes_entries_field() -> FieldRef {
 /// and kept exactly in the matching `*_typed` column.
 pub fn attributes_type() -> DataType {
     DataType::Map(attributes_entries_field(), false)
+}
+
+/// The attribute map type as queries read it: values dictionary-encoded like the keys.
+///
+/// Attribute values repeat (a route, a method, a host) and Parquet stores them
+/// dictionary-encoded, so reading them as a dictionary hands out indices instead of copying
+/// every value of every attribute when a query asks for one key.
+pub fn attributes_read_type() -> DataType {
+    DataType::Map(attributes_read_entries_field(), false)
+}
+
+fn attributes_read_entry_fields() -> Fields {
+    Fields::from(vec![
+        map_key_field(),
+        Arc::new(Field::new("value", dict_type(), true)),
+    ])
+}
+
+fn attributes_read_entries_field() -> FieldRef {
+    Arc::new(Field::new(
+        "entries",
+        DataType::Struct(attributes_read_entry_fields()),
+        false,
+    ))
+}
+
+/// `field` as queries read it: a top-level attribute map gets [`attributes_read_type`],
+/// anything else stays as stored.
+pub fn read_field(field: &Field) -> Field {
+    if *field.data_type() == attributes_type() {
+        field.clone().with_data_type(attributes_read_type())
+    } else {
+        field.clone()
+    }
+}
+
+/// `schema` as queries read it (see [`read_field`]).
+pub fn read_schema(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| read_field(f))
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
+/// Converts a column to its [`read_field`] type: attribute maps with text values get their
+/// values dictionary-encoded; every other column is returned as it is.
+pub fn to_read_array(array: &ArrayRef) -> Result<ArrayRef, ArrowError> {
+    if *array.data_type() != attributes_type() {
+        return Ok(array.clone());
+    }
+    let map = array.as_map();
+    let entries = map.entries();
+    let values = arrow::compute::cast(entries.column(1), &dict_type())?;
+    let entries = StructArray::try_new(
+        attributes_read_entry_fields(),
+        vec![entries.column(0).clone(), values],
+        entries.nulls().cloned(),
+    )?;
+    Ok(Arc::new(MapArray::try_new(
+        attributes_read_entries_field(),
+        map.offsets().clone(),
+        entries,
+        map.nulls().cloned(),
+        false,
+    )?))
 }
 
 fn attrs(name: &str) -> Field {
@@ -411,5 +482,60 @@ mod tests {
                 assert!(schema.field_with_name(c).is_ok(), "{signal} lacks {c}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod read_type_tests {
+    use std::sync::Arc;
+
+    use arrow::array::{
+        Array, ArrayRef, AsArray, MapBuilder, StringBuilder, StringDictionaryBuilder,
+    };
+    use arrow::datatypes::Int32Type;
+
+    use super::*;
+
+    #[test]
+    fn attribute_values_become_a_dictionary_with_the_same_entries() {
+        let mut b = MapBuilder::new(
+            None,
+            StringDictionaryBuilder::<Int32Type>::new(),
+            StringBuilder::new(),
+        )
+        .with_keys_field(map_key_field())
+        .with_values_field(map_value_field());
+        b.keys().append_value("http.route");
+        b.values().append_value("/a");
+        b.keys().append_value("user.id");
+        b.values().append_null();
+        b.append(true).unwrap();
+        b.append(true).unwrap();
+        b.keys().append_value("http.route");
+        b.values().append_value("/a");
+        b.append(true).unwrap();
+        let stored: ArrayRef = Arc::new(b.finish());
+        assert_eq!(*stored.data_type(), attributes_type());
+
+        let read = to_read_array(&stored).unwrap();
+        assert_eq!(*read.data_type(), attributes_read_type());
+        let map = read.as_map();
+        assert_eq!(map.value_offsets(), &[0, 2, 2, 3]);
+        let values = map.values().as_dictionary::<Int32Type>();
+        assert_eq!(values.values().len(), 1, "one distinct value");
+        assert!(values.is_null(1));
+        assert_eq!(values.keys().value(0), values.keys().value(2));
+
+        let schema = read_schema(&crate::schema::spans());
+        let attrs = schema.field_with_name("attributes").unwrap();
+        assert_eq!(*attrs.data_type(), attributes_read_type());
+        let name = schema.field_with_name("name").unwrap();
+        assert_eq!(
+            name,
+            crate::schema::spans().field_with_name("name").unwrap()
+        );
+        // Anything that is not an attribute map passes through untouched.
+        let ids = crate::schema::spans().fields().len();
+        assert_eq!(schema.fields().len(), ids);
     }
 }

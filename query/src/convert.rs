@@ -77,7 +77,7 @@ impl SqlShape {
         let mut fields = Vec::new();
         let mut sources = Vec::new();
         for (i, f) in storage.fields().iter().enumerate() {
-            if let Some(sf) = sql_field(f) {
+            if let Some(sf) = sql_field(&oxeye_model::schema::read_field(f)) {
                 fields.push(sf);
                 sources.push(Source::Stored(i));
             }

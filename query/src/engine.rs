@@ -136,6 +136,7 @@ impl QueryEngine {
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         }
         ctx.register_udf(SearchUdf::udf());
+        ctx.add_analyzer_rule(crate::attributes::AttributeLookupsAsText::rule());
         for (name, ddl) in VIEWS {
             ctx.sql(ddl)
                 .await

@@ -78,6 +78,11 @@ pub fn plain_map_keys(array: &ArrayRef) -> Result<ArrayRef, ArrowError> {
             let m = array.as_map();
             let keys = arrow::compute::cast(m.keys(), &DataType::Utf8)?;
             let values = plain_map_keys(m.values())?;
+            // Attribute values are read dictionary-encoded too; text encoders want them plain.
+            let values = match values.data_type() {
+                DataType::Dictionary(_, value_type) => arrow::compute::cast(&values, value_type)?,
+                _ => values,
+            };
             let DataType::Struct(children) = entries.data_type() else {
                 return Ok(array.clone());
             };

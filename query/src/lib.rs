@@ -7,6 +7,7 @@
 //! never writes: the SQL surface is read-only.
 
 pub mod api;
+pub mod attributes;
 pub mod convert;
 pub mod engine;
 pub mod error;

@@ -12,7 +12,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray, BooleanBufferBuilder, MapArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Int32Array, MapArray, StringArray,
+};
 use arrow::compute::prep_null_mask_filter;
 use arrow::datatypes::{Int32Type, Schema};
 use arrow::error::ArrowError;
@@ -141,10 +143,7 @@ pub fn map_entry_equals(
         .as_string_opt::<i32>()
         .ok_or_else(|| ArrowError::ComputeError("attribute keys are not text".into()))?;
     let wanted: Vec<bool> = key_texts.iter().map(|k| k == Some(key)).collect();
-    let values = map
-        .values()
-        .as_string_opt::<i32>()
-        .ok_or_else(|| ArrowError::ComputeError("attribute values are not text".into()))?;
+    let value_matches = ValueMatcher::new(map.values(), value)?;
     let offsets = map.value_offsets();
     let key_ids = keys.keys();
     let mut out = BooleanBufferBuilder::new(map.len());
@@ -154,7 +153,7 @@ pub fn map_entry_equals(
             for entry in offsets[row] as usize..offsets[row + 1] as usize {
                 let id = key_ids.value(entry);
                 if key_ids.is_valid(entry) && wanted.get(id as usize).copied().unwrap_or(false) {
-                    hit = values.is_valid(entry) && values.value(entry) == value;
+                    hit = value_matches.at(entry);
                     break;
                 }
             }
@@ -162,6 +161,45 @@ pub fn map_entry_equals(
         out.append(hit);
     }
     Ok(BooleanArray::new(out.finish(), None))
+}
+
+/// Tests map values against one text, whether they are stored as text (rows in memory) or
+/// read as a dictionary (rows from segments).
+enum ValueMatcher<'a> {
+    Text(&'a StringArray, &'a str),
+    /// Per dictionary entry: does it equal the text?
+    Dictionary(&'a Int32Array, Vec<bool>),
+}
+
+impl<'a> ValueMatcher<'a> {
+    fn new(values: &'a ArrayRef, wanted: &'a str) -> Result<ValueMatcher<'a>, ArrowError> {
+        if let Some(text) = values.as_string_opt::<i32>() {
+            return Ok(ValueMatcher::Text(text, wanted));
+        }
+        let dict = values
+            .as_dictionary_opt::<Int32Type>()
+            .ok_or_else(|| ArrowError::ComputeError("attribute values are not text".into()))?;
+        let texts = dict.values().as_string_opt::<i32>().ok_or_else(|| {
+            ArrowError::ComputeError("attribute value dictionary is not text".into())
+        })?;
+        let equal = texts.iter().map(|v| v == Some(wanted)).collect();
+        Ok(ValueMatcher::Dictionary(dict.keys(), equal))
+    }
+
+    fn at(&self, entry: usize) -> bool {
+        match self {
+            ValueMatcher::Text(values, wanted) => {
+                values.is_valid(entry) && values.value(entry) == *wanted
+            }
+            ValueMatcher::Dictionary(keys, equal) => {
+                keys.is_valid(entry)
+                    && equal
+                        .get(keys.value(entry) as usize)
+                        .copied()
+                        .unwrap_or(false)
+            }
+        }
+    }
 }
 
 fn without_nulls(mask: &BooleanArray) -> BooleanArray {
@@ -182,7 +220,9 @@ mod tests {
             None,
             StringDictionaryBuilder::<Int32Type>::new(),
             StringBuilder::new(),
-        );
+        )
+        .with_keys_field(oxeye_model::schema::map_key_field())
+        .with_values_field(oxeye_model::schema::map_value_field());
         for row in rows {
             for (k, v) in *row {
                 b.keys().append_value(*k);
@@ -203,12 +243,17 @@ mod tests {
             &[("b", Some("2")), ("b", Some("9"))],
             &[("b", Some("9")), ("b", Some("2"))],
         ]);
-        let got = map_entry_equals(&m, "b", "2").unwrap();
-        assert_eq!(
-            got.iter().collect::<Vec<_>>(),
-            [true, false, false, false, true, false].map(Some)
-        );
-        let none = map_entry_equals(&m, "zz", "2").unwrap();
-        assert_eq!(none.true_count(), 0);
+        let as_read =
+            oxeye_model::schema::to_read_array(&(Arc::new(m.clone()) as ArrayRef)).unwrap();
+        // Rows in memory carry text values, rows from segments dictionary values: same answers.
+        for m in [&m, as_read.as_map()] {
+            let got = map_entry_equals(m, "b", "2").unwrap();
+            assert_eq!(
+                got.iter().collect::<Vec<_>>(),
+                [true, false, false, false, true, false].map(Some)
+            );
+            let none = map_entry_equals(m, "zz", "2").unwrap();
+            assert_eq!(none.true_count(), 0);
+        }
     }
 }

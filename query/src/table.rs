@@ -78,6 +78,7 @@ impl TableProvider for OxeyeTable {
             index: hints.index.clone(),
             filter: rowfilter::stages(state, &self.shape, filters),
             parallelism: partitions,
+            attribute_values_as_dictionary: true,
         };
         let plan = self
             .store

@@ -43,6 +43,10 @@ pub struct ScanRequest {
     pub filter: Vec<RowFilterStage>,
     /// How many parts a big segment may be split into, so that many readers share it.
     pub parallelism: usize,
+    /// Return top-level attribute maps with dictionary-encoded values
+    /// ([`oxeye_model::schema::attributes_read_type`]), as SQL shows them. Row filters see
+    /// segment rows this way and memory rows as stored, so they must accept both.
+    pub attribute_values_as_dictionary: bool,
 }
 
 impl ScanRequest {
@@ -54,6 +58,7 @@ impl ScanRequest {
             index: None,
             filter: Vec::new(),
             parallelism: 1,
+            attribute_values_as_dictionary: false,
         }
     }
 }
@@ -316,6 +321,27 @@ fn project(batch: &RecordBatch, projection: Option<&[usize]>) -> Result<RecordBa
     }
 }
 
+/// An in-memory batch with its attribute maps as queries read them.
+fn to_read_batch(batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(oxeye_model::schema::to_read_array)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::arrow("dictionary-encoding attribute values", e))?;
+    let options =
+        arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(
+        oxeye_model::schema::read_schema(batch.schema_ref()),
+        columns,
+        &options,
+    )
+    .map_err(|e| StoreError::arrow("dictionary-encoding attribute values", e))
+}
+
+/// Segments whose index and footer are looked up at once while planning.
+const PLAN_CONCURRENCY: usize = 8;
+
 pub(crate) async fn plan(
     request: ScanRequest,
     segments: Vec<SegmentRef>,
@@ -329,32 +355,54 @@ pub(crate) async fn plan(
         ..Default::default()
     };
     let mut parts = Vec::new();
-    for meta in segments {
-        if !meta.overlaps(request.start, request.end) {
-            stats.segments_pruned_by_time += 1;
-            continue;
-        }
-        let granules = match &request.index {
-            None => None,
-            Some(predicate) => {
-                let index = caches.index(storage, &meta).await?;
-                let predicate = predicate.clone();
-                let hits = tokio::task::spawn_blocking(move || index.search(&predicate))
-                    .await
-                    .map_err(|e| StoreError::index("searching an index", e))??;
-                if hits.is_empty() {
-                    stats.segments_pruned_by_index += 1;
-                    continue;
+    let in_range: Vec<SegmentRef> = segments
+        .into_iter()
+        .filter(|meta| meta.overlaps(request.start, request.end))
+        .collect();
+    stats.segments_pruned_by_time = stats.segments_total - in_range.len();
+    // Index searches and footer reads of different segments are independent: run a few at
+    // once, so a lookup over many segments is not a chain of thread hops and fetches.
+    let looked_up: Vec<(SegmentRef, Option<Vec<u32>>, ArrowReaderMetadata)> =
+        futures::stream::iter(in_range)
+            .map(|meta| {
+                let predicate = request.index.clone();
+                async move {
+                    let granules = match predicate {
+                        None => None,
+                        Some(predicate) => {
+                            let index = caches.index(storage, &meta).await?;
+                            let hits =
+                                tokio::task::spawn_blocking(move || index.search(&predicate))
+                                    .await
+                                    .map_err(|e| StoreError::index("searching an index", e))??;
+                            Some(hits)
+                        }
+                    };
+                    let footer = match &granules {
+                        Some(hits) if hits.is_empty() => None,
+                        _ => Some(caches.footer(storage, &meta).await?),
+                    };
+                    Ok::<_, StoreError>((meta, granules, footer))
                 }
-                stats.granules_selected += hits.len() as u64;
-                Some(Arc::new(hits))
-            }
-        };
-        let footer = caches.footer(storage, &meta).await?;
+            })
+            .buffered(PLAN_CONCURRENCY)
+            .try_filter_map(|(meta, granules, footer)| async move {
+                Ok(footer.map(|footer| (meta, granules, footer)))
+            })
+            .try_collect()
+            .await?;
+    if request.index.is_some() {
+        stats.segments_pruned_by_index =
+            stats.segments_total - stats.segments_pruned_by_time - looked_up.len();
+    }
+    for (meta, granules, footer) in looked_up {
+        if let Some(hits) = &granules {
+            stats.granules_selected += hits.len() as u64;
+        }
         let row_groups = footer.metadata().num_row_groups();
         let granule_rows = (meta.granule_rows as usize).max(1);
         let granules: Vec<u32> = match granules {
-            Some(g) => g.as_ref().clone(),
+            Some(g) => g,
             // Several row groups: one part each, so partitions decode in parallel.
             None if row_groups > 1 => {
                 for g in 0..row_groups {
@@ -421,7 +469,12 @@ pub(crate) async fn read_part(
                 .iter()
                 .map(|b| {
                     let kept = filter_memory_rows(b, &request.filter)?;
-                    project(&kept, projection.as_deref())
+                    let projected = project(&kept, projection.as_deref())?;
+                    if request.attribute_values_as_dictionary {
+                        to_read_batch(&projected)
+                    } else {
+                        Ok(projected)
+                    }
                 })
                 .collect();
             Ok(stream::iter(out).boxed())
@@ -444,6 +497,19 @@ pub(crate) async fn read_part(
             if groups.is_empty() {
                 return Ok(stream::empty().boxed());
             }
+            let footer = if request.attribute_values_as_dictionary {
+                // The hint is derived from the file's own schema, so it always fits the file.
+                let hint = oxeye_model::schema::read_schema(footer.schema());
+                ArrowReaderMetadata::try_new(
+                    footer.metadata().clone(),
+                    ArrowReaderOptions::new().with_schema(hint),
+                )
+                .map_err(|e| {
+                    StoreError::parquet(format!("reading segment {} as dictionaries", meta.id), e)
+                })?
+            } else {
+                footer
+            };
             let reader = ObjectFileReader::new(storage, &meta.data_path, meta.data_bytes);
             let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer)
                 .with_row_groups(groups)

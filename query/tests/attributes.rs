@@ -1,0 +1,158 @@
+//! Attribute lookups over both read paths: rows in memory (values stored as text) and rows
+//! in segments (values read as a dictionary) answer the same, as text.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, Int64Array};
+use arrow::datatypes::DataType;
+use oxeye_model::SignalBatch;
+use oxeye_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
+use oxeye_model::otlp::common::v1::{AnyValue, KeyValue, any_value::Value};
+use oxeye_model::otlp::resource::v1::Resource;
+use oxeye_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use oxeye_query::{QueryConfig, QueryEngine, QueryResult};
+use oxeye_store::{Store, StoreConfig};
+use prometheus_client::registry::Registry;
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(v.into())),
+        }),
+        key_strindex: 0,
+    }
+}
+
+const ROUTES: [&str; 3] = ["/a", "/b", "/c"];
+
+/// `n` spans from `first`; span i has route ROUTES[i % 3], and every fourth span no route.
+fn spans(first: u64, n: u64) -> SignalBatch {
+    let spans = (first..first + n)
+        .map(|i| {
+            let mut attributes = vec![kv("user.id", &format!("user-{}", i % 7))];
+            if i % 4 != 0 {
+                attributes.push(kv("http.route", ROUTES[(i % 3) as usize]));
+            }
+            Span {
+                trace_id: (i / 4 + 1).to_be_bytes().repeat(2),
+                span_id: (i + 1).to_be_bytes().to_vec(),
+                name: "GET".into(),
+                start_time_unix_nano: 1_700_000_000_000_000_000 + i * 1_000,
+                end_time_unix_nano: 1_700_000_000_000_000_000 + i * 1_000 + 500,
+                attributes,
+                ..Default::default()
+            }
+        })
+        .collect();
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "api")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    oxeye_model::spans::spans_from_otlp(&request)
+        .unwrap()
+        .batches
+        .remove(0)
+}
+
+/// How many of spans 0..n carry `route`.
+fn expected(route: &str, n: u64) -> i64 {
+    (0..n)
+        .filter(|i| i % 4 != 0 && ROUTES[(i % 3) as usize] == route)
+        .count() as i64
+}
+
+async fn engine(dir: &std::path::Path) -> (Store, QueryEngine) {
+    let mut config = StoreConfig::new(dir);
+    config.granule_rows = 64;
+    config.row_group_rows = 256;
+    config.flush_age = Duration::from_secs(3600);
+    config.maintenance_interval = Duration::from_secs(3600);
+    config.min_free_disk_bytes = 0;
+    let mut registry = Registry::default();
+    let store = Store::open_local(config, &mut registry).await.unwrap();
+    let engine = QueryEngine::new(store.clone(), QueryConfig::default(), &mut registry)
+        .await
+        .unwrap();
+    (store, engine)
+}
+
+fn counts(result: &QueryResult) -> Vec<(Option<String>, i64)> {
+    let mut out = Vec::new();
+    for batch in &result.batches {
+        let routes = batch.column(0).as_string::<i32>();
+        let n = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        for row in 0..batch.num_rows() {
+            out.push((
+                (!routes.is_null(row)).then(|| routes.value(row).to_string()),
+                n.value(row),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_answer_text_from_memory_and_segments_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = engine(dir.path()).await;
+    let sink = store.shard_sinks()[0].1.clone();
+    // 900 spans flushed into a segment, 300 more left in memory.
+    sink.ingest(vec![spans(0, 900)]).await.unwrap();
+    store.flush().await.unwrap();
+    sink.ingest(vec![spans(900, 300)]).await.unwrap();
+    let total = 1200;
+
+    let grouped = engine
+        .sql("SELECT attributes['http.route'] AS v, count(*) AS n FROM spans GROUP BY 1")
+        .await
+        .unwrap();
+    assert_eq!(grouped.schema.field(0).data_type(), &DataType::Utf8);
+    let mut want: Vec<(Option<String>, i64)> = ROUTES
+        .iter()
+        .map(|r| (Some(r.to_string()), expected(r, total)))
+        .collect();
+    want.push((None, total.div_ceil(4) as i64));
+    want.sort();
+    assert_eq!(counts(&grouped), want);
+
+    // Equality goes through the index and the row filter, on both read paths.
+    for route in ROUTES {
+        let filtered = engine
+            .sql(&format!(
+                "SELECT attributes['http.route'], count(*) FROM spans \
+                 WHERE attributes['http.route'] = '{route}' GROUP BY 1"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            counts(&filtered),
+            vec![(Some(route.to_string()), expected(route, total))]
+        );
+    }
+
+    // Whole maps still come out as JSON objects with plain text values.
+    let maps = engine
+        .sql("SELECT attributes FROM spans ORDER BY start_time LIMIT 2")
+        .await
+        .unwrap();
+    let json = String::from_utf8(oxeye_query::format::to_json(&maps).unwrap()).unwrap();
+    assert!(json.contains(r#"{"user.id":"user-0"}"#), "{json}");
+    assert!(json.contains(r#""http.route":"/b""#), "{json}");
+}

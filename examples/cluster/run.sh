@@ -14,6 +14,8 @@
 #                CARGO_TARGET_DIR defaults to ~/.cache/oxeye-target]
 #   FLUSH_AGE    store nodes' --flush-age: how long rows wait before the query node can see them
 #                [10s here; oxeye's default is 30s]
+#   STORE_NODES, STORE_SHARDS, COLLECTOR_NODES   store nodes, shards per store node, collectors
+#                [3, 2, 2; at most 3, 9, 2] (examples/bench/cluster.py compares layouts)
 #   READY_TIMEOUT, STOP_TIMEOUT, SMOKE_TIMEOUT   seconds [60, 60, 120]
 #
 # Everything it starts is stopped on exit, Ctrl-C or SIGTERM: collectors, the query node, then
@@ -56,13 +58,19 @@ fi
 # Ports: an offset from BASE_PORT each.
 PG_PORT=$((BASE_PORT + 0))      # PostgreSQL (the metastore)
 S3_PORT=$((BASE_PORT + 1))      # moto (S3)
-STORES=(1 2 3)
-STORE_SHARDS=2
+STORE_NODES="${STORE_NODES:-3}"
+STORE_SHARDS="${STORE_SHARDS:-2}"
+COLLECTOR_NODES="${COLLECTOR_NODES:-2}"
+# The port layout below has room for three store nodes and two collectors.
+[[ "$STORE_NODES" =~ ^[1-3]$ ]] || die "STORE_NODES must be 1, 2 or 3"
+[[ "$COLLECTOR_NODES" =~ ^[1-2]$ ]] || die "COLLECTOR_NODES must be 1 or 2"
+[[ "$STORE_SHARDS" =~ ^[1-9]$ ]] || die "STORE_SHARDS must be 1 to 9"
+mapfile -t STORES < <(seq 1 "$STORE_NODES")
 store_http() { echo $((BASE_PORT + 10 * $1)); }        # 17010, 17020, 17030
 store_pg() { echo $((BASE_PORT + 10 * $1 + 1)); }      # 17011, ...
 store_flight() { echo $((BASE_PORT + 10 * $1 + 2)); }  # 17012, ...
 store_first_shard() { echo $((($1 - 1) * STORE_SHARDS)); }  # 0, 2, 4
-COLLECTORS=(1 2)
+mapfile -t COLLECTORS < <(seq 1 "$COLLECTOR_NODES")
 collector_http() { echo $((BASE_PORT + 30 + 10 * $1)); }       # 17040, 17050 (/metrics, /readyz)
 collector_otlp_grpc() { echo $((BASE_PORT + 31 + 10 * $1)); }  # 17041, 17051
 collector_otlp_http() { echo $((BASE_PORT + 32 + 10 * $1)); }  # 17042, 17052

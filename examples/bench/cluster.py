@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import statistics
@@ -243,7 +244,7 @@ def run_layout(name: str, stores: int, shards: int, spans: int, runs: int, work_
         for qname, q in queries:
             query_ms[qname] = {"query node": median_ms(lambda: sql(cluster.query_http, q), runs)}
             print(f"    {qname:<28} " + "  ".join(f"{k} {v:8.1f} ms" for k, v in query_ms[qname].items()), flush=True)
-        return {
+        result = {
             "layout": name,
             "stores": stores,
             "shards": stores * shards,
@@ -257,6 +258,9 @@ def run_layout(name: str, stores: int, shards: int, spans: int, runs: int, work_
         }
     finally:
         cluster.stop()
+    # Kept (with the cluster's log) only when the layout failed.
+    shutil.rmtree(work.parent, ignore_errors=True)
+    return result
 
 
 def report(results: list) -> str:

@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod queue;
 
+use axum::serve::ListenerExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,7 +165,7 @@ async fn serve_http(
         .with_context(|| format!("cannot listen on {addr} for HTTP; is the port in use?"))?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
+        if let Err(e) = axum::serve(listener.tap_io(oxeye_collector::no_delay), router)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
         {

@@ -3,12 +3,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use oxeye_model::ingest::Ingest;
 use oxeye_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use oxeye_model::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 use oxeye_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -101,7 +102,10 @@ pub async fn start(
         ));
     let grpc_stop = stop_listeners.clone();
     let grpc_task = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        // Without TCP_NODELAY, HTTP/2's small frames (acknowledgements, window updates) wait
+        // for the peer's delayed ACK: 40 ms stalls on a busy connection.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         if let Err(e) = grpc
             .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
             .await
@@ -117,7 +121,7 @@ pub async fn start(
     );
     let http_stop = stop_listeners.clone();
     let http_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app)
+        if let Err(e) = axum::serve(http_listener.tap_io(no_delay), app)
             .with_graceful_shutdown(http_stop.cancelled_owned())
             .await
         {
@@ -146,5 +150,13 @@ impl RunningCollector {
         self.stop_batcher.cancel();
         let _ = self.batcher.await;
         tracing::info!("collector stopped");
+    }
+}
+
+/// Turns Nagle's algorithm off on an accepted connection: request/response protocols otherwise
+/// hold small writes back until the peer's delayed ACK (up to 40 ms).
+pub fn no_delay(tcp: &mut TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }

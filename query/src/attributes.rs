@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::{Cast, ScalarFunction};
@@ -34,6 +34,10 @@ impl AnalyzerRule for AttributeLookupsAsText {
     }
 
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        // Most queries have no map lookup; they skip the schema rebuilding below.
+        if !has_field_lookup(&plan)? {
+            return Ok(plan);
+        }
         plan.transform_up_with_subqueries(|node| {
             // Expressions of a node are typed against its inputs; a node with several inputs
             // (joins) sees their schemas merged.
@@ -59,16 +63,36 @@ impl AnalyzerRule for AttributeLookupsAsText {
     }
 }
 
+fn is_field_lookup(expr: &Expr) -> bool {
+    matches!(expr, Expr::ScalarFunction(ScalarFunction { func, .. }) if func.name() == "get_field")
+}
+
+/// Whether any expression of the plan (subqueries included) calls `get_field`.
+fn has_field_lookup(plan: &LogicalPlan) -> Result<bool> {
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            found = expr.exists(|e| Ok(is_field_lookup(e)))?;
+            Ok(if found {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        })
+    })?;
+    Ok(found)
+}
+
 /// `get_field(map, key)` -> `CAST(get_field(map, key) AS <value type>)` when the map's values
 /// are a dictionary.
 fn cast_lookup(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
-    let Expr::ScalarFunction(ScalarFunction { func, args }) = &expr else {
-        return Ok(Transformed::no(expr));
-    };
     // Only the single-value lookup; map_extract answers a list of values.
-    if func.name() != "get_field" {
+    if !is_field_lookup(&expr) {
         return Ok(Transformed::no(expr));
     }
+    let Expr::ScalarFunction(ScalarFunction { args, .. }) = &expr else {
+        return Ok(Transformed::no(expr));
+    };
     let Some(map) = args.first() else {
         return Ok(Transformed::no(expr));
     };

@@ -46,6 +46,8 @@ pub enum StoreError {
         available: u64,
         required: u64,
     },
+    #[error("segment {segment} cannot be read: {reason}")]
+    UnreadableSegment { segment: String, reason: String },
     #[error("the store is overloaded: {0}")]
     Overloaded(String),
     #[error("the store is shutting down")]

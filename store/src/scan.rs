@@ -122,8 +122,18 @@ pub(crate) struct Caches {
     indexes: Mutex<HashMap<String, Arc<SegmentIndex>>>,
     index_bytes: Mutex<usize>,
     index_budget: usize,
-    footers: Mutex<HashMap<String, ArrowReaderMetadata>>,
+    footers: Mutex<HashMap<String, Footer>>,
     footer_budget: usize,
+}
+
+/// A segment's Parquet metadata, as stored and with the read hint that yields attribute map
+/// values as dictionaries (derived once, since queries ask for it on every read).
+#[derive(Clone)]
+pub(crate) struct Footer {
+    pub stored: ArrowReaderMetadata,
+    /// `None` when the file's schema does not take the hint; reads asking for it then fail
+    /// with a message naming the segment.
+    pub dictionary_values: Option<ArrowReaderMetadata>,
 }
 
 impl Caches {
@@ -177,21 +187,31 @@ impl Caches {
         Ok(ix)
     }
 
-    pub async fn footer(
-        &self,
-        storage: &Storage,
-        meta: &SegmentRef,
-    ) -> Result<ArrowReaderMetadata, StoreError> {
+    pub async fn footer(&self, storage: &Storage, meta: &SegmentRef) -> Result<Footer, StoreError> {
         if let Some(m) = self.footers.lock().get(&meta.id) {
             return Ok(m.clone());
         }
         let mut reader = ObjectFileReader::new(storage, &meta.data_path, meta.data_bytes);
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-        let footer = ArrowReaderMetadata::load_async(&mut reader, options)
+        let stored = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
             .map_err(|e| {
                 StoreError::parquet(format!("reading the footer of segment {}", meta.id), e)
             })?;
+        // The hint is derived from the file's own schema, so it fits the file.
+        let hint = oxeye_model::schema::read_schema(stored.schema());
+        let dictionary_values = ArrowReaderMetadata::try_new(
+            stored.metadata().clone(),
+            ArrowReaderOptions::new().with_schema(hint),
+        )
+        .inspect_err(|e| {
+            tracing::warn!(segment = %meta.id, error = %e, "segment cannot be read with dictionary attribute values")
+        })
+        .ok();
+        let footer = Footer {
+            stored,
+            dictionary_values,
+        };
         let mut map = self.footers.lock();
         if map.len() >= self.footer_budget
             && let Some(victim) = map.keys().next().cloned()
@@ -362,35 +382,33 @@ pub(crate) async fn plan(
     stats.segments_pruned_by_time = stats.segments_total - in_range.len();
     // Index searches and footer reads of different segments are independent: run a few at
     // once, so a lookup over many segments is not a chain of thread hops and fetches.
-    let looked_up: Vec<(SegmentRef, Option<Vec<u32>>, ArrowReaderMetadata)> =
-        futures::stream::iter(in_range)
-            .map(|meta| {
-                let predicate = request.index.clone();
-                async move {
-                    let granules = match predicate {
-                        None => None,
-                        Some(predicate) => {
-                            let index = caches.index(storage, &meta).await?;
-                            let hits =
-                                tokio::task::spawn_blocking(move || index.search(&predicate))
-                                    .await
-                                    .map_err(|e| StoreError::index("searching an index", e))??;
-                            Some(hits)
-                        }
-                    };
-                    let footer = match &granules {
-                        Some(hits) if hits.is_empty() => None,
-                        _ => Some(caches.footer(storage, &meta).await?),
-                    };
-                    Ok::<_, StoreError>((meta, granules, footer))
-                }
-            })
-            .buffered(PLAN_CONCURRENCY)
-            .try_filter_map(|(meta, granules, footer)| async move {
-                Ok(footer.map(|footer| (meta, granules, footer)))
-            })
-            .try_collect()
-            .await?;
+    let looked_up: Vec<(SegmentRef, Option<Vec<u32>>, Footer)> = futures::stream::iter(in_range)
+        .map(|meta| {
+            let predicate = request.index.clone();
+            async move {
+                let granules = match predicate {
+                    None => None,
+                    Some(predicate) => {
+                        let index = caches.index(storage, &meta).await?;
+                        let hits = tokio::task::spawn_blocking(move || index.search(&predicate))
+                            .await
+                            .map_err(|e| StoreError::index("searching an index", e))??;
+                        Some(hits)
+                    }
+                };
+                let footer = match &granules {
+                    Some(hits) if hits.is_empty() => None,
+                    _ => Some(caches.footer(storage, &meta).await?),
+                };
+                Ok::<_, StoreError>((meta, granules, footer))
+            }
+        })
+        .buffered(PLAN_CONCURRENCY)
+        .try_filter_map(|(meta, granules, footer)| async move {
+            Ok(footer.map(|footer| (meta, granules, footer)))
+        })
+        .try_collect()
+        .await?;
     if request.index.is_some() {
         stats.segments_pruned_by_index =
             stats.segments_total - stats.segments_pruned_by_time - looked_up.len();
@@ -399,7 +417,7 @@ pub(crate) async fn plan(
         if let Some(hits) = &granules {
             stats.granules_selected += hits.len() as u64;
         }
-        let row_groups = footer.metadata().num_row_groups();
+        let row_groups = footer.stored.metadata().num_row_groups();
         let granule_rows = (meta.granule_rows as usize).max(1);
         let granules: Vec<u32> = match granules {
             Some(g) => g,
@@ -486,7 +504,7 @@ pub(crate) async fn read_part(
         } => {
             let footer = caches.footer(storage, meta).await?;
             let (groups, selection) = plan_row_groups(
-                &footer,
+                &footer.stored,
                 request.signal.time_column(),
                 request.start,
                 request.end,
@@ -498,17 +516,16 @@ pub(crate) async fn read_part(
                 return Ok(stream::empty().boxed());
             }
             let footer = if request.attribute_values_as_dictionary {
-                // The hint is derived from the file's own schema, so it always fits the file.
-                let hint = oxeye_model::schema::read_schema(footer.schema());
-                ArrowReaderMetadata::try_new(
-                    footer.metadata().clone(),
-                    ArrowReaderOptions::new().with_schema(hint),
-                )
-                .map_err(|e| {
-                    StoreError::parquet(format!("reading segment {} as dictionaries", meta.id), e)
-                })?
-            } else {
                 footer
+                    .dictionary_values
+                    .ok_or_else(|| StoreError::UnreadableSegment {
+                        segment: meta.id.clone(),
+                        reason: "its Parquet schema does not take dictionary-encoded attribute \
+                                 values"
+                            .into(),
+                    })?
+            } else {
+                footer.stored
             };
             let reader = ObjectFileReader::new(storage, &meta.data_path, meta.data_bytes);
             let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer)

@@ -122,11 +122,17 @@ impl QueryEngine {
             .build_arc()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         // oxeye provides its own information_schema (PostgreSQL type names), see pg::catalog.
-        let session_config = SessionConfig::new()
+        let mut session_config = SessionConfig::new()
             .with_default_catalog_and_schema(crate::pg::catalog::DATABASE, "public")
             .with_information_schema(false)
             .with_target_partitions(config.threads.max(1))
             .with_batch_size(8192);
+        // Scans report an upper bound of the rows they read (exact counts would need the
+        // row filters run): reads smaller than a batch then stay on one thread.
+        session_config
+            .options_mut()
+            .execution
+            .use_row_number_estimates_to_optimize_partitioning = true;
         let ctx = SessionContext::new_with_config_rt(session_config, rt_env);
         for signal in Signal::ALL {
             ctx.register_table(
@@ -224,7 +230,7 @@ impl QueryEngine {
                     inner.ctx.execute_logical_plan(plan).await.map_err(|e| {
                         QueryError::from_datafusion(e, inner.config.memory_limit_bytes)
                     })?;
-                collect(&inner, df, max_rows).await
+                collect(&inner, df, max_rows, started).await
             })
             .await;
         self.inner.metrics.observe(&result, started.elapsed());
@@ -330,6 +336,7 @@ async fn execute(
     sql: &str,
     max_rows: usize,
 ) -> Result<QueryResult, QueryError> {
+    let started = Instant::now();
     let limit = inner.config.memory_limit_bytes;
     let shown = show_as_query(sql);
     let sql = shown.as_deref().unwrap_or(sql);
@@ -345,16 +352,17 @@ async fn execute(
             return Err(QueryError::from_datafusion(e, limit));
         }
     };
-    collect(inner, df, max_rows).await
+    collect(inner, df, max_rows, started).await
 }
 
-/// Runs a DataFrame, keeping at most `max_rows` rows.
+/// Runs a DataFrame, keeping at most `max_rows` rows; `started` is when planning began, so
+/// the result's `elapsed` covers parsing, planning and execution.
 async fn collect(
     inner: &EngineInner,
     df: datafusion::dataframe::DataFrame,
     max_rows: usize,
+    started: Instant,
 ) -> Result<QueryResult, QueryError> {
-    let started = Instant::now();
     let limit = inner.config.memory_limit_bytes;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, Result};
+use datafusion::common::{DataFusionError, Result, Statistics};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::statistics::StatisticsArgs;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -135,7 +137,14 @@ impl OxeyeScanExec {
         limit: Option<usize>,
         max_partitions: usize,
     ) -> OxeyeScanExec {
-        let n = plan.parts.len().clamp(1, max_partitions);
+        // A read of at most one batch is not worth spreading over threads (see
+        // `statistics_from_inputs`).
+        let max_rows: u64 = plan.parts.iter().map(ScanPart::max_rows).sum();
+        let n = if max_rows <= batch_size as u64 {
+            1
+        } else {
+            plan.parts.len().clamp(1, max_partitions)
+        };
         let mut assignment = vec![Vec::new(); n];
         for i in 0..plan.parts.len() {
             assignment[i % n].push(i);
@@ -161,6 +170,25 @@ impl OxeyeScanExec {
 
     pub fn stats(&self) -> &oxeye_store::ScanStats {
         &self.plan.stats
+    }
+
+    /// Most rows `partition` (or every partition) reads.
+    fn max_rows(&self, partition: Option<usize>) -> u64 {
+        let parts: Box<dyn Iterator<Item = &ScanPart>> = match partition {
+            Some(p) => Box::new(
+                self.assignment
+                    .get(p)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| self.plan.parts.get(*i)),
+            ),
+            None => Box::new(self.plan.parts.iter()),
+        };
+        let rows: u64 = parts.map(ScanPart::max_rows).sum();
+        match self.limit {
+            Some(l) => rows.min(l as u64),
+            None => rows,
+        }
     }
 }
 
@@ -219,6 +247,21 @@ impl ExecutionPlan for OxeyeScanExec {
         _children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(self)
+    }
+
+    /// An upper bound of the rows read, so DataFusion does not spread a read of a few
+    /// thousand rows over threads (the engine sets
+    /// `use_row_number_estimates_to_optimize_partitioning`): for small queries the
+    /// repartitioning costs more than the work.
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        let mut stats = Statistics::new_unknown(&self.read.schema);
+        let rows = usize::try_from(self.max_rows(args.partition())).unwrap_or(usize::MAX);
+        stats.num_rows = Precision::Inexact(rows);
+        Ok(Arc::new(stats))
     }
 
     fn execute(

@@ -100,6 +100,22 @@ pub enum ScanPart {
     Memory { batches: Vec<RecordBatch> },
 }
 
+impl ScanPart {
+    /// Most rows this part yields (before row filters): an upper bound the query planner
+    /// uses to tell small reads, which gain nothing from being spread over threads, from big
+    /// ones.
+    pub fn max_rows(&self) -> u64 {
+        match self {
+            ScanPart::Memory { batches } => batches.iter().map(|b| b.num_rows() as u64).sum(),
+            ScanPart::Segment { meta, granules, .. } => match granules {
+                Some(g) => (g.len() as u64 * u64::from(meta.granule_rows)).min(meta.rows),
+                // A range of row groups: their sizes are in the footer, not here.
+                None => meta.rows,
+            },
+        }
+    }
+}
+
 /// Counts that explain what pruning did (shown by EXPLAIN ANALYZE and the benchmarks).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScanStats {

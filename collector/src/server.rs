@@ -87,7 +87,20 @@ pub async fn start(
 
     let stop_listeners = CancellationToken::new();
     let max = config.max_request_bytes;
+    // gRPC health checking (grpc.health.v1) for the OTLP services and the server as a whole:
+    // SERVING until shutdown begins.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<OtlpGrpc<ExportTraceServiceRequest>>()
+        .await;
+    health
+        .set_serving::<OtlpGrpc<ExportLogsServiceRequest>>()
+        .await;
+    health
+        .set_serving::<OtlpGrpc<ExportMetricsServiceRequest>>()
+        .await;
     let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(OtlpGrpc::<ExportTraceServiceRequest>::new(
             pipeline.clone(),
             max,
@@ -101,6 +114,22 @@ pub async fn start(
             max,
         ));
     let grpc_stop = stop_listeners.clone();
+    let health_stop = stop_listeners.clone();
+    tokio::spawn(async move {
+        health_stop.cancelled().await;
+        health
+            .set_not_serving::<OtlpGrpc<ExportTraceServiceRequest>>()
+            .await;
+        health
+            .set_not_serving::<OtlpGrpc<ExportLogsServiceRequest>>()
+            .await;
+        health
+            .set_not_serving::<OtlpGrpc<ExportMetricsServiceRequest>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    });
     let grpc_task = tokio::spawn(async move {
         // Without TCP_NODELAY, HTTP/2's small frames (acknowledgements, window updates) wait
         // for the peer's delayed ACK: 40 ms stalls on a busy connection.

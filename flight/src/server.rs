@@ -262,8 +262,25 @@ pub async fn serve(
     // Without TCP_NODELAY, each per-batch acknowledgement and window update waits for the
     // collector's delayed ACK (40 ms), which capped delivery at ~25 batches a second.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // gRPC health checking (grpc.health.v1): SERVING while the node takes writes, NOT_SERVING
+    // from the moment it starts shutting down, so load balancers and probes stop sending.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<FlightServiceServer<IngestFlightService>>()
+        .await;
+    let shutdown = stop.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        health
+            .set_not_serving::<FlightServiceServer<IngestFlightService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    });
     let task = tokio::spawn(async move {
         let server = tonic::transport::Server::builder()
+            .add_service(health_service)
             .add_service(
                 FlightServiceServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES),
             )

@@ -480,6 +480,40 @@ LOADGEN_SERVICES = (
 )
 
 
+GRPC_SERVING, GRPC_NOT_SERVING = 1, 2
+
+
+def grpc_health(addr: str, service: str = "", timeout: float = 5.0) -> int:
+    """`grpc.health.v1.Health/Check` of `service` at `addr` (host:port) with grpcio: the
+    serving status (1 SERVING, 2 NOT_SERVING). The messages are one field each, encoded here so
+    the test needs no generated stubs."""
+    import grpc
+
+    name = service.encode()
+    request = (b"\x0a" + _varint(len(name)) + name) if name else b""
+    with grpc.insecure_channel(addr) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        answer = check(request, timeout=timeout)
+    if not answer:
+        return 0  # proto3 default: UNKNOWN
+    assert answer[0] == 0x08, f"unexpected HealthCheckResponse bytes {answer!r}"
+    return answer[1]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def run_loadgen(server: Oxeye, duration: str = "2s", protocol: str = "grpc", *args: str) -> dict[str, Any]:
     """Runs `oxeye-loadgen` against `server` and returns its JSON summary (spans_acked,
     logs_acked, points_acked, ...); asserts that it exited 0 and nothing was rejected."""

@@ -35,8 +35,10 @@ import requests
 
 from oxeye_client import (
     EXPORTS,
+    GRPC_SERVING,
     Oxeye,
     free_ports,
+    grpc_health,
     log_record,
     random_trace_id,
     records_request,
@@ -1023,6 +1025,32 @@ def _answers_or_none(server: Oxeye, sent: list) -> dict[str, Any] | None:
         return answers(server, sent)
     except AssertionError:
         return None
+
+
+def test_grpc_health_checks_on_store_collector_and_serve(metastore, s3, oxeye_factory):
+    """Store nodes (on their Flight port), collectors and `oxeye serve` (on the OTLP/gRPC port)
+    answer the standard gRPC health check (grpc.health.v1), for the server as a whole and per
+    service; an unknown service is NOT_FOUND, as the protocol says."""
+    import grpc
+
+    (fa,) = free_ports(1)
+    oxeye_factory(
+        **s3.flags(metastore=metastore.url, role="store", first_shard=0, flight_listen=f"127.0.0.1:{fa}", flush_age="1h")
+    )
+    collector = oxeye_factory(metastore=metastore.url, role="collector")
+    serve = oxeye_factory()
+    flight = f"127.0.0.1:{fa}"
+    assert grpc_health(flight) == GRPC_SERVING
+    assert grpc_health(flight, "arrow.flight.protocol.FlightService") == GRPC_SERVING
+    for node in (collector, serve):
+        assert grpc_health(node.grpc_addr) == GRPC_SERVING
+        for signal in ("trace", "logs", "metrics"):
+            name = {"trace": "TraceService", "logs": "LogsService", "metrics": "MetricsService"}[signal]
+            service = f"opentelemetry.proto.collector.{signal}.v1.{name}"
+            assert grpc_health(node.grpc_addr, service) == GRPC_SERVING, service
+    with pytest.raises(grpc.RpcError) as unknown:
+        grpc_health(flight, "no.such.Service")
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_a_collector_routes_over_flight_to_store_nodes(metastore, s3, oxeye_factory):

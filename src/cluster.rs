@@ -32,6 +32,34 @@ pub fn heartbeat(meta: Arc<PgMetastore>, node: Node, stop: CancellationToken) {
     });
 }
 
+/// Store nodes whose last heartbeat is older than this are not asked for snapshots.
+const STORE_NODE_LIVENESS: Duration = Duration::from_secs(10);
+
+/// Keeps a query node's list of live store nodes (for their shard snapshots) current.
+pub fn follow_store_nodes(
+    meta: Arc<PgMetastore>,
+    remote: Arc<oxeye_flight::FlightRemoteShards>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            match meta.live_nodes("store", STORE_NODE_LIVENESS).await {
+                Ok(nodes) => {
+                    let urls: Vec<String> = nodes.into_iter().map(|n| n.flight_addr).collect();
+                    remote.set_nodes(&urls);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the store nodes; keeping the last list")
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+            }
+        }
+    });
+}
+
 /// Which store node (Flight URL) serves each shard.
 type ShardMap = BTreeMap<u32, String>;
 /// Flight sinks by (shard, store URL).

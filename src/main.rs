@@ -281,7 +281,8 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
     let stop_cluster = CancellationToken::new();
     let flight = match (role, &metastore) {
         (Role::Store, Some(meta)) => {
-            let service = oxeye_flight::IngestFlightService::new(store.shard_sinks());
+            let service = oxeye_flight::IngestFlightService::new(store.shard_sinks())
+                .with_snapshots(store.clone());
             let (addr, task) =
                 oxeye_flight::serve(config.flight_listen, service, stop_cluster.clone())
                     .await
@@ -304,6 +305,14 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             );
             tracing::info!(flight = %addr, advertised = config.flight_advertise, "store node");
             Some(task)
+        }
+        (Role::Query, Some(meta)) => {
+            // Queries read each store node's shards from its own snapshot (committed segments
+            // and unflushed rows), so rows show up before they are flushed.
+            let remote = oxeye_flight::FlightRemoteShards::new();
+            store.set_remote_shards(remote.clone());
+            cluster::follow_store_nodes(meta.clone(), remote, stop_cluster.clone());
+            None
         }
         _ => None,
     };

@@ -437,8 +437,8 @@ wait_http query "http://$HOST:$QUERY_HTTP/readyz" "$(pid_of query)" "$LOGS/query
     echo "  data:     $WORK/{store-N,collector-N,query}"
     echo
     echo "  Send telemetry:  export OTEL_EXPORTER_OTLP_ENDPOINT=http://$HOST:$(collector_otlp_grpc 1)"
-    echo "  The query node sees rows once a store node flushed them (--flush-age $FLUSH_AGE),"
-    echo "  or at once: curl -X POST http://$HOST:$(store_http 1)/api/v1/admin/flush (each store)."
+    echo "  The query node sees rows as soon as a store node holds them (it asks each store node"
+    echo "  for its unflushed rows); stores flush to S3 every --flush-age ($FLUSH_AGE)."
     echo
 } >&2
 
@@ -486,8 +486,8 @@ smoke() {
     log "smoke: collector-1 acknowledged $sent spans ($traces traces) over OTLP/HTTP JSON"
 
     # The rows go collector queue -> Flight -> store WAL. Flush every store node (their segments
-    # go to S3 and the catalog to PostgreSQL) until the query node, which takes in commits every
-    # few seconds, counts them all.
+    # go to S3 and the catalog to PostgreSQL) until the query node counts them all, exactly once
+    # (it reads each store node's snapshot: its segments and unflushed rows).
     local q="SELECT count(*) AS n FROM spans WHERE service_name = 'cluster-smoke'" n="" began=$SECONDS
     deadline=$((SECONDS + SMOKE_TIMEOUT))
     while :; do
@@ -508,11 +508,20 @@ smoke() {
     log "smoke: the query node counts $n spans of service cluster-smoke ($((SECONDS - began))s after the send)"
     # Where they landed: a whole trace goes to one shard, picked by rendezvous hashing of its
     # trace id over the six shards, so 30 traces reach every store node (all but surely:
-    # a given node misses all 30 with probability (2/3)^30, about 5 in a million).
-    local per_shard shard rows store empty=()
+    # a given node misses all 30 with probability (2/3)^30, about 5 in a million). The query
+    # node's segment list follows the catalog every few seconds: wait until it has them all.
+    local per_shard shard rows store total empty=()
     declare -A per_store=()
+    while :; do
+        per_shard="$(sql "http://$HOST:$QUERY_HTTP" "SELECT shard, sum(rows) AS spans FROM system.segments WHERE table_name = 'spans' GROUP BY shard ORDER BY shard" || true)"
+        total="$(awk -F, '{ n += $2 } END { print n + 0 }' <<<"$per_shard")"
+        ((total >= sent)) && break
+        if ((SECONDS >= deadline)); then
+            die "smoke: the query node's catalog lists $total of $sent spans in segments after ${SMOKE_TIMEOUT}s (logs: $LOGS)"
+        fi
+        sleep 1
+    done
     log "smoke: where they landed (system.segments on the query node):"
-    per_shard="$(sql "http://$HOST:$QUERY_HTTP" "SELECT shard, sum(rows) AS spans FROM system.segments WHERE table_name = 'spans' GROUP BY shard ORDER BY shard")"
     while IFS=, read -r shard rows; do
         [[ -n "$shard" ]] || continue
         store=$((shard / STORE_SHARDS + 1))

@@ -4,12 +4,31 @@
 //! `PutResult` per batch once it is durable, so the collector acknowledges its client only for
 //! what a store holds. Store refusals keep their meaning across the wire: overload and
 //! unavailability come back as retryable gRPC codes with the store's advice on when to retry.
+//! For query nodes a store node serves `DoGet` snapshots of its shards (committed segments and
+//! unflushed rows, taken at one instant), so queries see rows before they are flushed.
 
 mod client;
+mod remote;
 mod server;
 
 pub use client::FlightShardSink;
+pub use remote::FlightRemoteShards;
 pub use server::{IngestFlightService, serve};
+
+/// What a query node asks a store node for with `DoGet`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SnapshotTicket {
+    table: String,
+    start: Option<i64>,
+    end: Option<i64>,
+}
+
+/// The first message of a snapshot: the shards it covers and their committed segments.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SnapshotHeader {
+    shards: Vec<u32>,
+    segments: Vec<oxeye_store::SegmentMeta>,
+}
 
 use std::time::Duration;
 

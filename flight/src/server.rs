@@ -3,6 +3,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
@@ -16,12 +17,14 @@ use oxeye_model::{Signal, SignalBatch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::error_to_status;
+use crate::{SnapshotHeader, SnapshotTicket, error_to_status};
 
-/// The Flight service of a store node: `DoPut` into its shards, and a `ready` action.
+/// The Flight service of a store node: `DoPut` into its shards, `DoGet` of a snapshot of its
+/// shards (for query nodes), and a `ready` action.
 #[derive(Clone)]
 pub struct IngestFlightService {
     shards: Arc<BTreeMap<u32, Arc<dyn Ingest>>>,
+    store: Option<oxeye_store::Store>,
 }
 
 impl std::fmt::Debug for IngestFlightService {
@@ -36,7 +39,14 @@ impl IngestFlightService {
     pub fn new(shards: Vec<(u32, Arc<dyn Ingest>)>) -> IngestFlightService {
         IngestFlightService {
             shards: Arc::new(shards.into_iter().collect()),
+            store: None,
         }
+    }
+
+    /// Serves `DoGet` snapshots of `store`'s shards.
+    pub fn with_snapshots(mut self, store: oxeye_store::Store) -> IngestFlightService {
+        self.store = Some(store);
+        self
     }
 
     /// `[table, shard]` from a descriptor.
@@ -210,11 +220,46 @@ impl FlightService for IngestFlightService {
         unimplemented("GetSchema")
     }
 
+    /// A snapshot of this node's shards for one signal and time range (see
+    /// `oxeye_store::remote`): the first message (the schema) carries the shard ids and the
+    /// committed segments as JSON in `app_metadata`, the batches that follow are the unflushed
+    /// rows.
     async fn do_get(
         &self,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        unimplemented("DoGet")
+        let Some(store) = &self.store else {
+            return unimplemented("DoGet");
+        };
+        let ticket: SnapshotTicket =
+            serde_json::from_slice(&request.into_inner().ticket).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "a DoGet ticket is JSON {{\"table\", \"start\", \"end\"}}: {e}"
+                ))
+            })?;
+        let signal = Signal::ALL
+            .into_iter()
+            .find(|s| s.table_name() == ticket.table)
+            .ok_or_else(|| Status::invalid_argument(format!("unknown table `{}`", ticket.table)))?;
+        let snapshot = store.snapshot(signal, ticket.start, ticket.end);
+        let header = SnapshotHeader {
+            shards: snapshot.shards,
+            segments: snapshot
+                .segments
+                .iter()
+                .map(|s| s.as_ref().clone())
+                .collect(),
+        };
+        let header = serde_json::to_vec(&header)
+            .map_err(|e| Status::internal(format!("cannot encode a snapshot: {e}")))?;
+        let batches = futures::stream::iter(snapshot.batches.into_iter().map(Ok));
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(signal.schema())
+            .with_metadata(bytes::Bytes::from(header))
+            .with_dictionary_handling(DictionaryHandling::Resend)
+            .build(batches)
+            .map_err(|e| Status::internal(format!("cannot encode a snapshot: {e}")));
+        Ok(Response::new(data.boxed()))
     }
 
     async fn do_exchange(

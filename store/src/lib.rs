@@ -18,6 +18,7 @@ pub mod index;
 mod maintenance;
 pub mod memtable;
 pub mod metrics;
+pub mod remote;
 pub mod scan;
 pub mod segment;
 pub mod shard;
@@ -44,6 +45,7 @@ pub use catalog::{CatalogState, FileMetastore, Metastore};
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use index::{IndexPredicate, TextQuery};
+pub use remote::{RemoteShards, ShardSnapshot};
 pub use scan::{RowFilterStage, RowPredicate, ScanPart, ScanPlan, ScanRequest, ScanStats};
 pub use segment::{SegmentMeta, SegmentRef};
 pub use storage::{S3Options, Storage};
@@ -86,6 +88,8 @@ pub(crate) struct Inner {
     pub maintenance_lock: tokio::sync::Mutex<()>,
     pub shutdown: CancellationToken,
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Store nodes' snapshots, on a query node in a cluster (see [`remote`]).
+    pub remote: std::sync::OnceLock<Arc<dyn RemoteShards>>,
 }
 
 /// `series` terms of unflushed rows, computed from their dictionary columns.
@@ -205,6 +209,7 @@ impl Store {
                 maintenance_lock: tokio::sync::Mutex::new(()),
                 shutdown: CancellationToken::new(),
                 tasks: Mutex::new(Vec::new()),
+                remote: std::sync::OnceLock::new(),
             }),
         };
         Store::update_segment_gauges(&store.inner);
@@ -247,6 +252,37 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// Lets queries read other nodes' shards through their snapshots (a query node in a
+    /// cluster); set once.
+    pub fn set_remote_shards(&self, remote: Arc<dyn RemoteShards>) {
+        if self.inner.remote.set(remote).is_err() {
+            tracing::warn!("remote shards were set already; keeping the first");
+        }
+    }
+
+    /// This node's shards at one instant: committed segments of `signal` and unflushed rows in
+    /// the time range, taken under one lock so each row is in exactly one of them.
+    pub fn snapshot(&self, signal: Signal, start: Option<i64>, end: Option<i64>) -> ShardSnapshot {
+        let shards: Vec<u32> = self.inner.shards.iter().map(|s| s.id).collect();
+        let st = self.inner.state.read();
+        let segments = st
+            .segments
+            .get(&signal)
+            .map(|list| {
+                list.iter()
+                    .filter(|s| shards.contains(&s.shard) && s.overlaps(start, end))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        ShardSnapshot {
+            node: self.inner.config.data_dir.display().to_string(),
+            shards,
+            segments,
+            batches: st.memory_batches(signal, start, end),
+        }
+    }
+
     /// Every committed segment.
     pub fn all_segments(&self) -> Vec<SegmentRef> {
         self.inner
@@ -269,18 +305,40 @@ impl Store {
             .collect()
     }
 
-    /// Plans a scan: which segments (and which granules of them) and which memory batches.
-    pub async fn plan_scan(&self, request: ScanRequest) -> Result<ScanPlan, StoreError> {
-        let (segments, memory) = {
+    /// What a read of `signal` sees: committed segments and unflushed batches in the time
+    /// range, this node's own and, on a query node, the store nodes' snapshots of theirs.
+    async fn visible(
+        &self,
+        signal: Signal,
+        start: Option<i64>,
+        end: Option<i64>,
+    ) -> (Vec<SegmentRef>, Vec<RecordBatch>) {
+        let snapshots = match self.inner.remote.get() {
+            Some(remote) => Some(remote.snapshots(signal, start, end).await),
+            None => None,
+        };
+        let (segments, mut memory) = {
             let st = self.inner.state.read();
             (
-                st.segments
-                    .get(&request.signal)
-                    .cloned()
-                    .unwrap_or_default(),
-                st.memory_batches(request.signal, request.start, request.end),
+                st.segments.get(&signal).cloned().unwrap_or_default(),
+                st.memory_batches(signal, start, end),
             )
         };
+        match snapshots {
+            None => (segments, memory),
+            Some(snapshots) => {
+                let (merged, remote_rows) = remote::merge_snapshots(signal, segments, snapshots);
+                memory.extend(remote_rows);
+                (merged, memory)
+            }
+        }
+    }
+
+    /// Plans a scan: which segments (and which granules of them) and which memory batches.
+    pub async fn plan_scan(&self, request: ScanRequest) -> Result<ScanPlan, StoreError> {
+        let (segments, memory) = self
+            .visible(request.signal, request.start, request.end)
+            .await;
         let plan = scan::plan(
             request,
             segments,
@@ -357,13 +415,7 @@ impl Store {
         start: Option<i64>,
         end: Option<i64>,
     ) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let (segments, memory) = {
-            let st = self.inner.state.read();
-            (
-                st.segments.get(&signal).cloned().unwrap_or_default(),
-                st.memory_batches(signal, start, end),
-            )
-        };
+        let (segments, memory) = self.visible(signal, start, end).await;
         let mut out = std::collections::BTreeSet::new();
         for seg in segments.iter().filter(|s| s.overlaps(start, end)) {
             let index = self.inner.caches.index(&self.inner.storage, seg).await?;

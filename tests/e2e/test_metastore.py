@@ -1126,6 +1126,81 @@ def test_a_collector_routes_over_flight_to_store_nodes(metastore, s3, oxeye_fact
     assert {r["trace_id"]: int(r["n"]) for r in spans_on_q} == {t: len(s) for t, s in traces.items()}
 
 
+def test_a_query_node_sees_unflushed_rows_of_store_nodes_exactly_once(metastore, s3, oxeye_factory):
+    """A query node reads each store node's shards from that node's own snapshot over Flight
+    (its committed segments and unflushed rows, taken at one instant): rows show up before any
+    flush, each exactly once while the store nodes flush and compact under the queries, and
+    with a store node gone the query still answers, from the catalog."""
+    fa, fb = free_ports(2)
+    store = {"flush_age": "1h", "maintenance_interval": "1h", "shards": 2}
+    a = oxeye_factory(
+        **s3.flags(metastore=metastore.url, role="store", first_shard=0, flight_listen=f"127.0.0.1:{fa}", **store)
+    )
+    b = oxeye_factory(
+        **s3.flags(metastore=metastore.url, role="store", first_shard=2, flight_listen=f"127.0.0.1:{fb}", **store)
+    )
+    c = oxeye_factory(metastore=metastore.url, role="collector")
+    q = oxeye_factory(**s3.flags(metastore=metastore.url, role="query"))
+    wait_until(
+        lambda: "shard map changed" in c.log() and all(f"127.0.0.1:{p}" in c.log() for p in (fa, fb)),
+        timeout=20,
+        what="the collector seeing both store nodes",
+    )
+    service = unique("hot")
+    traces = _send_traces(c, service, 16)
+    total = sum(len(v) for v in traces.values())
+
+    def count() -> int:
+        return int(q.sql_dicts(f"SELECT count(*) AS n FROM spans WHERE service_name = '{service}'")[0]["n"])
+
+    wait_until(lambda: count() == total or None, timeout=30, what="the query node seeing unflushed spans")
+    assert segments(a, "spans") == [] and segments(b, "spans") == [], "the spans were flushed already"
+    one_trace, its_spans = next(iter(traces.items()))
+    rows = q.sql_dicts(f"SELECT span_id FROM spans WHERE trace_id = '{one_trace}'")
+    assert {r["span_id"] for r in rows} == its_spans
+    # The service list (from the index terms of segments and of unflushed rows) has it too.
+    assert service in q.get_json("/api/v1/services")["services"]
+
+    # Flushes and a compaction on both store nodes while the query node keeps counting: every
+    # count is exact, whether a row was in a memtable, a new segment or a merged one.
+    def counted_while(work) -> list[int]:
+        seen: list[int] = []
+        done = threading.Event()
+
+        def keep_counting() -> None:
+            while not done.is_set():
+                seen.append(count())
+
+        counter = threading.Thread(target=keep_counting)
+        counter.start()
+        try:
+            work()
+        finally:
+            done.set()
+            counter.join(timeout=60)
+        return seen
+
+    seen = counted_while(lambda: [flush(node) for node in (a, b)])
+    assert seen and set(seen) == {total}, f"counts while flushing, of {total}: {sorted(set(seen))}"
+
+    more = _send_traces(c, service, 4)
+    total += sum(len(v) for v in more.values())
+    wait_until(lambda: count() == total or None, timeout=30, what="the query node seeing the later spans")
+
+    def flush_and_compact() -> None:
+        for node in (a, b):
+            flush(node)
+            assert admin(node, "compact").status_code == 200
+
+    seen = counted_while(flush_and_compact)
+    assert seen and set(seen) == {total}, f"counts while compacting, of {total}: {sorted(set(seen))}"
+
+    # A store node gone: its shards come from the catalog (its rows were flushed), and the
+    # query answers rather than failing.
+    b.kill9()
+    wait_until(lambda: count() == total or None, timeout=30, what="the query node answering without store b")
+
+
 def _send_traces(collector: Oxeye, service: str, n: int) -> dict[str, set[str]]:
     """`n` traces of 4 spans through `collector` with the SDK; returns trace id -> span ids."""
     from oxeye_client import SdkTraces, SpanSpec

@@ -90,15 +90,7 @@ pub async fn start(
     // gRPC health checking (grpc.health.v1) for the OTLP services and the server as a whole:
     // SERVING until shutdown begins.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<OtlpGrpc<ExportTraceServiceRequest>>()
-        .await;
-    health
-        .set_serving::<OtlpGrpc<ExportLogsServiceRequest>>()
-        .await;
-    health
-        .set_serving::<OtlpGrpc<ExportMetricsServiceRequest>>()
-        .await;
+    set_otlp_health(&health, tonic_health::ServingStatus::Serving).await;
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(OtlpGrpc::<ExportTraceServiceRequest>::new(
@@ -117,18 +109,7 @@ pub async fn start(
     let health_stop = stop_listeners.clone();
     tokio::spawn(async move {
         health_stop.cancelled().await;
-        health
-            .set_not_serving::<OtlpGrpc<ExportTraceServiceRequest>>()
-            .await;
-        health
-            .set_not_serving::<OtlpGrpc<ExportLogsServiceRequest>>()
-            .await;
-        health
-            .set_not_serving::<OtlpGrpc<ExportMetricsServiceRequest>>()
-            .await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        set_otlp_health(&health, tonic_health::ServingStatus::NotServing).await;
     });
     let grpc_task = tokio::spawn(async move {
         // Without TCP_NODELAY, HTTP/2's small frames (acknowledgements, window updates) wait
@@ -179,6 +160,24 @@ impl RunningCollector {
         self.stop_batcher.cancel();
         let _ = self.batcher.await;
         tracing::info!("collector stopped");
+    }
+}
+
+/// Sets the health of the OTLP services and, when not serving, of the server as a whole ("").
+async fn set_otlp_health(
+    health: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    use tonic::server::NamedService;
+    for service in [
+        OtlpGrpc::<ExportTraceServiceRequest>::NAME,
+        OtlpGrpc::<ExportLogsServiceRequest>::NAME,
+        OtlpGrpc::<ExportMetricsServiceRequest>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
+    if status != tonic_health::ServingStatus::Serving {
+        health.set_service_status("", status).await;
     }
 }
 

@@ -21,6 +21,9 @@ struct SnapshotTicket {
     table: String,
     start: Option<i64>,
     end: Option<i64>,
+    /// Only this trace's unflushed rows (32 hex digits), for trace lookups.
+    #[serde(default)]
+    trace_id: Option<String>,
 }
 
 /// The first message of a snapshot: the shards it covers and their committed segments.

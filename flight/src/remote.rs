@@ -11,7 +11,7 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightClient, Ticket};
 use futures::StreamExt;
 use oxeye_model::Signal;
-use oxeye_store::{RemoteShards, ShardSnapshot};
+use oxeye_store::{IndexPredicate, RemoteShards, ShardSnapshot};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{SnapshotHeader, SnapshotTicket};
@@ -103,11 +103,14 @@ impl RemoteShards for FlightRemoteShards {
         signal: Signal,
         start: Option<i64>,
         end: Option<i64>,
+        index: Option<&IndexPredicate>,
     ) -> Vec<ShardSnapshot> {
+        let trace_id = index.and_then(oxeye_store::remote::required_trace_id);
         let ticket = SnapshotTicket {
             table: signal.table_name().to_string(),
             start,
             end,
+            trace_id: trace_id.map(hex::encode),
         };
         let Ok(ticket) = serde_json::to_vec(&ticket) else {
             return Vec::new();

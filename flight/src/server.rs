@@ -241,7 +241,15 @@ impl FlightService for IngestFlightService {
             .into_iter()
             .find(|s| s.table_name() == ticket.table)
             .ok_or_else(|| Status::invalid_argument(format!("unknown table `{}`", ticket.table)))?;
-        let snapshot = store.snapshot(signal, ticket.start, ticket.end);
+        let trace_id = match ticket.trace_id.as_deref() {
+            None => None,
+            Some(text) => Some(parse_trace_id(text).ok_or_else(|| {
+                Status::invalid_argument(format!("trace_id `{text}` is not 32 hex digits"))
+            })?),
+        };
+        let snapshot = store
+            .snapshot(signal, ticket.start, ticket.end, trace_id)
+            .map_err(|e| Status::internal(format!("cannot take a snapshot: {e}")))?;
         let header = SnapshotHeader {
             shards: snapshot.shards,
             segments: snapshot
@@ -268,6 +276,10 @@ impl FlightService for IngestFlightService {
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         unimplemented("DoExchange")
     }
+}
+
+fn parse_trace_id(text: &str) -> Option<[u8; 16]> {
+    hex::decode(text).ok()?.try_into().ok()
 }
 
 /// A stream fed by a task through a small bounded channel (the task waits when the client

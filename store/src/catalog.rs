@@ -205,21 +205,7 @@ mod tests {
     use oxeye_model::Signal;
 
     fn seg(id: &str) -> SegmentMeta {
-        SegmentMeta {
-            id: id.into(),
-            signal: Signal::Spans,
-            shard: 0,
-            data_path: format!("{id}.parquet"),
-            index_path: format!("{id}.index"),
-            min_time: 0,
-            max_time: 10,
-            rows: 5,
-            data_bytes: 100,
-            index_bytes: 10,
-            granule_rows: 1024,
-            level: 0,
-            created_unix_ms: 0,
-        }
+        crate::test_support::segment_meta(id, 0)
     }
 
     #[tokio::test]

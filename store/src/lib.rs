@@ -261,8 +261,15 @@ impl Store {
     }
 
     /// This node's shards at one instant: committed segments of `signal` and unflushed rows in
-    /// the time range, taken under one lock so each row is in exactly one of them.
-    pub fn snapshot(&self, signal: Signal, start: Option<i64>, end: Option<i64>) -> ShardSnapshot {
+    /// the time range (of `trace_id` only, when given), taken under one lock so each row is in
+    /// exactly one of them.
+    pub fn snapshot(
+        &self,
+        signal: Signal,
+        start: Option<i64>,
+        end: Option<i64>,
+        trace_id: Option<[u8; 16]>,
+    ) -> Result<ShardSnapshot, StoreError> {
         let shards: Vec<u32> = self.inner.shards.iter().map(|s| s.id).collect();
         let st = self.inner.state.read();
         let segments = st
@@ -275,12 +282,27 @@ impl Store {
                     .collect()
             })
             .unwrap_or_default();
-        ShardSnapshot {
+        let mut batches = st.memory_batches(signal, start, end);
+        drop(st);
+        if let Some(trace_id) = trace_id {
+            batches = batches
+                .iter()
+                .map(|b| remote::rows_of_trace(b, &trace_id))
+                .filter(|b| b.as_ref().map_or(true, |b| b.num_rows() > 0))
+                .collect::<Result<_, _>>()
+                .map_err(|e| StoreError::arrow("keeping one trace's unflushed rows", e))?;
+        }
+        self.inner.metrics.snapshots.inc();
+        self.inner
+            .metrics
+            .snapshot_rows
+            .inc_by(batches.iter().map(|b| b.num_rows() as u64).sum());
+        Ok(ShardSnapshot {
             node: self.inner.config.data_dir.display().to_string(),
             shards,
             segments,
-            batches: st.memory_batches(signal, start, end),
-        }
+            batches,
+        })
     }
 
     /// Every committed segment.
@@ -312,9 +334,10 @@ impl Store {
         signal: Signal,
         start: Option<i64>,
         end: Option<i64>,
+        index: Option<&IndexPredicate>,
     ) -> (Vec<SegmentRef>, Vec<RecordBatch>) {
         let snapshots = match self.inner.remote.get() {
-            Some(remote) => Some(remote.snapshots(signal, start, end).await),
+            Some(remote) => Some(remote.snapshots(signal, start, end, index).await),
             None => None,
         };
         let (segments, mut memory) = {
@@ -337,7 +360,12 @@ impl Store {
     /// Plans a scan: which segments (and which granules of them) and which memory batches.
     pub async fn plan_scan(&self, request: ScanRequest) -> Result<ScanPlan, StoreError> {
         let (segments, memory) = self
-            .visible(request.signal, request.start, request.end)
+            .visible(
+                request.signal,
+                request.start,
+                request.end,
+                request.index.as_ref(),
+            )
             .await;
         let plan = scan::plan(
             request,
@@ -415,7 +443,7 @@ impl Store {
         start: Option<i64>,
         end: Option<i64>,
     ) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let (segments, memory) = self.visible(signal, start, end).await;
+        let (segments, memory) = self.visible(signal, start, end, None).await;
         let mut out = std::collections::BTreeSet::new();
         for seg in segments.iter().filter(|s| s.overlaps(start, end)) {
             let index = self.inner.caches.index(&self.inner.storage, seg).await?;

@@ -38,6 +38,8 @@ pub struct StoreMetrics {
     pub index_cache_bytes: Gauge,
     pub scan_segments_pruned: Counter,
     pub scan_segments_read: Counter,
+    pub snapshots: Counter,
+    pub snapshot_rows: Counter,
 }
 
 impl Default for StoreMetrics {
@@ -67,6 +69,8 @@ impl Default for StoreMetrics {
             index_cache_bytes: Gauge::default(),
             scan_segments_pruned: Counter::default(),
             scan_segments_read: Counter::default(),
+            snapshots: Counter::default(),
+            snapshot_rows: Counter::default(),
         }
     }
 }
@@ -190,6 +194,16 @@ impl StoreMetrics {
             "scan_segments_read",
             "Segments read by scans",
             m.scan_segments_read.clone(),
+        );
+        r.register(
+            "snapshots",
+            "Snapshots of this node's shards taken for query nodes",
+            m.snapshots.clone(),
+        );
+        r.register(
+            "snapshot_rows",
+            "Unflushed rows sent to query nodes in snapshots",
+            m.snapshot_rows.clone(),
         );
         m
     }

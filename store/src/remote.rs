@@ -10,9 +10,13 @@
 
 use std::collections::BTreeSet;
 
+use arrow::array::{Array, BooleanArray, FixedSizeBinaryArray};
+use arrow::compute::filter_record_batch;
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use oxeye_model::Signal;
 
+use crate::index::IndexPredicate;
 use crate::segment::SegmentRef;
 
 /// One store node's shards at one instant.
@@ -33,12 +37,41 @@ pub struct ShardSnapshot {
 #[async_trait::async_trait]
 pub trait RemoteShards: Send + Sync + std::fmt::Debug {
     /// Snapshots of every reachable store node; nodes that fail to answer are left out.
+    /// `index` is the query's index predicate: what of it every matching row satisfies
+    /// ([`required_trace_id`]) may be applied to the unflushed rows before they travel.
     async fn snapshots(
         &self,
         signal: Signal,
         start: Option<i64>,
         end: Option<i64>,
+        index: Option<&IndexPredicate>,
     ) -> Vec<ShardSnapshot>;
+}
+
+/// The trace id every row matching `predicate` has, if the predicate requires one (a trace
+/// lookup, alone or within a conjunction). Unflushed rows of other traces cannot match, so a
+/// snapshot may leave them out: a trace lookup then moves one trace, not a store node's
+/// memtables.
+pub fn required_trace_id(predicate: &IndexPredicate) -> Option<[u8; 16]> {
+    match predicate {
+        IndexPredicate::TraceId(id) => Some(*id),
+        IndexPredicate::And(parts) => parts.iter().find_map(required_trace_id),
+        _ => None,
+    }
+}
+
+/// The rows of `batch` whose `trace_id` is `trace_id` (a batch without the column keeps none).
+pub fn rows_of_trace(batch: &RecordBatch, trace_id: &[u8; 16]) -> Result<RecordBatch, ArrowError> {
+    let Some(ids) = batch
+        .column_by_name("trace_id")
+        .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>())
+    else {
+        return Ok(batch.slice(0, 0));
+    };
+    let keep: BooleanArray = (0..ids.len())
+        .map(|i| Some(ids.is_valid(i) && ids.value(i) == trace_id.as_slice()))
+        .collect();
+    filter_record_batch(batch, &keep)
 }
 
 /// Merges the catalog's segments with store nodes' snapshots: a shard covered by a snapshot
@@ -77,30 +110,41 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::segment::SegmentMeta;
 
     fn seg(id: &str, shard: u32) -> SegmentRef {
-        Arc::new(SegmentMeta {
-            id: id.into(),
-            signal: Signal::Spans,
-            shard,
-            data_path: format!("{id}.parquet"),
-            index_path: format!("{id}.index"),
-            min_time: 0,
-            max_time: 10,
-            rows: 1,
-            data_bytes: 1,
-            index_bytes: 1,
-            granule_rows: 1,
-            level: 0,
-            created_unix_ms: 0,
-        })
+        Arc::new(crate::test_support::segment_meta(id, shard))
     }
 
     fn ids(segments: &[SegmentRef]) -> Vec<&str> {
         let mut v: Vec<&str> = segments.iter().map(|s| s.id.as_str()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_trace_lookup_keeps_only_that_traces_rows() {
+        let batch = crate::test_support::spans_batch(0, 40).batch;
+        let ids = batch
+            .column_by_name("trace_id")
+            .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>())
+            .expect("trace ids");
+        let wanted: [u8; 16] = ids.value(0).try_into().expect("16 bytes");
+        let expected = (0..ids.len()).filter(|i| ids.value(*i) == wanted).count();
+        assert!(expected > 0 && expected < batch.num_rows());
+        let kept = rows_of_trace(&batch, &wanted).expect("filter");
+        assert_eq!(kept.num_rows(), expected);
+
+        let lookup = IndexPredicate::And(vec![
+            IndexPredicate::Service("svc-0".into()),
+            IndexPredicate::TraceId(wanted),
+        ]);
+        assert_eq!(required_trace_id(&lookup), Some(wanted));
+        let either = IndexPredicate::Or(vec![IndexPredicate::TraceId(wanted)]);
+        assert_eq!(
+            required_trace_id(&either),
+            None,
+            "an OR does not require the trace"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Batches for unit tests.
+//! Batches and segment metadata for unit tests.
 
 use oxeye_model::SignalBatch;
 use oxeye_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
@@ -86,4 +86,23 @@ pub fn logs_batch_with_bodies(bodies: &[&str]) -> SignalBatch {
     };
     let mut converted = oxeye_model::logs::logs_from_otlp(&request).expect("valid logs");
     converted.batches.remove(0)
+}
+
+/// Metadata of a spans segment `id` of `shard` (its files need not exist).
+pub fn segment_meta(id: &str, shard: u32) -> crate::SegmentMeta {
+    crate::SegmentMeta {
+        id: id.into(),
+        signal: oxeye_model::Signal::Spans,
+        shard,
+        data_path: format!("{id}.parquet"),
+        index_path: format!("{id}.index"),
+        min_time: 0,
+        max_time: 10,
+        rows: 5,
+        data_bytes: 100,
+        index_bytes: 10,
+        granule_rows: 1024,
+        level: 0,
+        created_unix_ms: 0,
+    }
 }

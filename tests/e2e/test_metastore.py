@@ -1058,21 +1058,7 @@ def test_a_collector_routes_over_flight_to_store_nodes(metastore, s3, oxeye_fact
     that owns its shard over Arrow Flight (the shard map comes from the store nodes' heartbeats
     in the metastore); a query node answers for all of it; a store node killed with `kill -9`
     keeps every row it acknowledged."""
-    fa, fb = free_ports(2)
-    store = {"flush_age": "1h", "maintenance_interval": "1h", "shards": 2}
-    a = oxeye_factory(
-        **s3.flags(metastore=metastore.url, role="store", first_shard=0, flight_listen=f"127.0.0.1:{fa}", **store)
-    )
-    b = oxeye_factory(
-        **s3.flags(metastore=metastore.url, role="store", first_shard=2, flight_listen=f"127.0.0.1:{fb}", **store)
-    )
-    c = oxeye_factory(metastore=metastore.url, role="collector")
-    q = oxeye_factory(**s3.flags(metastore=metastore.url, role="query"))
-    wait_until(
-        lambda: "shard map changed" in c.log() and all(f"127.0.0.1:{p}" in c.log() for p in (fa, fb)),
-        timeout=20,
-        what="the collector seeing both store nodes",
-    )
+    a, b, c, q = _flight_cluster(metastore, s3, oxeye_factory)
 
     service = unique("via-flight")
     traces = _send_traces(c, service, 24)
@@ -1131,21 +1117,7 @@ def test_a_query_node_sees_unflushed_rows_of_store_nodes_exactly_once(metastore,
     (its committed segments and unflushed rows, taken at one instant): rows show up before any
     flush, each exactly once while the store nodes flush and compact under the queries, and
     with a store node gone the query still answers, from the catalog."""
-    fa, fb = free_ports(2)
-    store = {"flush_age": "1h", "maintenance_interval": "1h", "shards": 2}
-    a = oxeye_factory(
-        **s3.flags(metastore=metastore.url, role="store", first_shard=0, flight_listen=f"127.0.0.1:{fa}", **store)
-    )
-    b = oxeye_factory(
-        **s3.flags(metastore=metastore.url, role="store", first_shard=2, flight_listen=f"127.0.0.1:{fb}", **store)
-    )
-    c = oxeye_factory(metastore=metastore.url, role="collector")
-    q = oxeye_factory(**s3.flags(metastore=metastore.url, role="query"))
-    wait_until(
-        lambda: "shard map changed" in c.log() and all(f"127.0.0.1:{p}" in c.log() for p in (fa, fb)),
-        timeout=20,
-        what="the collector seeing both store nodes",
-    )
+    a, b, c, q = _flight_cluster(metastore, s3, oxeye_factory)
     service = unique("hot")
     traces = _send_traces(c, service, 16)
     total = sum(len(v) for v in traces.values())
@@ -1155,9 +1127,14 @@ def test_a_query_node_sees_unflushed_rows_of_store_nodes_exactly_once(metastore,
 
     wait_until(lambda: count() == total or None, timeout=30, what="the query node seeing unflushed spans")
     assert segments(a, "spans") == [] and segments(b, "spans") == [], "the spans were flushed already"
+    # A trace lookup moves that trace's unflushed rows only (the store nodes filter their
+    # snapshot by the trace id), not their memtables.
     one_trace, its_spans = next(iter(traces.items()))
+    sent_before = sum(n.metric("oxeye_store_snapshot_rows_total") for n in (a, b))
     rows = q.sql_dicts(f"SELECT span_id FROM spans WHERE trace_id = '{one_trace}'")
     assert {r["span_id"] for r in rows} == its_spans
+    sent = sum(n.metric("oxeye_store_snapshot_rows_total") for n in (a, b)) - sent_before
+    assert sent == len(its_spans), f"{sent} unflushed rows moved for a {len(its_spans)}-span trace"
     # The service list (from the index terms of segments and of unflushed rows) has it too.
     assert service in q.get_json("/api/v1/services")["services"]
 
@@ -1199,6 +1176,27 @@ def test_a_query_node_sees_unflushed_rows_of_store_nodes_exactly_once(metastore,
     # query answers rather than failing.
     b.kill9()
     wait_until(lambda: count() == total or None, timeout=30, what="the query node answering without store b")
+
+
+def _flight_cluster(metastore, s3, oxeye_factory) -> tuple[Oxeye, Oxeye, Oxeye, Oxeye]:
+    """Two store nodes (shards 0-1 and 2-3, no timed flushes), a collector that sees both, and a
+    query node: `(a, b, collector, query)`."""
+    fa, fb = free_ports(2)
+    store = {"flush_age": "1h", "maintenance_interval": "1h", "shards": 2}
+    a = oxeye_factory(
+        **s3.flags(metastore=metastore.url, role="store", first_shard=0, flight_listen=f"127.0.0.1:{fa}", **store)
+    )
+    b = oxeye_factory(
+        **s3.flags(metastore=metastore.url, role="store", first_shard=2, flight_listen=f"127.0.0.1:{fb}", **store)
+    )
+    c = oxeye_factory(metastore=metastore.url, role="collector")
+    q = oxeye_factory(**s3.flags(metastore=metastore.url, role="query"))
+    wait_until(
+        lambda: "shard map changed" in c.log() and all(f"127.0.0.1:{p}" in c.log() for p in (fa, fb)),
+        timeout=20,
+        what="the collector seeing both store nodes",
+    )
+    return a, b, c, q
 
 
 def _send_traces(collector: Oxeye, service: str, n: int) -> dict[str, set[str]]:

@@ -309,7 +309,7 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         (Role::Query, Some(meta)) => {
             // Queries read each store node's shards from its own snapshot (committed segments
             // and unflushed rows), so rows show up before they are flushed.
-            let remote = oxeye_flight::FlightRemoteShards::new();
+            let remote = oxeye_flight::FlightRemoteShards::new(config.query.memory_limit_bytes);
             store.set_remote_shards(remote.clone());
             cluster::follow_store_nodes(meta.clone(), remote, stop_cluster.clone());
             None

@@ -3,15 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arrow::array::Array;
 use arrow::record_batch::RecordBatch;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightClient, Ticket};
 use futures::StreamExt;
 use oxeye_model::Signal;
-use oxeye_store::{IndexPredicate, RemoteShards, ShardSnapshot};
+use oxeye_store::{IndexPredicate, RemoteShards, ShardSnapshot, StoreError};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{SnapshotHeader, SnapshotTicket};
@@ -25,15 +27,30 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
 /// The store nodes to ask, kept current by whoever follows the cluster's membership.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FlightRemoteShards {
     /// Flight URL -> channel (connected lazily, reused across queries).
     nodes: parking_lot::RwLock<BTreeMap<String, Channel>>,
+    /// Most bytes of unflushed rows one query takes in from all store nodes together (the
+    /// query's memory limit): past it the query fails instead of the node running out of
+    /// memory.
+    max_bytes: usize,
+}
+
+/// Why one node's snapshot is missing.
+enum SnapshotFailure {
+    /// The node did not answer or answered wrong: read its shards from the catalog.
+    Unavailable(String),
+    /// More rows than the query may hold.
+    TooLarge,
 }
 
 impl FlightRemoteShards {
-    pub fn new() -> Arc<FlightRemoteShards> {
-        Arc::new(FlightRemoteShards::default())
+    pub fn new(max_bytes: usize) -> Arc<FlightRemoteShards> {
+        Arc::new(FlightRemoteShards {
+            nodes: parking_lot::RwLock::new(BTreeMap::new()),
+            max_bytes,
+        })
     }
 
     /// Replaces the set of live store nodes (Flight URLs such as `http://host:7701`).
@@ -63,30 +80,41 @@ impl FlightRemoteShards {
         url: String,
         channel: Channel,
         ticket: Vec<u8>,
-    ) -> Result<ShardSnapshot, String> {
+        budget: Arc<AtomicUsize>,
+    ) -> Result<ShardSnapshot, SnapshotFailure> {
+        use SnapshotFailure::Unavailable;
         let inner = FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut client = FlightClient::new_from_inner(inner);
         let stream = client
             .do_get(Ticket::new(ticket))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Unavailable(e.to_string()))?;
         let mut decoder: FlightDataDecoder = stream.into_inner();
         let mut header: Option<SnapshotHeader> = None;
         let mut batches: Vec<RecordBatch> = Vec::new();
         while let Some(message) = decoder.next().await {
-            let message = message.map_err(|e| e.to_string())?;
+            let message = message.map_err(|e| Unavailable(e.to_string()))?;
             match message.payload {
                 DecodedPayload::Schema(_) if header.is_none() => {
-                    header = Some(
-                        serde_json::from_slice(&message.inner.app_metadata)
-                            .map_err(|e| format!("the snapshot header is not valid: {e}"))?,
-                    );
+                    header = Some(serde_json::from_slice(&message.inner.app_metadata).map_err(
+                        |e| Unavailable(format!("the snapshot header is not valid: {e}")),
+                    )?);
                 }
-                DecodedPayload::RecordBatch(b) => batches.push(b),
+                DecodedPayload::RecordBatch(b) => {
+                    // Taken from the query's budget, shared by every node's snapshot.
+                    let size = rows_bytes(&b);
+                    let left = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                        left.checked_sub(size)
+                    });
+                    if left.is_err() {
+                        return Err(SnapshotFailure::TooLarge);
+                    }
+                    batches.push(b);
+                }
                 DecodedPayload::Schema(_) | DecodedPayload::None => {}
             }
         }
-        let header = header.ok_or("the snapshot has no header")?;
+        let header = header.ok_or_else(|| Unavailable("the snapshot has no header".into()))?;
         Ok(ShardSnapshot {
             node: url,
             shards: header.shards,
@@ -94,6 +122,20 @@ impl FlightRemoteShards {
             batches,
         })
     }
+}
+
+/// Bytes of the rows of `batch`. Decoded Flight arrays are slices of one message buffer, whose
+/// whole capacity `get_array_memory_size` would count for every column.
+fn rows_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
 }
 
 #[async_trait::async_trait]
@@ -104,7 +146,7 @@ impl RemoteShards for FlightRemoteShards {
         start: Option<i64>,
         end: Option<i64>,
         index: Option<&IndexPredicate>,
-    ) -> Vec<ShardSnapshot> {
+    ) -> Result<Vec<ShardSnapshot>, StoreError> {
         let trace_id = index.and_then(oxeye_store::remote::required_trace_id);
         let ticket = SnapshotTicket {
             table: signal.table_name().to_string(),
@@ -112,40 +154,54 @@ impl RemoteShards for FlightRemoteShards {
             end,
             trace_id: trace_id.map(hex::encode),
         };
-        let Ok(ticket) = serde_json::to_vec(&ticket) else {
-            return Vec::new();
-        };
+        let ticket = serde_json::to_vec(&ticket).map_err(|e| StoreError::Invalid {
+            reason: format!("cannot encode a snapshot request: {e}"),
+        })?;
         let nodes: Vec<(String, Channel)> = self
             .nodes
             .read()
             .iter()
             .map(|(u, c)| (u.clone(), c.clone()))
             .collect();
+        let budget = Arc::new(AtomicUsize::new(self.max_bytes));
         let asks = nodes.into_iter().map(|(url, channel)| {
             let ticket = ticket.clone();
+            let budget = budget.clone();
             async move {
                 let answer = tokio::time::timeout(
                     SNAPSHOT_TIMEOUT,
-                    Self::snapshot(url.clone(), channel, ticket),
+                    Self::snapshot(url.clone(), channel, ticket, budget),
                 )
                 .await;
                 match answer {
-                    Ok(Ok(snapshot)) => Some(snapshot),
-                    Ok(Err(e)) => {
+                    Ok(Ok(snapshot)) => Ok(Some(snapshot)),
+                    Ok(Err(SnapshotFailure::TooLarge)) => Err(url),
+                    Ok(Err(SnapshotFailure::Unavailable(e))) => {
                         tracing::warn!(node = %url, error = %e, "no snapshot from a store node; its shards are read from the catalog, without unflushed rows");
-                        None
+                        Ok(None)
                     }
                     Err(_) => {
                         tracing::warn!(node = %url, "a store node's snapshot timed out; its shards are read from the catalog, without unflushed rows");
-                        None
+                        Ok(None)
                     }
                 }
             }
         });
-        futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        let mut snapshots = Vec::new();
+        for answer in futures::future::join_all(asks).await {
+            match answer {
+                Ok(Some(s)) => snapshots.push(s),
+                Ok(None) => {}
+                Err(url) => {
+                    return Err(StoreError::Overloaded(format!(
+                        "the store nodes' unflushed rows this query needs (from {url} and others) \
+                         are more than the query memory limit of {} bytes; narrow the time range, \
+                         look up one trace, or raise --query-memory",
+                        self.max_bytes
+                    )));
+                }
+            }
+        }
+        Ok(snapshots)
     }
 }

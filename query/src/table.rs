@@ -82,11 +82,14 @@ impl TableProvider for OxeyeTable {
             parallelism: partitions,
             attribute_values_as_dictionary: true,
         };
-        let plan = self
-            .store
-            .plan_scan(request)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let plan = self.store.plan_scan(request).await.map_err(|e| match e {
+            // Too much to hold (store nodes' unflushed rows over the memory limit): a
+            // resource error the user can act on, like DataFusion's own.
+            oxeye_store::StoreError::Overloaded(reason) => {
+                DataFusionError::ResourcesExhausted(reason)
+            }
+            other => DataFusionError::External(Box::new(other)),
+        })?;
         let read = self.shape.read_plan(projection)?;
         Ok(Arc::new(OxeyeScanExec::new(
             self.store.clone(),

@@ -335,9 +335,9 @@ impl Store {
         start: Option<i64>,
         end: Option<i64>,
         index: Option<&IndexPredicate>,
-    ) -> (Vec<SegmentRef>, Vec<RecordBatch>) {
+    ) -> Result<(Vec<SegmentRef>, Vec<RecordBatch>), StoreError> {
         let snapshots = match self.inner.remote.get() {
-            Some(remote) => Some(remote.snapshots(signal, start, end, index).await),
+            Some(remote) => Some(remote.snapshots(signal, start, end, index).await?),
             None => None,
         };
         let (segments, mut memory) = {
@@ -347,14 +347,14 @@ impl Store {
                 st.memory_batches(signal, start, end),
             )
         };
-        match snapshots {
+        Ok(match snapshots {
             None => (segments, memory),
             Some(snapshots) => {
                 let (merged, remote_rows) = remote::merge_snapshots(signal, segments, snapshots);
                 memory.extend(remote_rows);
                 (merged, memory)
             }
-        }
+        })
     }
 
     /// Plans a scan: which segments (and which granules of them) and which memory batches.
@@ -366,7 +366,7 @@ impl Store {
                 request.end,
                 request.index.as_ref(),
             )
-            .await;
+            .await?;
         let plan = scan::plan(
             request,
             segments,
@@ -443,7 +443,7 @@ impl Store {
         start: Option<i64>,
         end: Option<i64>,
     ) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let (segments, memory) = self.visible(signal, start, end, None).await;
+        let (segments, memory) = self.visible(signal, start, end, None).await?;
         let mut out = std::collections::BTreeSet::new();
         for seg in segments.iter().filter(|s| s.overlaps(start, end)) {
             let index = self.inner.caches.index(&self.inner.storage, seg).await?;

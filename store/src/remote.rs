@@ -16,6 +16,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use oxeye_model::Signal;
 
+use crate::error::StoreError;
 use crate::index::IndexPredicate;
 use crate::segment::SegmentRef;
 
@@ -39,13 +40,15 @@ pub trait RemoteShards: Send + Sync + std::fmt::Debug {
     /// Snapshots of every reachable store node; nodes that fail to answer are left out.
     /// `index` is the query's index predicate: what of it every matching row satisfies
     /// ([`required_trace_id`]) may be applied to the unflushed rows before they travel.
+    /// Fails ([`StoreError::Overloaded`]) when the unflushed rows a query needs are more than
+    /// the query may hold in memory.
     async fn snapshots(
         &self,
         signal: Signal,
         start: Option<i64>,
         end: Option<i64>,
         index: Option<&IndexPredicate>,
-    ) -> Vec<ShardSnapshot>;
+    ) -> Result<Vec<ShardSnapshot>, StoreError>;
 }
 
 /// The trace id every row matching `predicate` has, if the predicate requires one (a trace

@@ -1178,6 +1178,36 @@ def test_a_query_node_sees_unflushed_rows_of_store_nodes_exactly_once(metastore,
     wait_until(lambda: count() == total or None, timeout=30, what="the query node answering without store b")
 
 
+def test_unflushed_rows_beyond_the_query_memory_limit_fail_the_query_clearly(metastore, s3, oxeye_factory):
+    """A query node takes store nodes' unflushed rows into memory: when a query needs more of
+    them than its memory limit (`--query-memory`), it fails with a 400 that says what to do,
+    instead of the node running out of memory; a trace lookup, which moves one trace, works."""
+    (fa,) = free_ports(1)
+    oxeye_factory(
+        **s3.flags(metastore=metastore.url, role="store", first_shard=0, flight_listen=f"127.0.0.1:{fa}", flush_age="1h")
+    )
+    c = oxeye_factory(metastore=metastore.url, role="collector")
+    q = oxeye_factory(**s3.flags(metastore=metastore.url, role="query", query_memory="256KiB"))
+    wait_until(lambda: f"127.0.0.1:{fa}" in c.log() or None, timeout=20, what="the collector seeing the store node")
+    service = unique("big-hot")
+    traces = [random_trace_id() for _ in range(100)]
+    spans = [span(traces[i % 100], name=f"op {i}", attributes={"payload": "x" * 300}) for i in range(2000)]
+    r = c.post_otlp("traces", trace_request(spans, service=service).SerializeToString())
+    assert r.status_code == 200, (r.status_code, r.content[:300])
+
+    lookup = f"SELECT count(*) AS n FROM spans WHERE trace_id = '{traces[7].hex()}'"
+    wait_until(
+        lambda: int(q.sql_dicts(lookup)[0]["n"]) == 20 or None,
+        timeout=30,
+        what="the query node finding one unflushed trace",
+    )
+    answer = q.session.post(
+        f"{q.api}/api/v1/sql", json={"sql": f"SELECT count(*) FROM spans WHERE service_name = '{service}'"}, timeout=30
+    )
+    assert answer.status_code == 400, (answer.status_code, answer.text[:500])
+    assert "unflushed rows" in answer.text and "--query-memory" in answer.text, answer.text[:500]
+
+
 def _flight_cluster(metastore, s3, oxeye_factory) -> tuple[Oxeye, Oxeye, Oxeye, Oxeye]:
     """Two store nodes (shards 0-1 and 2-3, no timed flushes), a collector that sees both, and a
     query node: `(a, b, collector, query)`."""

@@ -174,6 +174,15 @@ pub struct ServeArgs {
     #[arg(long, env = "OXEYE_INGEST_MEMORY", value_name = "SIZE")]
     pub ingest_memory: Option<ByteSize>,
 
+    /// Attributes kept per span, event, link, log record, data point, resource and scope; the
+    /// rest are dropped and counted in the item's dropped_attributes_count [default: 128]
+    #[arg(long, env = "OXEYE_MAX_ATTRIBUTES", value_name = "N")]
+    pub max_attributes: Option<usize>,
+
+    /// Longest attribute value kept (strings are cut at a character boundary) [default: 16KiB]
+    #[arg(long, env = "OXEYE_MAX_ATTRIBUTE_VALUE_SIZE", value_name = "SIZE")]
+    pub max_attribute_value_size: Option<ByteSize>,
+
     /// Rows the collector gathers before writing a batch to the store [default: 16384]
     #[arg(long, env = "OXEYE_BATCH_MAX_ROWS", value_name = "ROWS")]
     pub batch_max_rows: Option<usize>,
@@ -319,6 +328,8 @@ impl ServeArgs {
             max_request_size,
             max_decompressed_size,
             ingest_memory,
+            max_attributes,
+            max_attribute_value_size,
             batch_max_rows,
             batch_max_delay,
             shards,
@@ -436,8 +447,20 @@ impl ServeArgs {
                 .batch_max_delay
                 .map(|d| d.0)
                 .unwrap_or(collector_defaults.batch_max_delay),
+            attribute_limits: oxeye_collector::limits::AttributeLimits {
+                max_count: self
+                    .max_attributes
+                    .unwrap_or(collector_defaults.attribute_limits.max_count),
+                max_value_bytes: bytes(
+                    self.max_attribute_value_size,
+                    collector_defaults.attribute_limits.max_value_bytes as u64,
+                )?,
+            },
             ..collector_defaults
         };
+        if collector.attribute_limits.max_value_bytes == 0 {
+            bail!("--max-attribute-value-size must be at least 1 byte");
+        }
         if collector.max_decompressed_bytes < collector.max_request_bytes {
             bail!("--max-decompressed-size must be at least --max-request-size");
         }

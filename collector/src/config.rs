@@ -26,6 +26,8 @@ pub struct CollectorConfig {
     pub max_in_flight_flushes: usize,
     /// Delay clients are told to wait before retrying after an overload.
     pub retry_after: Duration,
+    /// Caps on attributes per item and on attribute value length.
+    pub attribute_limits: crate::limits::AttributeLimits,
 }
 
 impl Default for CollectorConfig {
@@ -41,6 +43,7 @@ impl Default for CollectorConfig {
             batch_queue_capacity: 1024,
             max_in_flight_flushes: 4,
             retry_after: Duration::from_secs(1),
+            attribute_limits: crate::limits::AttributeLimits::default(),
         }
     }
 }

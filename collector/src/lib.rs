@@ -16,6 +16,7 @@ pub mod decode;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod pipeline;

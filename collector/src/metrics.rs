@@ -36,6 +36,8 @@ pub struct CollectorMetrics {
     pub flushes: Counter,
     pub flush_rows: Histogram,
     pub flush_seconds: Histogram,
+    pub attributes_dropped: Family<SignalLabels, Counter>,
+    pub attribute_values_truncated: Family<SignalLabels, Counter>,
 }
 
 impl Default for CollectorMetrics {
@@ -51,6 +53,8 @@ impl Default for CollectorMetrics {
             flushes: Counter::default(),
             flush_rows: Histogram::new(exponential_buckets(16.0, 4.0, 8)),
             flush_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            attributes_dropped: Family::default(),
+            attribute_values_truncated: Family::default(),
         }
     }
 }
@@ -101,6 +105,16 @@ impl CollectorMetrics {
             "flush_seconds",
             "Time for the store to acknowledge a flushed batch",
             m.flush_seconds.clone(),
+        );
+        r.register(
+            "attributes_dropped",
+            "Attributes dropped past the per-item count limit (--max-attributes)",
+            m.attributes_dropped.clone(),
+        );
+        r.register(
+            "attribute_values_truncated",
+            "Attribute values cut to the length limit (--max-attribute-value-size)",
+            m.attribute_values_truncated.clone(),
         );
         m
     }

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use crate::ExportError;
 use crate::batcher::Batcher;
 use crate::decode::{Encoding, decode};
+use crate::limits::{AttributeLimits, Limited};
 use crate::memory::{MemoryBudget, Reservation};
 use crate::metrics::{CollectorMetrics, ProtocolLabels, RequestLabels, SignalLabels};
 
@@ -36,6 +37,8 @@ pub trait OtlpExport: prost::Message + Default + DeserializeOwned + Send + 'stat
     /// Path of the service's `Export` method.
     const GRPC_PATH: &'static str;
     fn convert(&self) -> Result<Converted, ModelError>;
+    /// Applies the attribute caps.
+    fn limit(&mut self, limits: &AttributeLimits) -> Limited;
     /// The response: empty when everything was accepted, with `partial_success` otherwise.
     fn response(rejected: u64, message: Option<String>) -> Self::Response;
 }
@@ -47,6 +50,9 @@ impl OtlpExport for ExportTraceServiceRequest {
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     fn convert(&self) -> Result<Converted, ModelError> {
         spans_from_otlp(self)
+    }
+    fn limit(&mut self, limits: &AttributeLimits) -> Limited {
+        limits.traces(self)
     }
     fn response(rejected: u64, message: Option<String>) -> Self::Response {
         ExportTraceServiceResponse {
@@ -68,6 +74,9 @@ impl OtlpExport for ExportLogsServiceRequest {
     fn convert(&self) -> Result<Converted, ModelError> {
         logs_from_otlp(self)
     }
+    fn limit(&mut self, limits: &AttributeLimits) -> Limited {
+        limits.logs(self)
+    }
     fn response(rejected: u64, message: Option<String>) -> Self::Response {
         ExportLogsServiceResponse {
             partial_success: (rejected > 0 || message.is_some()).then(|| {
@@ -88,6 +97,9 @@ impl OtlpExport for ExportMetricsServiceRequest {
         "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
     fn convert(&self) -> Result<Converted, ModelError> {
         metrics_from_otlp(self)
+    }
+    fn limit(&mut self, limits: &AttributeLimits) -> Limited {
+        limits.metrics(self)
     }
     fn response(rejected: u64, message: Option<String>) -> Self::Response {
         ExportMetricsServiceResponse {
@@ -119,6 +131,7 @@ pub struct Pipeline {
     memory: MemoryBudget,
     metrics: CollectorMetrics,
     retry_after: Duration,
+    limits: AttributeLimits,
 }
 
 impl Pipeline {
@@ -127,12 +140,14 @@ impl Pipeline {
         memory: MemoryBudget,
         metrics: CollectorMetrics,
         retry_after: Duration,
+        limits: AttributeLimits,
     ) -> Self {
         Pipeline {
             batcher,
             memory,
             metrics,
             retry_after,
+            limits,
         }
     }
 
@@ -174,18 +189,39 @@ impl Pipeline {
         protocol: &'static str,
         reservation: Reservation,
     ) -> Result<Accepted, ExportError> {
+        let limits = self.limits;
         let converted = tokio::task::spawn_blocking(move || {
-            let request: R = decode(&body, encoding)?;
-            Ok::<_, ExportError>(request.convert()?)
+            let mut request: R = decode(&body, encoding)?;
+            let limited = request.limit(&limits);
+            Ok::<_, ExportError>((limited, request.convert()?))
         })
         .await
         .map_err(|e| ExportError::Internal(format!("conversion task failed: {e}")))
         .and_then(|r| r);
         let result = match converted {
-            Ok(c) => self.submit::<R>(c).await,
+            Ok((limited, c)) => {
+                self.count_limited::<R>(limited);
+                self.submit::<R>(c).await
+            }
             Err(e) => Err(e),
         };
         self.finish::<R>(result, protocol, reservation)
+    }
+
+    fn count_limited<R: OtlpExport>(&self, limited: Limited) {
+        let labels = SignalLabels { signal: R::SIGNAL };
+        if limited.dropped_attributes > 0 {
+            self.metrics
+                .attributes_dropped
+                .get_or_create(&labels)
+                .inc_by(limited.dropped_attributes);
+        }
+        if limited.truncated_values > 0 {
+            self.metrics
+                .attribute_values_truncated
+                .get_or_create(&labels)
+                .inc_by(limited.truncated_values);
+        }
     }
 
     async fn submit<R: OtlpExport>(&self, converted: Converted) -> Result<Accepted, ExportError> {

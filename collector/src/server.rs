@@ -66,6 +66,7 @@ pub async fn start(
         MemoryBudget::new(config.memory_budget_bytes),
         metrics,
         config.retry_after,
+        config.attribute_limits,
     ));
 
     let grpc_listener = TcpListener::bind(config.grpc_listen)

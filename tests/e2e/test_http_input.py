@@ -840,3 +840,28 @@ def test_grpc_over_the_size_limit_is_not_retryable(small_limit_oxeye: Oxeye):
         trailers = dict(e.value.trailing_metadata() or ())
         status = status_pb2.Status.FromString(trailers.get("grpc-status-details-bin", b""))
         assert not any(d.type_url.endswith("google.rpc.RetryInfo") for d in status.details), status
+
+
+def test_attribute_caps_drop_and_cut_as_the_sdks_do(shared_oxeye: Oxeye):
+    """A client that ignores the SDKs' limits sends 200 attributes, one of them 100 KB long:
+    oxeye keeps the first 128 (the SDKs' default), records the other 72 in
+    dropped_attributes_count, cuts the long value to 16 KiB, and counts both in /metrics."""
+    before_dropped = shared_oxeye.metric("oxeye_collector_attributes_dropped_total", signal="traces")
+    before_cut = shared_oxeye.metric("oxeye_collector_attribute_values_truncated_total", signal="traces")
+    tid = random_trace_id()
+    attributes = {"big": "é" * 50_000} | {f"k{i:03d}": i for i in range(199)}
+    r = shared_oxeye.post_otlp(
+        "traces", trace_request([span(tid, attributes=attributes)], service="caps").SerializeToString()
+    )
+    assert r.status_code == 200, r.text
+    rows = shared_oxeye.wait_rows(
+        f"""SELECT cardinality(attributes) AS kept, dropped_attributes_count AS dropped,
+                   octet_length(attributes['big']) AS big_bytes, attributes['k126'] AS k126,
+                   attributes['k127'] AS k127
+            FROM spans WHERE trace_id = '{tid.hex()}'""",
+        1,
+    )
+    # "big" first, then k000..k126: 128 kept, k127 and later dropped.
+    assert rows == [{"kept": 128, "dropped": 72, "big_bytes": 16 * 1024, "k126": "126", "k127": None}], rows
+    assert shared_oxeye.metric("oxeye_collector_attributes_dropped_total", signal="traces") - before_dropped == 72
+    assert shared_oxeye.metric("oxeye_collector_attribute_values_truncated_total", signal="traces") - before_cut == 1

@@ -5,10 +5,10 @@
 //! to store shards. It hands batches on through [`oxeye_model::ingest::Ingest`] and never
 //! touches storage itself.
 //!
-//! Layout: [`decode`] (bytes -> OTLP requests, pure), [`pipeline`] (admission, conversion,
-//! submission: the part both surfaces share), [`batcher`] and [`routing`] (toward the store),
-//! and the two thin surfaces [`grpc`] and [`http`], each mapping errors to its protocol's codes
-//! in one place.
+//! Layout: [`decode`] (bytes -> OTLP requests, pure), [`limits`] (attribute caps, pure),
+//! [`pipeline`] (admission, conversion, submission: the part both surfaces share), [`batcher`]
+//! and [`routing`] (toward the store), and the two thin surfaces [`grpc`] and [`http`], each
+//! mapping errors to its protocol's codes in one place.
 
 pub mod batcher;
 pub mod config;

@@ -3,7 +3,8 @@
 //! This crate owns the shard engine: the write-ahead log (durability before acknowledgement,
 //! group commit), memtables (unflushed rows, visible to queries at once), immutable Parquet
 //! segments with a tantivy index each, the catalog that says which segments exist, compaction,
-//! retention and the disk-space guard, and the read API the query layer scans through.
+//! retention and the disk-space guard, and the read API the query layer scans through,
+//! including other store nodes' shards through their snapshots on a query node ([`remote`]).
 //!
 //! It must not parse SQL or know about HTTP; it speaks Arrow batches in, Arrow batches out. The
 //! pure parts (WAL record format, segment sorting and encoding, index building, catalog changes)

@@ -468,3 +468,42 @@ def test_sigterm_under_load_drains_acknowledged_writes(oxeye_factory):
             t.join(timeout=60)
     server.start()
     assert_acked_kept_once(server, sender)
+
+
+def test_spans_from_the_far_past_and_future_are_stored_and_found(oxeye: Oxeye):
+    """Clock skew: spans stamped 1990 and 2090 (a client with a broken clock) are acknowledged,
+    kept through a flush, a compaction and a restart, and found by trace id, through the trace
+    API, and by time range."""
+    past_ns = 631_152_000 * 1_000_000_000  # 1990-01-01T00:00:00Z
+    future_ns = 3_786_912_000 * 1_000_000_000  # 2090-01-01T00:00:00Z
+    now_ns = time.time_ns()
+    traces = {}
+    for label, start in (("past", past_ns), ("future", future_ns), ("now", now_ns)):
+        tid = random_trace_id()
+        spans = [span(tid, name=f"{label}-{i}", start_ns=start + i * 1_000_000) for i in range(3)]
+        r = oxeye.post_otlp("traces", trace_request(spans, service="skew").SerializeToString())
+        assert r.status_code == 200, r.text
+        traces[label] = tid.hex()
+
+    def check() -> None:
+        for label, tid in traces.items():
+            rows = oxeye.sql_dicts(f"SELECT name FROM spans WHERE trace_id = '{tid}' ORDER BY name")
+            assert [r["name"] for r in rows] == [f"{label}-{i}" for i in range(3)], (label, rows)
+            found = oxeye.trace(tid)
+            assert found is not None and len(found["spans"]) == 3, (label, found)
+        early = oxeye.sql_dicts(
+            "SELECT count(*) AS n FROM spans WHERE service_name = 'skew' AND start_time < TIMESTAMP '1991-01-01T00:00:00Z'"
+        )
+        late = oxeye.sql_dicts(
+            "SELECT count(*) AS n FROM spans WHERE service_name = 'skew' AND start_time >= TIMESTAMP '2089-12-31T00:00:00Z'"
+        )
+        assert (int(early[0]["n"]), int(late[0]["n"])) == (3, 3)
+
+    check()
+    assert oxeye.session.post(f"{oxeye.api}/api/v1/admin/flush", timeout=120).status_code == 200
+    check()
+    assert oxeye.session.post(f"{oxeye.api}/api/v1/admin/compact", timeout=120).status_code == 200
+    check()
+    oxeye.stop()
+    oxeye.start()
+    check()

@@ -358,21 +358,8 @@ async fn deliver(
             batches.get(from..).unwrap_or_default().iter().cloned()
         })
         .collect();
-    let mut sent = 0;
-    let mut failure = None;
-    while sent < pending.len() {
-        let signal = pending[sent].signal;
-        let run = pending[sent..]
-            .iter()
-            .take_while(|b| b.signal == signal)
-            .count();
-        let (acked, result) = sink.put(signal, &pending[sent..sent + run]).await;
-        sent += acked;
-        if let Err(e) = result {
-            failure = Some(e);
-            break;
-        }
-    }
+    let (sent, result) = sink.put_all(&pending).await;
+    let failure = result.err();
     let counts: Vec<(u64, usize)> = records.iter().map(|(s, b)| (*s, b.len())).collect();
     (failure, settle(&counts, progress, sent))
 }

@@ -86,6 +86,26 @@ impl FlightShardSink {
         (n, Ok(()))
     }
 
+    /// Sends batches of any signals in order, one `DoPut` per run of one signal. Returns how
+    /// many the store acknowledged (a prefix of `batches`) and why it stopped if that is fewer
+    /// than all.
+    pub async fn put_all(&self, batches: &[SignalBatch]) -> (usize, Result<(), IngestError>) {
+        let mut sent = 0;
+        while sent < batches.len() {
+            let signal = batches[sent].signal;
+            let run = batches[sent..]
+                .iter()
+                .take_while(|b| b.signal == signal)
+                .count();
+            let (acked, result) = self.put(signal, &batches[sent..sent + run]).await;
+            sent += acked;
+            if let Err(e) = result {
+                return (sent, Err(e));
+            }
+        }
+        (sent, Ok(()))
+    }
+
     fn error(&self, e: FlightError) -> IngestError {
         match e {
             FlightError::Tonic(status) => status_to_error(&self.store, &status),
@@ -99,18 +119,8 @@ impl FlightShardSink {
 
 #[async_trait::async_trait]
 impl Ingest for FlightShardSink {
-    /// All or an error; callers that retry should use [`FlightShardSink::put`] to resume.
+    /// All or an error; callers that retry should use [`FlightShardSink::put_all`] to resume.
     async fn ingest(&self, batches: Vec<SignalBatch>) -> Result<(), IngestError> {
-        let mut from = 0;
-        while from < batches.len() {
-            let signal = batches[from].signal;
-            let run = batches[from..]
-                .iter()
-                .take_while(|b| b.signal == signal)
-                .count();
-            self.put(signal, &batches[from..from + run]).await.1?;
-            from += run;
-        }
-        Ok(())
+        self.put_all(&batches).await.1
     }
 }

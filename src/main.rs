@@ -116,7 +116,13 @@ async fn collector_role(args: ServeArgs) -> anyhow::Result<()> {
     let queues = queue::Queues::new(
         config.data_dir.join("queue"),
         queue::QueueBudget::new(config.queue_bytes),
-    );
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the collector's queue in {}",
+            config.data_dir.join("queue").display()
+        )
+    })?;
     let cluster_router = cluster::ClusterRouter::start(meta, queues, stop_cluster.clone())
         .with_context(|| {
             format!(

@@ -7,8 +7,12 @@
 //! or an outage of a store loses nothing; order per shard is kept. The queue is bounded by
 //! bytes across shards: once full, writes are refused with OTLP's retryable "overloaded".
 //!
-//! A store that acknowledged a message whose acknowledgement was lost gets it again: delivery
-//! is at least once at that edge.
+//! A store whose acknowledgement was lost gets the same batches again. Each batch travels with
+//! its position in this collector's stream to the shard (the collector's producer id, kept in
+//! `<queue>/producer`, and `record sequence << 16 | batch index`), and the store drops
+//! positions it already holds, so a redelivered batch is stored once. Record sequence numbers
+//! only grow, across restarts too: each shard queue reserves ranges of them in a `reserved`
+//! file before using them, so an emptied queue never reuses a number.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -18,7 +22,7 @@ use std::time::Duration;
 
 use oxeye_flight::FlightShardSink;
 use oxeye_model::SignalBatch;
-use oxeye_model::ingest::{Ingest, IngestError};
+use oxeye_model::ingest::{Ingest, IngestError, Marks};
 use oxeye_store::wal;
 use tokio_util::sync::CancellationToken;
 
@@ -58,12 +62,42 @@ impl QueueBudget {
     }
 }
 
+/// Sequence numbers reserved at a time (one synced file write per this many records).
+const SEQ_RESERVATION: u64 = 1 << 20;
+/// Record sequence numbers stay below this, so positions (`seq << 16 | batch`) fit in a u64.
+const MAX_SEQ: u64 = 1 << 48;
+
+/// The sequence numbers a shard queue may use: those below `upto`, recorded in `path`.
+#[derive(Debug)]
+struct Reservation {
+    path: PathBuf,
+    upto: parking_lot::Mutex<u64>,
+}
+
+impl Reservation {
+    /// Makes sure `seq` is reserved durably, extending the reservation when it is not.
+    fn cover(&self, seq: u64) -> Result<(), IngestError> {
+        let mut upto = self.upto.lock();
+        if seq < *upto {
+            return Ok(());
+        }
+        let next = seq + SEQ_RESERVATION;
+        write_durably(&self.path, next.to_string().as_bytes())
+            .map_err(|e| io_unavailable("cannot reserve sequence numbers in", &self.path, e))?;
+        *upto = next;
+        Ok(())
+    }
+}
+
 /// One shard's queue.
 #[derive(Debug)]
 pub struct ShardQueue {
     shard: u32,
     dir: PathBuf,
     budget: Arc<QueueBudget>,
+    /// This collector's id in the stores' delivery positions.
+    producer: Arc<str>,
+    reservation: Arc<Reservation>,
     /// (sequence number, file size) of the files waiting, oldest first.
     files: parking_lot::Mutex<VecDeque<(u64, u64)>>,
     next_seq: AtomicU64,
@@ -81,9 +115,53 @@ fn record_name(seq: u64) -> String {
     format!("{seq:020}.rec")
 }
 
+/// Writes `contents` to `path` durably (temporary file, sync, rename, sync the directory).
+fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// This collector's producer id: made once, then read from `<root>/producer`.
+pub fn producer_id(root: &Path) -> std::io::Result<Arc<str>> {
+    std::fs::create_dir_all(root)?;
+    let path = root.join("producer");
+    match std::fs::read_to_string(&path) {
+        Ok(id) => {
+            let id = id.trim();
+            oxeye_store::delivery::check_producer(id).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            Ok(id.into())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("c{:032x}", rand::random::<u128>());
+            write_durably(&path, id.as_bytes())?;
+            tracing::info!(producer = id, "this collector's producer id is new");
+            Ok(id.into())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl ShardQueue {
     /// Opens (or creates) the queue of `shard`, adopting the files a previous run left.
-    pub fn open(root: &Path, shard: u32, budget: Arc<QueueBudget>) -> std::io::Result<ShardQueue> {
+    pub fn open(
+        root: &Path,
+        shard: u32,
+        budget: Arc<QueueBudget>,
+        producer: Arc<str>,
+    ) -> std::io::Result<ShardQueue> {
         let dir = root.join(format!("shard-{shard:04}"));
         std::fs::create_dir_all(&dir)?;
         let mut files = Vec::new();
@@ -102,8 +180,22 @@ impl ShardQueue {
         }
         files.sort_unstable();
         let total: u64 = files.iter().map(|f| f.1).sum();
+        // Numbers up to the last reservation may have been used and delivered: start above.
+        let reserved_path = dir.join("reserved");
+        let reserved_before = match std::fs::read_to_string(&reserved_path) {
+            Ok(text) => text.trim().parse::<u64>().map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", reserved_path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+            Err(e) => return Err(e),
+        };
+        let next = files.last().map_or(1, |f| f.0 + 1).max(reserved_before);
+        let reserved = next + SEQ_RESERVATION;
+        write_durably(&reserved_path, reserved.to_string().as_bytes())?;
         budget.used.fetch_add(total, Ordering::Relaxed);
-        let next = files.last().map_or(1, |f| f.0 + 1);
         if !files.is_empty() {
             tracing::info!(
                 shard,
@@ -116,6 +208,11 @@ impl ShardQueue {
             shard,
             dir,
             budget,
+            producer,
+            reservation: Arc::new(Reservation {
+                path: reserved_path,
+                upto: parking_lot::Mutex::new(reserved),
+            }),
             files: parking_lot::Mutex::new(files.into()),
             next_seq: AtomicU64::new(next),
             wake: tokio::sync::Notify::new(),
@@ -134,9 +231,21 @@ impl ShardQueue {
         let framed = wal::frame(&payload);
         let size = framed.len() as u64;
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        if seq >= MAX_SEQ {
+            return Err(IngestError::Rejected {
+                reason: format!(
+                    "shard {} queue has used every sequence number; move {} aside",
+                    self.shard,
+                    self.dir.display()
+                ),
+            });
+        }
         let dir = self.dir.clone();
+        let reservation = self.reservation.clone();
         let write = move || -> Result<(), IngestError> {
             use std::io::Write;
+            // The number must be reserved durably before a record with it is acknowledged.
+            reservation.cover(seq)?;
             let tmp = dir.join(format!("{}.tmp", record_name(seq)));
             let path = dir.join(record_name(seq));
             let mut f = std::fs::File::create(&tmp)
@@ -275,7 +384,8 @@ impl ShardQueue {
                             .into_iter()
                             .map_while(|(seq, r)| r.ok().map(|b| (seq, b)))
                             .collect();
-                        let (failure, settled) = deliver(&sink, &readable, progress).await;
+                        let (failure, settled) =
+                            deliver(&sink, &self.producer, &readable, progress).await;
                         for seq in &settled.delivered {
                             self.remove(*seq, None);
                         }
@@ -340,28 +450,47 @@ struct Settled {
 /// holds) and reports the first failure, with what was delivered up to it.
 async fn deliver(
     sink: &FlightShardSink,
+    producer: &Arc<str>,
     records: &[(u64, Vec<SignalBatch>)],
     progress: Progress,
 ) -> (Option<oxeye_model::ingest::IngestError>, Settled) {
-    let skip = |seq: u64| {
-        if progress.seq == seq {
-            progress.batches
-        } else {
-            0
-        }
-    };
-    let pending: Vec<SignalBatch> = records
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (seq, batches))| {
-            let from = if i == 0 { skip(*seq) } else { 0 };
-            batches.get(from..).unwrap_or_default().iter().cloned()
-        })
-        .collect();
-    let (sent, result) = sink.put_all(&pending).await;
+    let (pending, marks) = pending_batches(producer, records, progress);
+    let (sent, result) = sink.put_all(&pending, Some(&marks)).await;
     let failure = result.err();
     let counts: Vec<(u64, usize)> = records.iter().map(|(s, b)| (*s, b.len())).collect();
     (failure, settle(&counts, progress, sent))
+}
+
+/// The batches of `records` the store does not hold yet (by `progress`), with their delivery
+/// positions.
+fn pending_batches(
+    producer: &Arc<str>,
+    records: &[(u64, Vec<SignalBatch>)],
+    progress: Progress,
+) -> (Vec<SignalBatch>, Marks) {
+    let mut pending = Vec::new();
+    let mut positions = Vec::new();
+    for (i, (seq, batches)) in records.iter().enumerate() {
+        let from = if i == 0 && progress.seq == *seq {
+            progress.batches
+        } else {
+            0
+        };
+        for (index, b) in batches.iter().enumerate().skip(from) {
+            pending.push(b.clone());
+            positions.push(position(*seq, index));
+        }
+    }
+    let marks = Marks {
+        producer: producer.clone(),
+        positions,
+    };
+    (pending, marks)
+}
+
+/// Where batch `index` of record `seq` stands in this collector's stream to the shard.
+fn position(seq: u64, index: usize) -> u64 {
+    (seq << 16) | (index as u64 & 0xffff)
 }
 
 /// Which of `records` (sequence number, batch count; oldest first) are fully in the store
@@ -407,16 +536,20 @@ impl Ingest for ShardQueue {
 pub struct Queues {
     root: PathBuf,
     budget: Arc<QueueBudget>,
+    producer: Arc<str>,
     shards: parking_lot::Mutex<BTreeMap<u32, Arc<ShardQueue>>>,
 }
 
 impl Queues {
-    pub fn new(root: PathBuf, budget: Arc<QueueBudget>) -> Queues {
-        Queues {
+    /// Opens the queues under `root` (creating this collector's producer id on first use).
+    pub fn new(root: PathBuf, budget: Arc<QueueBudget>) -> std::io::Result<Queues> {
+        let producer = producer_id(&root)?;
+        Ok(Queues {
             root,
             budget,
+            producer,
             shards: parking_lot::Mutex::new(BTreeMap::new()),
-        }
+        })
     }
 
     pub fn budget(&self) -> &Arc<QueueBudget> {
@@ -445,7 +578,12 @@ impl Queues {
         if let Some(q) = shards.get(&shard) {
             return Ok((q.clone(), false));
         }
-        let q = Arc::new(ShardQueue::open(&self.root, shard, self.budget.clone())?);
+        let q = Arc::new(ShardQueue::open(
+            &self.root,
+            shard,
+            self.budget.clone(),
+            self.producer.clone(),
+        )?);
         shards.insert(shard, q.clone());
         Ok((q, true))
     }
@@ -498,7 +636,7 @@ mod tests {
     async fn records_survive_reopening_in_order_and_the_budget_follows_them() {
         let dir = tempfile::tempdir().expect("tmp");
         let budget = QueueBudget::new(1 << 20);
-        let q = ShardQueue::open(dir.path(), 3, budget.clone()).expect("open");
+        let q = ShardQueue::open(dir.path(), 3, budget.clone(), "c1".into()).expect("open");
         for _ in 0..3 {
             q.push(vec![batch(10)]).await.expect("push");
         }
@@ -506,13 +644,45 @@ mod tests {
         assert!(used > 0);
         drop(q);
         let budget2 = QueueBudget::new(1 << 20);
-        let q = ShardQueue::open(dir.path(), 3, budget2.clone()).expect("reopen");
+        let q = ShardQueue::open(dir.path(), 3, budget2.clone(), "c1".into()).expect("reopen");
         assert_eq!(budget2.used(), used);
         let (seq, first) = q.oldest().expect("a record");
         assert_eq!(first.expect("readable")[0].batch.num_rows(), 10);
         q.remove(seq, None);
         assert_eq!(q.len(), 2);
         assert!(budget2.used() < used);
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_only_grow_across_restarts_even_when_the_queue_empties() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let producer = producer_id(dir.path()).expect("producer");
+        assert_eq!(producer_id(dir.path()).expect("again"), producer);
+        let open = || {
+            ShardQueue::open(dir.path(), 0, QueueBudget::new(1 << 20), producer.clone())
+                .expect("open")
+        };
+        let mut last = 0;
+        for _ in 0..3 {
+            let q = open();
+            q.push(vec![batch(1)]).await.expect("push");
+            let (seq, _) = q.oldest().expect("a record");
+            assert!(seq > last, "{seq} after {last}");
+            last = seq;
+            // Delivered: the queue is empty when the collector restarts.
+            q.remove(seq, None);
+        }
+    }
+
+    #[test]
+    fn positions_follow_records_and_skip_what_the_store_holds() {
+        let producer: Arc<str> = "c1".into();
+        let records = vec![(7, vec![batch(1), batch(2)]), (8, vec![batch(3)])];
+        let (pending, marks) =
+            pending_batches(&producer, &records, Progress { seq: 7, batches: 1 });
+        assert_eq!(pending.len(), 2);
+        assert_eq!(marks.positions, vec![(7 << 16) | 1, 8 << 16]);
+        assert!(marks.positions.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
@@ -561,7 +731,8 @@ mod tests {
     #[tokio::test]
     async fn one_delivery_takes_several_records_within_its_limits() {
         let dir = tempfile::tempdir().expect("tmp");
-        let q = ShardQueue::open(dir.path(), 1, QueueBudget::new(1 << 30)).expect("open");
+        let q =
+            ShardQueue::open(dir.path(), 1, QueueBudget::new(1 << 30), "c1".into()).expect("open");
         for _ in 0..(DELIVERY_MAX_RECORDS + 5) {
             q.push(vec![batch(5)]).await.expect("push");
         }

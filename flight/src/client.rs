@@ -3,11 +3,11 @@ use std::time::Duration;
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightClient, FlightDescriptor};
-use oxeye_model::ingest::{Ingest, IngestError};
+use oxeye_model::ingest::{Ingest, IngestError, Marks};
 use oxeye_model::{Signal, SignalBatch};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::status_to_error;
+use crate::{PutCommand, status_to_error};
 
 /// One shard of a store node, reached over Flight: the collector's sink for that shard.
 #[derive(Debug, Clone)]
@@ -34,20 +34,44 @@ impl FlightShardSink {
         })
     }
 
-    /// Sends batches of one signal in one stream. Returns how many the store acknowledged
-    /// (durably in its WAL), in order, and why it stopped if that is fewer than all: a caller
-    /// that retries resumes after the acknowledged ones, so nothing is written twice.
+    /// Sends batches of one signal in one stream, with their delivery positions when
+    /// `marks` is set (`(producer, one position per batch)`). Returns how many the store
+    /// acknowledged (durably in its WAL), in order, and why it stopped if that is fewer than
+    /// all: a caller that retries resumes after the acknowledged ones. A batch whose
+    /// acknowledgement was lost is sent again; with marks the store drops that second copy.
     pub async fn put(
         &self,
         signal: Signal,
         batches: &[SignalBatch],
+        marks: Option<(&str, &[u64])>,
     ) -> (usize, Result<(), IngestError>) {
         use futures::StreamExt;
         let n = batches.len();
-        let descriptor = FlightDescriptor::new_path(vec![
-            signal.table_name().to_string(),
-            self.shard.to_string(),
-        ]);
+        let descriptor = match marks {
+            None => FlightDescriptor::new_path(vec![
+                signal.table_name().to_string(),
+                self.shard.to_string(),
+            ]),
+            Some((producer, positions)) => {
+                let command = PutCommand {
+                    table: signal.table_name().to_string(),
+                    shard: self.shard,
+                    producer: producer.to_string(),
+                    positions: positions.to_vec(),
+                };
+                match serde_json::to_vec(&command) {
+                    Ok(cmd) => FlightDescriptor::new_cmd(cmd),
+                    Err(e) => {
+                        return (
+                            0,
+                            Err(IngestError::Rejected {
+                                reason: format!("cannot encode delivery marks: {e}"),
+                            }),
+                        );
+                    }
+                }
+            }
+        };
         let input = futures::stream::iter(
             batches
                 .iter()
@@ -86,10 +110,28 @@ impl FlightShardSink {
         (n, Ok(()))
     }
 
-    /// Sends batches of any signals in order, one `DoPut` per run of one signal. Returns how
-    /// many the store acknowledged (a prefix of `batches`) and why it stopped if that is fewer
-    /// than all.
-    pub async fn put_all(&self, batches: &[SignalBatch]) -> (usize, Result<(), IngestError>) {
+    /// Sends batches of any signals in order, one `DoPut` per run of one signal, with their
+    /// delivery marks if given (one position per batch). Returns how many the store
+    /// acknowledged (a prefix of `batches`) and why it stopped if that is fewer than all.
+    pub async fn put_all(
+        &self,
+        batches: &[SignalBatch],
+        marks: Option<&Marks>,
+    ) -> (usize, Result<(), IngestError>) {
+        if let Some(m) = marks
+            && m.positions.len() != batches.len()
+        {
+            return (
+                0,
+                Err(IngestError::Rejected {
+                    reason: format!(
+                        "{} delivery positions for {} batches",
+                        m.positions.len(),
+                        batches.len()
+                    ),
+                }),
+            );
+        }
         let mut sent = 0;
         while sent < batches.len() {
             let signal = batches[sent].signal;
@@ -97,7 +139,10 @@ impl FlightShardSink {
                 .iter()
                 .take_while(|b| b.signal == signal)
                 .count();
-            let (acked, result) = self.put(signal, &batches[sent..sent + run]).await;
+            let run_marks = marks.map(|m| (&*m.producer, &m.positions[sent..sent + run]));
+            let (acked, result) = self
+                .put(signal, &batches[sent..sent + run], run_marks)
+                .await;
             sent += acked;
             if let Err(e) = result {
                 return (sent, Err(e));
@@ -121,6 +166,14 @@ impl FlightShardSink {
 impl Ingest for FlightShardSink {
     /// All or an error; callers that retry should use [`FlightShardSink::put_all`] to resume.
     async fn ingest(&self, batches: Vec<SignalBatch>) -> Result<(), IngestError> {
-        self.put_all(&batches).await.1
+        self.put_all(&batches, None).await.1
+    }
+
+    async fn ingest_delivery(
+        &self,
+        batches: Vec<SignalBatch>,
+        marks: Marks,
+    ) -> Result<(), IngestError> {
+        self.put_all(&batches, Some(&marks)).await.1
     }
 }

@@ -1,6 +1,7 @@
 //! Arrow Flight between oxeye nodes. A store node serves `DoPut`: a collector streams the
 //! batches of one signal for one of the node's shards (the descriptor path is
-//! `[table, shard]`), the node appends each batch to that shard's WAL and answers one
+//! `[table, shard]`, or a command with delivery marks, see [`PutCommand`]), the node appends
+//! each batch to that shard's WAL and answers one
 //! `PutResult` per batch once it is durable, so the collector acknowledges its client only for
 //! what a store holds. Store refusals keep their meaning across the wire: overload and
 //! unavailability come back as retryable gRPC codes with the store's advice on when to retry.
@@ -14,6 +15,21 @@ mod server;
 pub use client::FlightShardSink;
 pub use remote::FlightRemoteShards;
 pub use server::{IngestFlightService, serve};
+
+/// A `DoPut` with delivery marks: a command descriptor holding this as JSON, in place of the
+/// `[table, shard]` path. The collector's producer id and one position per batch of the stream
+/// let a store drop batches it already holds when a collector sends them again (see
+/// `oxeye_store::delivery`). A stream with a path descriptor is written as it comes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct PutCommand {
+    table: String,
+    shard: u32,
+    producer: String,
+    positions: Vec<u64>,
+}
+
+/// Most positions one `DoPut` may announce (a collector sends far fewer per stream).
+const MAX_DELIVERY_POSITIONS: usize = 1 << 20;
 
 /// What a query node asks a store node for with `DoGet`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

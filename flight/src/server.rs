@@ -12,12 +12,12 @@ use arrow_flight::{
 };
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use oxeye_model::ingest::Ingest;
+use oxeye_model::ingest::{Ingest, Marks};
 use oxeye_model::{Signal, SignalBatch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{SnapshotHeader, SnapshotTicket, error_to_status};
+use crate::{MAX_DELIVERY_POSITIONS, PutCommand, SnapshotHeader, SnapshotTicket, error_to_status};
 
 /// The Flight service of a store node: `DoPut` into its shards, `DoGet` of a snapshot of its
 /// shards (for query nodes), and a `ready` action.
@@ -49,14 +49,33 @@ impl IngestFlightService {
         self
     }
 
-    /// `[table, shard]` from a descriptor.
-    fn target(&self, d: Option<&FlightDescriptor>) -> Result<(Signal, Arc<dyn Ingest>), Status> {
-        let path = d.map(|d| d.path.as_slice()).unwrap_or_default();
-        let [table, shard] = path else {
-            return Err(Status::invalid_argument(
-                "DoPut needs a descriptor path [table, shard]",
-            ));
+    /// The table and shard a `DoPut` writes to, and its delivery marks if it has them: from a
+    /// path `[table, shard]` or a [`PutCommand`].
+    fn target(&self, d: Option<&FlightDescriptor>) -> Result<PutTarget, Status> {
+        let command = match d.filter(|d| !d.cmd.is_empty()) {
+            Some(d) => Some(put_command(&d.cmd)?),
+            None => None,
         };
+        let path = d.map(|d| d.path.as_slice()).unwrap_or_default();
+        let (table, shard) = match (&command, path) {
+            (Some(c), _) => (c.table.clone(), c.shard.to_string()),
+            (None, [table, shard]) => (table.clone(), shard.clone()),
+            (None, _) => {
+                return Err(Status::invalid_argument(
+                    "DoPut needs a descriptor path [table, shard] or a command \
+                     {\"table\", \"shard\", \"producer\", \"positions\"}",
+                ));
+            }
+        };
+        let (signal, sink) = self.sink(&table, &shard)?;
+        Ok(PutTarget {
+            signal,
+            sink,
+            command,
+        })
+    }
+
+    fn sink(&self, table: &str, shard: &str) -> Result<(Signal, Arc<dyn Ingest>), Status> {
         let signal = Signal::ALL
             .into_iter()
             .find(|s| s.table_name() == table)
@@ -70,6 +89,29 @@ impl IngestFlightService {
         })?;
         Ok((signal, sink))
     }
+}
+
+/// A `DoPut` command with delivery marks.
+fn put_command(cmd: &[u8]) -> Result<PutCommand, Status> {
+    let command: PutCommand = serde_json::from_slice(cmd).map_err(|e| {
+        Status::invalid_argument(format!(
+            "a DoPut command is JSON {{\"table\", \"shard\", \"producer\", \"positions\"}}: {e}"
+        ))
+    })?;
+    if command.positions.len() > MAX_DELIVERY_POSITIONS {
+        return Err(Status::invalid_argument(format!(
+            "{} delivery positions in one DoPut; at most {MAX_DELIVERY_POSITIONS}",
+            command.positions.len()
+        )));
+    }
+    Ok(command)
+}
+
+/// Where a `DoPut` writes, and its delivery marks if it has them.
+struct PutTarget {
+    signal: Signal,
+    sink: Arc<dyn Ingest>,
+    command: Option<PutCommand>,
 }
 
 fn unimplemented<T>(what: &str) -> Result<T, Status> {
@@ -96,7 +138,11 @@ impl FlightService for IngestFlightService {
         let Some(first) = input.message().await? else {
             return Err(Status::invalid_argument("empty DoPut stream"));
         };
-        let (signal, sink) = self.target(first.flight_descriptor.as_ref())?;
+        let PutTarget {
+            signal,
+            sink,
+            command: delivery,
+        } = self.target(first.flight_descriptor.as_ref())?;
         let data = futures::stream::once(async { Ok(first) })
             .chain(input)
             .map_err(|s| FlightError::Tonic(Box::new(s)));
@@ -122,7 +168,28 @@ impl FlightService for IngestFlightService {
                 }
                 let n = group.len();
                 if n > 0 {
-                    if let Err(e) = sink.ingest(group).await {
+                    let written = match &delivery {
+                        None => sink.ingest(group).await,
+                        Some(d) => {
+                            let from = seq as usize;
+                            let Some(positions) = d.positions.get(from..from + n) else {
+                                let _ = tx
+                                    .send(Err(Status::invalid_argument(format!(
+                                        "the stream has more batches than the {} delivery \
+                                         positions its descriptor announced",
+                                        d.positions.len()
+                                    ))))
+                                    .await;
+                                return;
+                            };
+                            let marks = Marks {
+                                producer: d.producer.as_str().into(),
+                                positions: positions.to_vec(),
+                            };
+                            sink.ingest_delivery(group, marks).await
+                        }
+                    };
+                    if let Err(e) = written {
                         let _ = tx.send(Err(error_to_status(&e))).await;
                         return;
                     }

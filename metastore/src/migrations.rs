@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
              heartbeat_at timestamptz NOT NULL
          );",
     ),
+    (
+        4,
+        "delivery positions per shard",
+        "ALTER TABLE oxeye_shards ADD COLUMN delivered jsonb NOT NULL DEFAULT '{}'::jsonb;",
+    ),
 ];
 
 /// The advisory lock key that serialises migrations across nodes ("oxeye" in ASCII).

@@ -206,16 +206,26 @@ async fn read_state(
     }
     let mut shards = BTreeMap::new();
     for row in client
-        .query("SELECT shard, flushed_wal_seq FROM oxeye_shards", &[])
+        .query(
+            "SELECT shard, flushed_wal_seq, delivered::text FROM oxeye_shards",
+            &[],
+        )
         .await
         .map_err(|e| catalog_err("reading shard checkpoints", e))?
     {
         let shard: i32 = row.get(0);
         let seq: i64 = row.get(1);
+        let delivered: String = row.get(2);
+        let delivered = serde_json::from_str(&delivered).map_err(|e| {
+            StoreError::Catalog(format!(
+                "the delivery positions of shard {shard} in the metastore are not valid: {e}"
+            ))
+        })?;
         shards.insert(
             shard as u32,
             ShardCheckpoint {
                 flushed_wal_seq: seq as u64,
+                delivered,
             },
         );
     }
@@ -292,10 +302,19 @@ impl Metastore for PgMetastore {
             ..
         } = &change
         {
+            let delivered = next
+                .shards
+                .get(shard)
+                .map(|c| serde_json::to_string(&c.delivered))
+                .transpose()
+                .map_err(|e| StoreError::Catalog(format!("cannot encode delivery positions: {e}")))?
+                .unwrap_or_else(|| "{}".into());
             tx.execute(
-                "INSERT INTO oxeye_shards (shard, flushed_wal_seq) VALUES ($1, $2)
-                 ON CONFLICT (shard) DO UPDATE SET flushed_wal_seq = excluded.flushed_wal_seq",
-                &[&(*shard as i32), &(*flushed_wal_seq as i64)],
+                "INSERT INTO oxeye_shards (shard, flushed_wal_seq, delivered)
+                 VALUES ($1, $2, $3::text::jsonb)
+                 ON CONFLICT (shard) DO UPDATE SET flushed_wal_seq = excluded.flushed_wal_seq,
+                     delivered = excluded.delivered",
+                &[&(*shard as i32), &(*flushed_wal_seq as i64), &delivered],
             )
             .await
             .map_err(|e| catalog_err("recording the shard checkpoint", e))?;

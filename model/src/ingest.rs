@@ -39,9 +39,31 @@ impl IngestError {
     }
 }
 
+/// Where batches stand in their sender's stream to one shard: the sender's (producer's) id and
+/// one position per batch, rising per producer and signal. A store that holds a position
+/// already treats the batch as delivered, which makes redelivery after a lost acknowledgement
+/// exactly-once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marks {
+    pub producer: std::sync::Arc<str>,
+    pub positions: Vec<u64>,
+}
+
 /// Durable ingestion. `ingest` returns `Ok` only once every batch is durable (in the WAL of
 /// every replica the write quorum needs), so the caller may acknowledge its client.
 #[async_trait::async_trait]
 pub trait Ingest: Send + Sync + 'static {
     async fn ingest(&self, batches: Vec<SignalBatch>) -> Result<(), IngestError>;
+
+    /// Ingests batches with their delivery marks (one position per batch). Sinks that keep
+    /// positions skip batches they already hold; this default, for sinks that do not, writes
+    /// everything.
+    async fn ingest_delivery(
+        &self,
+        batches: Vec<SignalBatch>,
+        marks: Marks,
+    ) -> Result<(), IngestError> {
+        let _ = marks;
+        self.ingest(batches).await
+    }
 }

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
+use crate::delivery::{self, Delivered};
 use crate::segment::SegmentMeta;
 
 pub const CATALOG_FORMAT_VERSION: u32 = 1;
@@ -20,6 +21,10 @@ pub const CATALOG_FORMAT_VERSION: u32 = 1;
 pub struct ShardCheckpoint {
     /// Every WAL file up to and including this sequence number is in committed segments.
     pub flushed_wal_seq: u64,
+    /// The highest delivery position per `producer/table` those segments hold (see
+    /// `delivery`): what a collector sends again at or below it is a duplicate.
+    #[serde(default, skip_serializing_if = "Delivered::is_empty")]
+    pub delivered: Delivered,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,11 +50,13 @@ impl Default for CatalogState {
 /// One atomic change to the catalog.
 #[derive(Debug, Clone)]
 pub enum CatalogChange {
-    /// A flush: new segments, and the shard's WAL is flushed up to `flushed_wal_seq`.
+    /// A flush: new segments, and the shard's WAL is flushed up to `flushed_wal_seq`; the
+    /// shard now holds the delivery positions `delivered` in segments.
     Flush {
         shard: u32,
         flushed_wal_seq: u64,
         added: Vec<SegmentMeta>,
+        delivered: Delivered,
     },
     /// A compaction: `removed` are replaced by `added`. Fails if any of `removed` is gone.
     Replace {
@@ -81,8 +88,10 @@ impl CatalogState {
                 shard,
                 flushed_wal_seq,
                 added,
+                delivered,
             } => {
                 let cp = next.shards.entry(*shard).or_default();
+                delivery::merge(&mut cp.delivered, delivered);
                 if *flushed_wal_seq < cp.flushed_wal_seq {
                     return Err(StoreError::Catalog(format!(
                         "shard {shard} flush at WAL {flushed_wal_seq} is behind the catalog's {}",
@@ -217,6 +226,7 @@ mod tests {
             shard: 0,
             flushed_wal_seq: 3,
             added: vec![seg("a"), seg("b")],
+            delivered: Delivered::from([("c1/spans".to_string(), 7)]),
         })
         .await
         .unwrap();
@@ -245,6 +255,7 @@ mod tests {
             vec!["c"]
         );
         assert_eq!(reopened.shards[&0].flushed_wal_seq, 3);
+        assert_eq!(reopened.shards[&0].delivered["c1/spans"], 7);
         assert_eq!(reopened.generation, 2);
     }
 

@@ -4,7 +4,8 @@
 //! group commit), memtables (unflushed rows, visible to queries at once), immutable Parquet
 //! segments with a tantivy index each, the catalog that says which segments exist, compaction,
 //! retention and the disk-space guard, and the read API the query layer scans through,
-//! including other store nodes' shards through their snapshots on a query node ([`remote`]).
+//! including other store nodes' shards through their snapshots on a query node ([`remote`]),
+//! and exactly-once delivery from collectors: the positions each shard holds ([`delivery`]).
 //!
 //! It must not parse SQL or know about HTTP; it speaks Arrow batches in, Arrow batches out. The
 //! pure parts (WAL record format, segment sorting and encoding, index building, catalog changes)
@@ -14,6 +15,7 @@
 pub mod cache;
 pub mod catalog;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod index;
 mod maintenance;
@@ -172,12 +174,8 @@ impl Store {
         let mut flush_locks = BTreeMap::new();
         let mut flush_now = BTreeMap::new();
         for id in config.first_shard..config.first_shard + config.shards {
-            let flushed = catalog_state
-                .shards
-                .get(&id)
-                .map(|c| c.flushed_wal_seq)
-                .unwrap_or(0);
-            let handle = shard::open(id, &config, flushed, state.clone(), metrics.clone())?;
+            let checkpoint = catalog_state.shards.get(&id).cloned().unwrap_or_default();
+            let handle = shard::open(id, &config, &checkpoint, state.clone(), metrics.clone())?;
             let notify = Arc::new(tokio::sync::Notify::new());
             flush_now.insert(id, notify.clone());
             sinks.push(Arc::new(ShardSink {

@@ -59,6 +59,9 @@ impl Memtable {
 pub struct Frozen {
     pub memtable: Memtable,
     pub sealed_wal_seq: u64,
+    /// The delivery positions the shard held when it was sealed: the catalog records them with
+    /// the segments, since the WAL records that carry them are deleted after the flush.
+    pub delivered: crate::delivery::Delivered,
 }
 
 /// One shard's unflushed data.

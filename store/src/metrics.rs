@@ -21,6 +21,7 @@ pub struct StoreMetrics {
     pub wal_fsync_seconds: Histogram,
     pub wal_group_size: Histogram,
     pub wal_tails_cut: Counter,
+    pub duplicate_batches: Counter,
     pub memtable_bytes: Gauge,
     pub flushes: Counter,
     pub flush_seconds: Histogram,
@@ -52,6 +53,7 @@ impl Default for StoreMetrics {
             wal_fsync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             wal_group_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             wal_tails_cut: Counter::default(),
+            duplicate_batches: Counter::default(),
             memtable_bytes: Gauge::default(),
             flushes: Counter::default(),
             flush_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
@@ -113,6 +115,12 @@ impl StoreMetrics {
             "wal_tails_cut",
             "Torn or corrupt WAL tails cut off during replay",
             m.wal_tails_cut.clone(),
+        );
+        r.register(
+            "duplicate_batches",
+            "Batches a collector delivered again after a lost acknowledgement, dropped because \
+             the shard already held them",
+            m.duplicate_batches.clone(),
         );
         r.register(
             "memtable_bytes",

@@ -19,7 +19,8 @@ use oxeye_model::ingest::{Ingest, IngestError};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::catalog::CatalogChange;
+use crate::catalog::{CatalogChange, ShardCheckpoint};
+use crate::delivery::{self, Delivered, Marks};
 use crate::memtable::{Frozen, MemBatch, ReadState};
 use crate::metrics::StoreMetrics;
 use crate::segment::build_segment;
@@ -34,7 +35,9 @@ pub(crate) enum WalCommand {
         /// The framed WAL record (encoded by the caller, off this thread).
         framed: Vec<u8>,
         batches: Vec<MemBatchFor>,
-        ack: oneshot::Sender<Result<(), StoreError>>,
+        /// Where each batch stands in its collector's stream, for exactly-once delivery.
+        marks: Option<Marks>,
+        ack: oneshot::Sender<Result<Written, StoreError>>,
     },
     /// Close the current WAL file and freeze the active memtable (if it holds anything).
     Seal {
@@ -47,17 +50,28 @@ pub(crate) struct MemBatchFor {
     batch: MemBatch,
 }
 
+/// What an append did: batches that were already held (redelivered) are acknowledged without
+/// being written again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub batches: usize,
+    pub rows: usize,
+    pub duplicates: usize,
+}
+
 /// Replays a shard's WAL into `state` and starts its writer thread.
 pub(crate) fn open(
     id: u32,
     config: &StoreConfig,
-    flushed_wal_seq: u64,
+    checkpoint: &ShardCheckpoint,
     state: Arc<RwLock<ReadState>>,
     metrics: StoreMetrics,
 ) -> Result<ShardHandle, StoreError> {
     let dir = config.data_dir.join("wal").join(format!("shard-{id:04}"));
     std::fs::create_dir_all(&dir)
         .map_err(|e| StoreError::io("creating the WAL directory", &dir, e))?;
+    let flushed_wal_seq = checkpoint.flushed_wal_seq;
+    let mut delivered = checkpoint.delivered.clone();
     let mut next_seq = flushed_wal_seq + 1;
     let mut replayed_rows = 0usize;
     for seq in wal::list(&dir)? {
@@ -80,6 +94,7 @@ pub(crate) fn open(
             );
             metrics.wal_tails_cut.inc();
         }
+        delivery::merge(&mut delivered, &replayed.delivered);
         let mut st = state.write();
         let mem = st.shards.entry(id).or_default();
         for b in replayed.batches {
@@ -98,7 +113,7 @@ pub(crate) fn open(
     let thread_metrics = metrics.clone();
     let thread = std::thread::Builder::new()
         .name(format!("oxeye-wal-{id}"))
-        .spawn(move || wal_thread(id, dir, file, rx, thread_state, thread_metrics))
+        .spawn(move || wal_thread(id, dir, file, delivered, rx, thread_state, thread_metrics))
         .map_err(|e| StoreError::io("starting the WAL thread", "wal", e))?;
     Ok(ShardHandle {
         id,
@@ -119,6 +134,7 @@ fn wal_thread(
     id: u32,
     dir: PathBuf,
     mut file: WalFile,
+    mut delivered: Delivered,
     mut rx: mpsc::Receiver<WalCommand>,
     state: Arc<RwLock<ReadState>>,
     metrics: StoreMetrics,
@@ -134,7 +150,7 @@ fn wal_thread(
         };
         match first {
             WalCommand::Seal { ack } => {
-                let _ = ack.send(seal(id, &dir, &mut file, &state));
+                let _ = ack.send(seal(id, &dir, &mut file, &delivered, &state));
             }
             append @ WalCommand::Append { .. } => {
                 let mut group = vec![append];
@@ -149,39 +165,82 @@ fn wal_thread(
                     }
                 }
                 let started = Instant::now();
+                // Redelivered batches are dropped here, on the one thread that orders the
+                // shard's writes, so two deliveries of one batch cannot both pass the check.
+                let mut held = Delivered::new();
+                let mut written = Vec::with_capacity(group.len());
+                let mut refused = Vec::new();
+                for c in std::mem::take(&mut group) {
+                    let WalCommand::Append {
+                        mut framed,
+                        mut batches,
+                        marks,
+                        ack,
+                    } = c
+                    else {
+                        continue;
+                    };
+                    match drop_duplicates(&delivered, &mut held, &mut framed, &mut batches, &marks)
+                    {
+                        Ok(w) => {
+                            written.push(w);
+                            group.push(WalCommand::Append {
+                                framed,
+                                batches,
+                                marks,
+                                ack,
+                            });
+                        }
+                        Err(e) => refused.push((ack, e)),
+                    }
+                }
+                for (ack, e) in refused {
+                    let _ = ack.send(Err(e));
+                }
                 let framed: Vec<Vec<u8>> = group
                     .iter_mut()
                     .filter_map(|c| match c {
-                        WalCommand::Append { framed, .. } => Some(std::mem::take(framed)),
-                        WalCommand::Seal { .. } => None,
+                        WalCommand::Append { framed, .. } if !framed.is_empty() => {
+                            Some(std::mem::take(framed))
+                        }
+                        _ => None,
                     })
                     .collect();
                 let bytes: usize = framed.iter().map(Vec::len).sum();
-                let result = file.append_durably(&framed);
-                metrics
-                    .wal_fsync_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.wal_group_size.observe(group.len() as f64);
+                let result = if framed.is_empty() {
+                    Ok(())
+                } else {
+                    let r = file.append_durably(&framed);
+                    metrics
+                        .wal_fsync_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    metrics.wal_group_size.observe(group.len() as f64);
+                    r
+                };
                 match result {
                     Ok(()) => {
-                        metrics.wal_bytes.inc_by(bytes as u64);
-                        metrics.wal_fsyncs.inc();
+                        if !framed.is_empty() {
+                            metrics.wal_bytes.inc_by(bytes as u64);
+                            metrics.wal_fsyncs.inc();
+                        }
+                        delivery::merge(&mut delivered, &held);
                         let mut acks = Vec::with_capacity(group.len());
                         {
                             let mut st = state.write();
                             let mem = st.shards.entry(id).or_default();
-                            for c in group {
+                            for (c, w) in group.into_iter().zip(&written) {
                                 if let WalCommand::Append { batches, ack, .. } = c {
                                     for b in batches {
                                         mem.active.insert(b.signal, b.batch);
                                     }
-                                    acks.push(ack);
+                                    acks.push((ack, *w));
                                 }
                             }
                             metrics.memtable_bytes.set(mem.unflushed_bytes() as i64);
                         }
-                        for ack in acks {
-                            let _ = ack.send(Ok(()));
+                        for (ack, w) in acks {
+                            metrics.duplicate_batches.inc_by(w.duplicates as u64);
+                            let _ = ack.send(Ok(w));
                         }
                     }
                     Err(e) => {
@@ -210,10 +269,71 @@ fn wal_thread(
     tracing::debug!(shard = id, "WAL thread stopped");
 }
 
+/// Drops from one append the batches its producer already delivered (against `delivered`,
+/// and `held`: what earlier appends of the same group will hold), re-encoding the WAL record
+/// when only some are dropped. Leaves `framed` empty when nothing is left to write.
+fn drop_duplicates(
+    delivered: &Delivered,
+    held: &mut Delivered,
+    framed: &mut Vec<u8>,
+    batches: &mut Vec<MemBatchFor>,
+    marks: &Option<Marks>,
+) -> Result<Written, StoreError> {
+    let total = batches.len();
+    let rows = |batches: &[MemBatchFor]| batches.iter().map(|b| b.batch.batch.num_rows()).sum();
+    let Some(m) = marks else {
+        return Ok(Written {
+            batches: total,
+            rows: rows(batches),
+            duplicates: 0,
+        });
+    };
+    let stand: Vec<_> = batches
+        .iter()
+        .map(|b| b.signal)
+        .zip(m.positions.iter().copied())
+        .collect();
+    let (keep, next) = delivery::fresh(&[delivered, held], &m.producer, &stand);
+    let kept = keep.iter().filter(|k| **k).count();
+    if kept < total {
+        let kept_batches: Vec<SignalBatch> = batches
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(b, _)| SignalBatch::new(b.signal, b.batch.batch.clone()))
+            .collect();
+        let kept_positions: Vec<u64> = m
+            .positions
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(p, _)| *p)
+            .collect();
+        *framed = if kept_batches.is_empty() {
+            Vec::new()
+        } else {
+            let marks = Marks {
+                producer: m.producer.clone(),
+                positions: kept_positions,
+            };
+            wal::frame(&wal::encode_marked_record(&kept_batches, Some(&marks))?)
+        };
+        let mut flags = keep.iter();
+        batches.retain(|_| flags.next().copied().unwrap_or(false));
+    }
+    delivery::merge(held, &next);
+    Ok(Written {
+        batches: kept,
+        rows: rows(batches),
+        duplicates: total - kept,
+    })
+}
+
 fn seal(
     id: u32,
     dir: &std::path::Path,
     file: &mut WalFile,
+    delivered: &Delivered,
     state: &Arc<RwLock<ReadState>>,
 ) -> Result<Option<u64>, StoreError> {
     {
@@ -231,6 +351,7 @@ fn seal(
     mem.frozen.push(Arc::new(Frozen {
         memtable,
         sealed_wal_seq: sealed,
+        delivered: delivered.clone(),
     }));
     Ok(Some(sealed))
 }
@@ -250,6 +371,28 @@ pub struct ShardSink {
 
 impl ShardSink {
     pub async fn write(&self, batches: Vec<SignalBatch>) -> Result<(), StoreError> {
+        self.write_delivery(batches, None).await.map(|_| ())
+    }
+
+    /// Writes batches that carry delivery marks (one position per batch): those the shard
+    /// already holds are acknowledged without being written again.
+    pub async fn write_delivery(
+        &self,
+        batches: Vec<SignalBatch>,
+        marks: Option<Marks>,
+    ) -> Result<Written, StoreError> {
+        check_schemas(&batches).map_err(|reason| StoreError::Invalid { reason })?;
+        if let Some(m) = &marks
+            && m.positions.len() != batches.len()
+        {
+            return Err(StoreError::Invalid {
+                reason: format!(
+                    "{} delivery positions for {} batches",
+                    m.positions.len(),
+                    batches.len()
+                ),
+            });
+        }
         if !self.disk_ok.load(Ordering::Relaxed) {
             return Err(StoreError::Overloaded(format!(
                 "the data disk has less than {} bytes free",
@@ -275,8 +418,9 @@ impl ShardSink {
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let bytes: usize = batches.iter().map(|b| b.memory_size()).sum();
         // Encoding is CPU work: keep it off the async runtime and off the WAL thread.
+        let record_marks = marks.clone();
         let (framed, mem) = tokio::task::spawn_blocking(move || {
-            let framed = wal::frame(&wal::encode_record(&batches)?);
+            let framed = wal::frame(&wal::encode_marked_record(&batches, record_marks.as_ref())?);
             let mem: Vec<MemBatchFor> = batches
                 .into_iter()
                 .map(|b| MemBatchFor {
@@ -295,21 +439,84 @@ impl ShardSink {
             .send(WalCommand::Append {
                 framed,
                 batches: mem,
+                marks,
                 ack,
             })
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
-        done.await.map_err(|_| StoreError::ShuttingDown)??;
+        let written = done.await.map_err(|_| StoreError::ShuttingDown)??;
+        let (rows, bytes) = if written.duplicates == 0 {
+            (rows, bytes)
+        } else {
+            // Only what was written counts; bytes in proportion to its rows.
+            let share = written.rows as f64 / rows.max(1) as f64;
+            (written.rows, (bytes as f64 * share) as usize)
+        };
         self.metrics.ingested_rows.inc_by(rows as u64);
         self.metrics.ingested_bytes.inc_by(bytes as u64);
-        Ok(())
+        Ok(written)
     }
 }
 
 #[async_trait::async_trait]
 impl Ingest for ShardSink {
     async fn ingest(&self, batches: Vec<SignalBatch>) -> Result<(), IngestError> {
-        self.write(batches).await.map_err(|e| match e {
+        check_schemas(&batches).map_err(|reason| IngestError::Rejected { reason })?;
+        self.write(batches).await.map_err(|e| self.refusal(e))
+    }
+
+    async fn ingest_delivery(
+        &self,
+        batches: Vec<SignalBatch>,
+        marks: Marks,
+    ) -> Result<(), IngestError> {
+        // A malformed batch or mark fails the same way on every retry.
+        check_schemas(&batches).map_err(|reason| IngestError::Rejected { reason })?;
+        delivery::check_producer(&marks.producer).map_err(|e| IngestError::Rejected {
+            reason: e.to_string(),
+        })?;
+        if marks.positions.len() != batches.len() {
+            return Err(IngestError::Rejected {
+                reason: format!(
+                    "{} delivery positions for {} batches",
+                    marks.positions.len(),
+                    batches.len()
+                ),
+            });
+        }
+        self.write_delivery(batches, Some(marks))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.refusal(e))
+    }
+}
+
+/// Every batch must have its signal's storage schema: the WAL, the flush and replay rely on it
+/// (over Flight, batches come from other processes).
+fn check_schemas(batches: &[SignalBatch]) -> Result<(), String> {
+    for b in batches {
+        let want = b.signal.schema();
+        if b.batch.schema().fields() != want.fields() {
+            return Err(format!(
+                "a {} batch whose schema is not the store's: got {:?}",
+                b.signal,
+                b.batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .take(4)
+                    .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                    .collect::<Vec<_>>()
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl ShardSink {
+    /// A store error as the ingest refusal (and retry advice) a client sees.
+    fn refusal(&self, e: StoreError) -> IngestError {
+        match e {
             StoreError::Overloaded(reason) => IngestError::Overloaded {
                 reason,
                 retry_after: self.retry_after,
@@ -326,7 +533,7 @@ impl Ingest for ShardSink {
                 reason: other.to_string(),
                 retry_after: self.retry_after,
             },
-        })
+        }
     }
 }
 
@@ -389,6 +596,7 @@ async fn flush_frozen(inner: &Inner, id: u32, frozen: &Arc<Frozen>) -> Result<()
             shard: id,
             flushed_wal_seq: frozen.sealed_wal_seq,
             added,
+            delivered: frozen.delivered.clone(),
         })
         .await?;
     {

@@ -8,10 +8,15 @@
 //! u32 LE  payload length (bytes)
 //! u32 LE  CRC-32 (IEEE) of the payload
 //! payload:
-//!   u8      record kind (1 = ingest call)
+//!   u8      record kind (1 = ingest call, 2 = ingest call with delivery marks)
+//!   kind 2 only: u8 producer id length, producer id (ASCII)
 //!   u16 LE  number of batches
-//!   per batch: u8 signal code, u32 LE length, Arrow IPC stream (schema + one batch)
+//!   per batch: u8 signal code, kind 2 only: u64 LE position,
+//!              u32 LE length, Arrow IPC stream (schema + one batch)
 //! ```
+//!
+//! Kind 2 records carry where each batch stands in its collector's stream (see `delivery`), so
+//! replay restores which positions the shard holds along with the rows.
 //!
 //! One record holds everything one `ingest` call wrote, so a torn write drops a whole call and
 //! never half of one. Replay reads records until the first one that is short or fails its
@@ -27,23 +32,53 @@ use arrow::ipc::writer::StreamWriter;
 use oxeye_model::{Signal, SignalBatch};
 
 use crate::StoreError;
+use crate::delivery::{self, Delivered, Marks};
 
 pub const MAGIC: &[u8; 8] = b"OXWAL001";
 const RECORD_KIND_INGEST: u8 = 1;
+const RECORD_KIND_MARKED_INGEST: u8 = 2;
 /// Largest record replay will believe; a bigger length field is corruption.
 const MAX_RECORD_BYTES: u32 = 1 << 30;
 
 /// Encodes the payload of one record.
 pub fn encode_record(batches: &[SignalBatch]) -> Result<Vec<u8>, StoreError> {
+    encode_marked_record(batches, None)
+}
+
+/// Encodes the payload of one record whose batches carry delivery marks (when `marks` is set).
+pub fn encode_marked_record(
+    batches: &[SignalBatch],
+    marks: Option<&Marks>,
+) -> Result<Vec<u8>, StoreError> {
     let mut payload =
         Vec::with_capacity(batches.iter().map(|b| b.memory_size()).sum::<usize>() + 16);
-    payload.push(RECORD_KIND_INGEST);
     let count = u16::try_from(batches.len()).map_err(|_| StoreError::Invalid {
         reason: format!("{} batches in one write; at most 65535", batches.len()),
     })?;
+    match marks {
+        None => payload.push(RECORD_KIND_INGEST),
+        Some(m) => {
+            if m.positions.len() != batches.len() {
+                return Err(StoreError::Invalid {
+                    reason: format!(
+                        "{} delivery positions for {} batches",
+                        m.positions.len(),
+                        batches.len()
+                    ),
+                });
+            }
+            delivery::check_producer(&m.producer)?;
+            payload.push(RECORD_KIND_MARKED_INGEST);
+            payload.push(m.producer.len() as u8);
+            payload.extend_from_slice(m.producer.as_bytes());
+        }
+    }
     payload.extend_from_slice(&count.to_le_bytes());
-    for b in batches {
+    for (i, b) in batches.iter().enumerate() {
         payload.push(b.signal.code());
+        if let Some(m) = marks {
+            payload.extend_from_slice(&m.positions[i].to_le_bytes());
+        }
         let len_at = payload.len();
         payload.extend_from_slice(&[0u8; 4]);
         {
@@ -62,9 +97,9 @@ pub fn encode_record(batches: &[SignalBatch]) -> Result<Vec<u8>, StoreError> {
     Ok(payload)
 }
 
-/// Decodes a record payload back into batches.
+/// Decodes a record payload back into batches (delivery marks, if any, are dropped).
 pub fn decode_record(payload: &[u8]) -> Result<Vec<SignalBatch>, String> {
-    parse_record(payload)
+    parse_record(payload).map(|(batches, _)| batches)
 }
 
 /// Frames a payload: length, checksum, payload.
@@ -107,6 +142,8 @@ pub fn list(dir: &Path) -> Result<Vec<u64>, StoreError> {
 #[derive(Debug, Default)]
 pub struct Replayed {
     pub batches: Vec<SignalBatch>,
+    /// The highest delivery position of each producer and signal the file holds.
+    pub delivered: Delivered,
     pub records: u64,
     /// Set when the file had a torn or corrupt tail, which has been cut off.
     pub cut: Option<CutTail>,
@@ -170,7 +207,20 @@ pub fn replay_file(path: &Path) -> Result<Replayed, StoreError> {
                 break;
             }
             match parse_record(&payload) {
-                Ok(batches) => out.batches.extend(batches),
+                Ok((batches, marks)) => {
+                    if let Some(m) = marks {
+                        let held: Vec<_> =
+                            batches.iter().map(|b| b.signal).zip(m.positions).collect();
+                        for (signal, position) in held {
+                            let e = out
+                                .delivered
+                                .entry(delivery::key(&m.producer, signal))
+                                .or_insert(position);
+                            *e = (*e).max(position);
+                        }
+                    }
+                    out.batches.extend(batches)
+                }
                 Err(reason) => {
                     out.cut = Some(cut(offset, format!("undecodable record: {reason}")));
                     break;
@@ -198,7 +248,8 @@ pub fn replay_file(path: &Path) -> Result<Replayed, StoreError> {
     Ok(out)
 }
 
-fn parse_record(payload: &[u8]) -> Result<Vec<SignalBatch>, String> {
+/// A record's batches and, for kind 2, their delivery marks.
+fn parse_record(payload: &[u8]) -> Result<(Vec<SignalBatch>, Option<Marks>), String> {
     let mut pos = 0usize;
     let need = |pos: usize, n: usize| -> Result<(), String> {
         if payload.len() < pos + n {
@@ -207,18 +258,41 @@ fn parse_record(payload: &[u8]) -> Result<Vec<SignalBatch>, String> {
             Ok(())
         }
     };
-    need(pos, 3)?;
-    if payload[0] != RECORD_KIND_INGEST {
-        return Err(format!("unknown record kind {}", payload[0]));
-    }
-    let count = u16::from_le_bytes([payload[1], payload[2]]) as usize;
-    pos += 3;
+    need(pos, 1)?;
+    let kind = payload[0];
+    pos += 1;
+    let producer = match kind {
+        RECORD_KIND_INGEST => None,
+        RECORD_KIND_MARKED_INGEST => {
+            need(pos, 1)?;
+            let len = payload[pos] as usize;
+            pos += 1;
+            need(pos, len)?;
+            let p = std::str::from_utf8(&payload[pos..pos + len])
+                .map_err(|_| "a producer id that is not text".to_string())?;
+            pos += len;
+            Some(p.to_string())
+        }
+        other => return Err(format!("unknown record kind {other}")),
+    };
+    need(pos, 2)?;
+    let count = u16::from_le_bytes([payload[pos], payload[pos + 1]]) as usize;
+    pos += 2;
     let mut out = Vec::with_capacity(count);
+    let mut positions = Vec::with_capacity(if producer.is_some() { count } else { 0 });
     for _ in 0..count {
-        need(pos, 5)?;
+        need(pos, 1)?;
         let code = payload[pos];
         let signal =
             Signal::from_code(code).ok_or_else(|| format!("unknown signal code {code}"))?;
+        if producer.is_some() {
+            need(pos + 1, 8)?;
+            let mut p = [0u8; 8];
+            p.copy_from_slice(&payload[pos + 1..pos + 9]);
+            positions.push(u64::from_le_bytes(p));
+            pos += 8;
+        }
+        need(pos, 5)?;
         let len = u32::from_le_bytes([
             payload[pos + 1],
             payload[pos + 2],
@@ -238,7 +312,17 @@ fn parse_record(payload: &[u8]) -> Result<Vec<SignalBatch>, String> {
         }
         pos += len;
     }
-    Ok(out)
+    if producer.is_some() && out.len() != count {
+        return Err(format!(
+            "{} batches for {count} delivery positions",
+            out.len()
+        ));
+    }
+    let marks = producer.map(|p| Marks {
+        producer: p.into(),
+        positions,
+    });
+    Ok((out, marks))
 }
 
 /// An open WAL file being appended to.
@@ -345,6 +429,35 @@ mod tests {
         assert_eq!(rows, vec![5, 3, 5]);
         assert_eq!(r.batches[1].batch, b.batch);
         assert_eq!(list(dir.path()).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn marked_records_bring_back_their_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = spans_batch(0, 2);
+        let marks = Marks {
+            producer: "c1".into(),
+            positions: vec![(7 << 16) | 1, 9 << 16],
+        };
+        let mut f = WalFile::create(dir.path(), 1).unwrap();
+        let framed = vec![
+            frame(&encode_record(std::slice::from_ref(&a)).unwrap()),
+            frame(&encode_marked_record(&[a.clone(), a.clone()], Some(&marks)).unwrap()),
+        ];
+        f.append_durably(&framed).unwrap();
+        let r = replay_file(&dir.path().join(file_name(1))).unwrap();
+        assert!(r.cut.is_none());
+        assert_eq!(r.batches.len(), 3);
+        assert_eq!(
+            r.delivered,
+            Delivered::from([("c1/spans".to_string(), 9 << 16)])
+        );
+        // Positions must match the batches one to one.
+        let short = Marks {
+            producer: "c1".into(),
+            positions: vec![1],
+        };
+        assert!(encode_marked_record(&[a.clone(), a], Some(&short)).is_err());
     }
 
     #[test]

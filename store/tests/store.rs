@@ -342,3 +342,85 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn redelivered_batches_are_stored_once_across_flushes_and_restarts() {
+    use oxeye_model::ingest::Marks;
+    let marks = |producer: &str, positions: &[u64]| Marks {
+        producer: producer.into(),
+        positions: positions.to_vec(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c, d) = (
+        spans(0, 10, 5, "a"),
+        spans(10, 20, 5, "b"),
+        spans(20, 30, 5, "c"),
+        spans(30, 40, 5, "d"),
+    );
+    let store = open(dir.path()).await;
+    let sink = store.shard_sinks()[0].1.clone();
+    sink.ingest_delivery(vec![a.clone(), b.clone()], marks("c1", &[1, 2]))
+        .await
+        .unwrap();
+    // The acknowledgement was lost: the same delivery again, then one that is half new.
+    sink.ingest_delivery(vec![a.clone(), b.clone()], marks("c1", &[1, 2]))
+        .await
+        .unwrap();
+    sink.ingest_delivery(vec![b.clone(), c.clone()], marks("c1", &[2, 3]))
+        .await
+        .unwrap();
+    let want = expected(&[a.clone(), b.clone(), c.clone()]);
+    assert_eq!(
+        all_spans(&store, ScanRequest::all(Signal::Spans)).await,
+        want
+    );
+
+    // A crash before any flush: the WAL's records bring the positions back with the rows.
+    drop(sink);
+    drop(store);
+    let store = open(dir.path()).await;
+    let sink = store.shard_sinks()[0].1.clone();
+    sink.ingest_delivery(vec![c.clone()], marks("c1", &[3]))
+        .await
+        .unwrap();
+    assert_eq!(
+        all_spans(&store, ScanRequest::all(Signal::Spans)).await,
+        want
+    );
+
+    // After a flush the WAL records are gone; the catalog's checkpoint holds the positions.
+    store.flush().await.unwrap();
+    store.shutdown().await;
+    drop(sink);
+    drop(store);
+    let store = open(dir.path()).await;
+    let sink = store.shard_sinks()[0].1.clone();
+    sink.ingest_delivery(vec![a.clone(), b.clone()], marks("c1", &[1, 2]))
+        .await
+        .unwrap();
+    // Another producer's stream is its own; writes without marks are always written.
+    sink.ingest_delivery(vec![d.clone()], marks("c2", &[1]))
+        .await
+        .unwrap();
+    sink.ingest(vec![d.clone()]).await.unwrap();
+    let mut want = want;
+    want.extend(expected(&[d.clone(), d.clone()]));
+    want.sort();
+    assert_eq!(
+        all_spans(&store, ScanRequest::all(Signal::Spans)).await,
+        want
+    );
+
+    // A malformed mark is refused for good, not retried.
+    let err = sink
+        .ingest_delivery(vec![d.clone()], marks("not/valid", &[9]))
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    let err = sink
+        .ingest_delivery(vec![d.clone()], marks("c1", &[9, 10]))
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    store.shutdown().await;
+}

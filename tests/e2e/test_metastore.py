@@ -1315,3 +1315,114 @@ def test_the_collector_queue_keeps_writes_while_stores_are_down(metastore, s3, o
     wait_until(lambda: count(q) == total or None, timeout=20, what="the query node seeing every span")
     rows = q.sql_dicts(f"SELECT trace_id, count(*) AS n FROM spans WHERE service_name = '{service}' GROUP BY 1")
     assert {r["trace_id"]: int(r["n"]) for r in rows} == {t: len(s) for t, s in wanted.items()}
+
+
+def test_a_redelivered_batch_is_stored_once_through_crashes_and_flushes(metastore, s3, oxeye_factory):
+    """Exactly-once at the collector -> store edge, with a real Arrow Flight client (pyarrow):
+    a `DoPut` whose acknowledgement was lost is sent again with the same delivery positions, and
+    the store node keeps one copy. The positions it holds survive `kill -9` (in the WAL) and a
+    flush plus restart (in the metastore's checkpoint). Batches of the wrong schema and
+    malformed marks are refused for good, with nothing written."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.flight as flight
+
+    (fa,) = free_ports(1)
+    store = oxeye_factory(
+        **s3.flags(
+            metastore=metastore.url,
+            role="store",
+            shards=1,
+            flight_listen=f"127.0.0.1:{fa}",
+            flush_age="1h",
+            maintenance_interval="1h",
+        )
+    )
+    collector = oxeye_factory(metastore=metastore.url, role="collector")
+    wait_until(lambda: f"127.0.0.1:{fa}" in collector.log(), timeout=20, what="the collector seeing the store")
+    service = unique("redelivered")
+    traces = _send_traces(collector, service, 3)
+    n = sum(len(v) for v in traces.values())
+
+    def count() -> int:
+        return int(store.sql_value(f"SELECT count(*) FROM spans WHERE service_name = '{service}'"))
+
+    wait_until(lambda: count() == n or None, timeout=20, what="the spans in the store")
+
+    def client() -> flight.FlightClient:
+        return flight.connect(f"grpc://127.0.0.1:{fa}")
+
+    # The store's own rows, in its storage schema, from a DoGet snapshot.
+    ticket = json.dumps({"table": "spans", "start": None, "end": None}).encode()
+    table = client().do_get(flight.Ticket(ticket)).read_all()
+    names = table.column("service_name").to_pylist()
+    rows = table.filter(pa.array([s == service for s in names])).combine_chunks()
+    assert rows.num_rows == n
+    batch = rows.to_batches()[0]
+
+    def put(batches: list, producer: str = "e2e-collector", positions: list | None = None) -> None:
+        command = {"table": "spans", "shard": 0, "producer": producer, "positions": positions}
+        writer, acks = client().do_put(flight.FlightDescriptor.for_command(json.dumps(command)), batch.schema)
+        for b in batches:
+            writer.write_batch(b)
+        writer.done_writing()
+        acked = sum(1 for _ in batches if acks.read() is not None)
+        writer.close()  # raises the store's refusal, if any
+        assert acked == len(batches), f"{acked} of {len(batches)} batches acknowledged"
+
+    dups = lambda: store.metric("oxeye_store_duplicate_batches_total")  # noqa: E731
+    put([batch], positions=[1 << 16])
+    assert count() == 2 * n
+    # The acknowledgement was lost: the same delivery again, then one that is half new.
+    put([batch], positions=[1 << 16])
+    assert count() == 2 * n
+    put([batch, batch], positions=[1 << 16, 2 << 16])
+    assert count() == 3 * n
+    assert dups() == 2
+
+    # Killed before any flush: the WAL brings back the positions with the rows.
+    store.kill9()
+    store.start()
+    put([batch, batch], positions=[1 << 16, 2 << 16])
+    assert count() == 3 * n
+    assert dups() == 2, "the restarted node counts from zero; both batches were duplicates"
+
+    # Flushed and restarted: the WAL is gone and the metastore's checkpoint holds the positions.
+    flush(store)
+    store.restart()
+    assert not store.wal_files() or all(f.stat().st_size <= 8 for f in store.wal_files())
+    put([batch], positions=[2 << 16])
+    assert count() == 3 * n
+    with psycopg.connect(metastore.url) as conn:
+        (delivered,) = conn.execute("SELECT delivered FROM oxeye_shards WHERE shard = 0").fetchone()
+    producer = (collector.data_dir / "queue" / "producer").read_text().strip()
+    assert delivered["e2e-collector/spans"] == 2 << 16, delivered
+    assert f"{producer}/spans" in delivered, (producer, delivered)
+    # Another producer's stream is its own.
+    put([batch], producer="e2e-other", positions=[1])
+    assert count() == 4 * n
+
+    # Refused for good, nothing written: a batch of another schema, a malformed producer id,
+    # more batches than positions.
+    wrong = pa.record_batch([pa.array([1, 2, 3])], names=["trace_id"])
+    for bad, kwargs in (
+        ([wrong], {"positions": [99 << 16]}),
+        ([batch], {"producer": "no/slashes", "positions": [99 << 16]}),
+        ([batch, batch], {"positions": [99 << 16]}),
+    ):
+        # INVALID_ARGUMENT reaches pyarrow as ArrowInvalid.
+        with pytest.raises((flight.FlightError, pa.ArrowInvalid)) as err:
+            if bad[0] is wrong:
+                command = {"table": "spans", "shard": 0, "producer": "e2e-collector", **kwargs}
+                writer, acks = client().do_put(flight.FlightDescriptor.for_command(json.dumps(command)), wrong.schema)
+                writer.write_batch(wrong)
+                writer.done_writing()
+                acks.read()
+                writer.close()
+            else:
+                put(bad, **kwargs)
+        assert "invalid argument" in str(err.value).lower(), err.value
+    assert count() == 4 * n
+    store.restart()
+    assert count() == 4 * n, "a refused batch reached the WAL"

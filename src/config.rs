@@ -306,6 +306,23 @@ pub struct ServeArgs {
     /// [default: http://<http-listen>]
     #[arg(long, env = "OXEYE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+
+    /// TOML file of API tokens (name, role ingest/read/admin, sha256 of the secret): OTLP then
+    /// needs an ingest token, the HTTP API and UI a read or admin one [default: unset, no
+    /// checks, and only loopback addresses allowed]
+    #[arg(long, env = "OXEYE_AUTH_TOKENS_FILE", value_name = "FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// Start even though a listener without authentication is bound to a non-loopback
+    /// address (OTLP or HTTP without --auth-tokens-file, Arrow Flight) [default: false]
+    #[arg(
+        long,
+        env = "OXEYE_ALLOW_UNAUTHENTICATED",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub allow_unauthenticated: Option<bool>,
 }
 
 macro_rules! merge_fields {
@@ -348,6 +365,8 @@ impl ServeArgs {
             pg_password,
             alert_rules_file,
             public_url,
+            auth_tokens_file,
+            allow_unauthenticated,
             queue_size,
             flight_listen,
             flight_advertise,
@@ -413,6 +432,36 @@ pub struct ServeConfig {
     /// Segments in S3-compatible storage instead of the data directory.
     pub object_store: Option<oxeye_store::S3Options>,
     pub cache_bytes: u64,
+    /// API tokens (off when no token file was given).
+    pub auth: oxeye_auth::Auth,
+    /// Listeners without authentication may bind non-loopback addresses.
+    pub allow_unauthenticated: bool,
+}
+
+impl ServeConfig {
+    /// Refuses listeners that anyone on the network could use without a credential, unless
+    /// `--allow-unauthenticated` says that is intended. `listeners` are `(what, address,
+    /// authenticated)`.
+    pub fn check_exposure(&self, listeners: &[(&str, SocketAddr, bool)]) -> anyhow::Result<()> {
+        let exposed: Vec<String> = listeners
+            .iter()
+            .filter(|(_, addr, authenticated)| !authenticated && !addr.ip().is_loopback())
+            .map(|(what, addr, _)| format!("{what} on {addr}"))
+            .collect();
+        if exposed.is_empty() || self.allow_unauthenticated {
+            if !exposed.is_empty() {
+                tracing::warn!(listeners = ?exposed, "listening without authentication on non-loopback addresses (--allow-unauthenticated)");
+            }
+            return Ok(());
+        }
+        anyhow::bail!(
+            "refusing to listen without authentication on a non-loopback address: {}. Give \
+             --auth-tokens-file (API tokens for OTLP, the HTTP API and the UI) and \
+             --pg-password, bind 127.0.0.1, or pass --allow-unauthenticated if the network \
+             is trusted (Arrow Flight between nodes has no authentication yet)",
+            exposed.join(", ")
+        )
+    }
 }
 
 impl ServeArgs {
@@ -420,8 +469,13 @@ impl ServeArgs {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from("./oxeye-data"));
+        let auth = match &self.auth_tokens_file {
+            None => oxeye_auth::Auth::off(),
+            Some(path) => oxeye_auth::Auth::with_tokens(oxeye_auth::Tokens::load(path)?),
+        };
         let collector_defaults = oxeye_collector::CollectorConfig::default();
         let collector = oxeye_collector::CollectorConfig {
+            auth: auth.clone(),
             grpc_listen: self
                 .otlp_grpc_listen
                 .unwrap_or(collector_defaults.grpc_listen),
@@ -539,6 +593,8 @@ impl ServeArgs {
                 secret_access_key: None,
             }),
             cache_bytes: self.cache_size.map(|b| b.0).unwrap_or(4 << 30),
+            auth,
+            allow_unauthenticated: self.allow_unauthenticated.unwrap_or(false),
         })
     }
 }

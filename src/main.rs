@@ -101,6 +101,12 @@ fn main() -> anyhow::Result<()> {
 /// An edge collector: OTLP in, Flight out to the store nodes that own each row's shard.
 async fn collector_role(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
+    let authenticated = config.auth.enabled();
+    config.check_exposure(&[
+        ("OTLP/gRPC", config.collector.grpc_listen, authenticated),
+        ("OTLP/HTTP", config.collector.http_listen, authenticated),
+        ("HTTP", config.http_listen, authenticated),
+    ])?;
     let Some(url) = &config.metastore else {
         anyhow::bail!(
             "a collector finds the store nodes in the cluster's --metastore; give it one"
@@ -143,7 +149,7 @@ async fn collector_role(args: ServeArgs) -> anyhow::Result<()> {
         ready: ready.clone(),
     });
     let stop_http = CancellationToken::new();
-    let (_, http) = serve_http(config.http_listen, ops, stop_http.clone()).await?;
+    let (_, http) = serve_http(config.http_listen, ops, &config.auth, stop_http.clone()).await?;
     tracing::info!(
         otlp_grpc = %collector.grpc_addr,
         otlp_http = %collector.http_addr,
@@ -160,12 +166,18 @@ async fn collector_role(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `router` on `addr` until `stop`; returns the bound address and the server task.
+/// Serves `router` on `addr` behind `auth`'s checks until `stop`; returns the bound address
+/// and the server task.
 async fn serve_http(
     addr: std::net::SocketAddr,
     router: axum::Router,
+    auth: &oxeye_auth::Auth,
     stop: CancellationToken,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        auth.clone(),
+        oxeye_auth::api_guard,
+    ));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for HTTP; is the port in use?"))?;
@@ -233,6 +245,24 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         Role::Store => config.alert.evaluate = false,
         Role::All => {}
     }
+    let authenticated = config.auth.enabled();
+    let mut listeners = vec![
+        ("HTTP", config.http_listen, authenticated),
+        (
+            "PostgreSQL (only loopback clients without --pg-password)",
+            config.pg_listen,
+            true,
+        ),
+    ];
+    match role {
+        Role::All => listeners.extend([
+            ("OTLP/gRPC", config.collector.grpc_listen, authenticated),
+            ("OTLP/HTTP", config.collector.http_listen, authenticated),
+        ]),
+        Role::Store => listeners.push(("Arrow Flight", config.flight_listen, false)),
+        Role::Query => {}
+    }
+    config.check_exposure(&listeners)?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -371,9 +401,11 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             ready: ready.clone(),
         })
         .merge(oxeye_alert::http::router(alerts.clone())),
-    );
+    )
+    .merge(oxeye_auth::login_routes(config.auth.clone()));
     let stop_http = CancellationToken::new();
-    let (http_addr, http_task) = serve_http(config.http_listen, api, stop_http.clone()).await?;
+    let (http_addr, http_task) =
+        serve_http(config.http_listen, api, &config.auth, stop_http.clone()).await?;
     let pg = oxeye_query::pg::start(
         engine.clone(),
         oxeye_query::pg::PgConfig {

@@ -28,6 +28,8 @@ pub struct CollectorConfig {
     pub retry_after: Duration,
     /// Caps on attributes per item and on attribute value length.
     pub attribute_limits: crate::limits::AttributeLimits,
+    /// Who may send: every OTLP request needs a token with the ingest role (when enabled).
+    pub auth: oxeye_auth::Auth,
 }
 
 impl Default for CollectorConfig {
@@ -44,6 +46,7 @@ impl Default for CollectorConfig {
             max_in_flight_flushes: 4,
             retry_after: Duration::from_secs(1),
             attribute_limits: crate::limits::AttributeLimits::default(),
+            auth: oxeye_auth::Auth::off(),
         }
     }
 }

@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::CollectorConfig;
 use crate::batcher::{Batcher, BatcherConfig};
@@ -92,19 +93,21 @@ pub async fn start(
     // SERVING until shutdown begins.
     let (health, health_service) = tonic_health::server::health_reporter();
     set_otlp_health(&health, tonic_health::ServingStatus::Serving).await;
+    // Health checks stay open; the OTLP services need a token with the ingest role.
+    let check = config.auth.grpc_interceptor(oxeye_auth::Access::Ingest);
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(OtlpGrpc::<ExportTraceServiceRequest>::new(
-            pipeline.clone(),
-            max,
+        .add_service(InterceptedService::new(
+            OtlpGrpc::<ExportTraceServiceRequest>::new(pipeline.clone(), max),
+            check.clone(),
         ))
-        .add_service(OtlpGrpc::<ExportLogsServiceRequest>::new(
-            pipeline.clone(),
-            max,
+        .add_service(InterceptedService::new(
+            OtlpGrpc::<ExportLogsServiceRequest>::new(pipeline.clone(), max),
+            check.clone(),
         ))
-        .add_service(OtlpGrpc::<ExportMetricsServiceRequest>::new(
-            pipeline.clone(),
-            max,
+        .add_service(InterceptedService::new(
+            OtlpGrpc::<ExportMetricsServiceRequest>::new(pipeline.clone(), max),
+            check,
         ));
     let grpc_stop = stop_listeners.clone();
     let health_stop = stop_listeners.clone();
@@ -129,7 +132,11 @@ pub async fn start(
         pipeline,
         config.max_request_bytes,
         config.max_decompressed_bytes,
-    );
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        config.auth.clone(),
+        oxeye_auth::otlp_guard,
+    ));
     let http_stop = stop_listeners.clone();
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener.tap_io(no_delay), app)

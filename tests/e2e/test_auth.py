@@ -1,0 +1,187 @@
+"""API tokens and roles: OTLP (gRPC and HTTP, through the OpenTelemetry SDK's own exporters and
+its OTEL_EXPORTER_OTLP_HEADERS), the HTTP API and the web UI's login, with no token, a wrong
+token, a token of the wrong role and the right one; XSS and open-redirect attempts on the login
+page; and the refusal to listen on a public address without authentication."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+import urllib.parse
+
+import pytest
+import requests
+
+from oxeye_client import Oxeye, free_ports, oxeye_binary, random_trace_id, span, trace_request, wait_until
+
+SECRETS = {"ingest": "sdk-secret-1", "read": "grafana-secret-2", "admin": "ops-secret-3"}
+
+
+def _bearer(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {SECRETS[role]}"}
+
+
+@pytest.fixture(scope="module")
+def secured(module_oxeye_factory, tmp_path_factory) -> Oxeye:
+    path = tmp_path_factory.mktemp("auth") / "tokens.toml"
+    path.write_text(
+        "".join(
+            f'[[tokens]]\nname = "{role}-token"\nrole = "{role}"\n'
+            f'sha256 = "{hashlib.sha256(secret.encode()).hexdigest()}"\n'
+            for role, secret in SECRETS.items()
+        )
+    )
+    return module_oxeye_factory(auth_tokens_file=str(path))
+
+
+def _finished_spans(service: str, n: int = 2):
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("auth-e2e")
+    for i in range(n):
+        with tracer.start_as_current_span(f"op {i}"):
+            pass
+    provider.shutdown()
+    return memory.get_finished_spans()
+
+
+def _count(server: Oxeye, service: str) -> int:
+    r = requests.post(
+        f"{server.api}/api/v1/sql",
+        json={"sql": f"SELECT count(*) FROM spans WHERE service_name = '{service}'"},
+        headers=_bearer("read"),
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return int(r.json()["rows"][0][0])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_otlp_needs_an_ingest_token(secured, protocol, monkeypatch):
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        def exporter():
+            return OTLPSpanExporter(endpoint=secured.grpc_endpoint, insecure=True, timeout=5)
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        def exporter():
+            return OTLPSpanExporter(endpoint=f"{secured.otlp_http}/v1/traces", timeout=5)
+
+    service = f"auth-{protocol}-{time.time_ns()}"
+    spans = _finished_spans(service)
+    # The SDK reads its headers from the environment, as deployed services do.
+    for secret in (None, "not-a-token", SECRETS["read"]):
+        if secret is None:
+            monkeypatch.delenv("OTEL_EXPORTER_OTLP_HEADERS", raising=False)
+        else:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"Authorization=Bearer%20{secret}")
+        assert exporter().export(spans) == SpanExportResult.FAILURE, f"accepted with {secret!r}"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"Authorization=Bearer%20{SECRETS['ingest']}")
+    assert exporter().export(spans) == SpanExportResult.SUCCESS
+    wait_until(lambda: _count(secured, service) == len(spans) or None, timeout=20, what="the spans stored")
+    time.sleep(1)
+    assert _count(secured, service) == len(spans), "a refused export left rows behind"
+
+
+def test_otlp_refusals_say_what_to_do(secured):
+    body = trace_request([span(random_trace_id())], service="auth-raw").SerializeToString()
+    r = secured.post_otlp("traces", body)
+    assert r.status_code == 401 and "Bearer" in r.headers.get("WWW-Authenticate", "")
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in r.json()["error"]
+    r = secured.post_otlp("traces", body, headers=_bearer("read"))
+    assert r.status_code == 403 and "ingest role" in r.json()["error"], r.text
+    assert secured.post_otlp("traces", body, headers=_bearer("admin")).status_code == 200
+
+
+def test_the_http_api_checks_roles(secured):
+    sql = {"sql": "SELECT 1"}
+    url = f"{secured.api}/api/v1/sql"
+    r = requests.post(url, json=sql, timeout=10)
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer"), r.text
+    assert requests.post(url, json=sql, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    r = requests.post(url, json=sql, headers=_bearer("ingest"), timeout=10)
+    assert r.status_code == 403 and "read role" in r.json()["error"], r.text
+    for role in ("read", "admin"):
+        assert requests.post(url, json=sql, headers=_bearer(role), timeout=10).status_code == 200
+
+    flush = f"{secured.api}/api/v1/admin/flush"
+    assert requests.post(flush, headers=_bearer("read"), timeout=30).status_code == 403
+    assert requests.post(flush, headers=_bearer("admin"), timeout=30).status_code == 200
+    # Reads of the other APIs, and /metrics, need a token too; health checks do not.
+    for path in ("/api/v1/services", "/api/services", "/metrics", "/api/v1/alerts/rules"):
+        assert requests.get(f"{secured.api}{path}", timeout=10).status_code == 401, path
+        assert requests.get(f"{secured.api}{path}", headers=_bearer("read"), timeout=10).status_code == 200, path
+    for path in ("/healthz", "/readyz"):
+        assert requests.get(f"{secured.api}{path}", timeout=10).status_code == 200, path
+    # Changing alert rules is for admins.
+    rule = {"name": "auth-e2e", "expr": "SELECT 1", "for": "0s"}
+    r = requests.post(f"{secured.api}/api/v1/alerts/rules", json=rule, headers=_bearer("read"), timeout=10)
+    assert r.status_code == 403, r.text
+    # Path traversal gets nothing but a refusal or a 404, never a file.
+    r = requests.get(f"{secured.api}/pkg/..%2F..%2F..%2Fetc%2Fpasswd", timeout=10)
+    assert r.status_code in (400, 404) and "root:" not in r.text
+
+
+def test_the_ui_signs_in_with_a_token_and_out(secured):
+    ui = requests.Session()
+    r = ui.get(f"{secured.api}/traces?service=x", allow_redirects=False, timeout=10)
+    assert r.status_code == 303
+    assert r.headers["Location"] == "/login?next=" + urllib.parse.quote("/traces?service=x", safe="/")
+    page = ui.get(f"{secured.api}/login", timeout=10)
+    assert page.status_code == 200 and 'name="token"' in page.text
+
+    for secret, status in (("wrong", 401), (SECRETS["ingest"], 403)):
+        r = ui.post(f"{secured.api}/login", data={"token": secret, "next": "/"}, allow_redirects=False, timeout=10)
+        assert r.status_code == status and "oxeye_session" not in r.headers.get("Set-Cookie", ""), r.text
+
+    r = ui.post(
+        f"{secured.api}/login", data={"token": SECRETS["read"], "next": "/services"}, allow_redirects=False, timeout=10
+    )
+    assert r.status_code == 303 and r.headers["Location"] == "/services"
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and SECRETS["read"] not in cookie
+    assert ui.get(f"{secured.api}/services", timeout=10).status_code == 200
+    # The session works for the API calls the UI makes, with the read role's limits.
+    assert ui.post(f"{secured.api}/api/v1/sql", json={"sql": "SELECT 1"}, timeout=10).status_code == 200
+    assert ui.post(f"{secured.api}/api/v1/admin/flush", timeout=10).status_code == 403
+
+    r = ui.post(f"{secured.api}/logout", allow_redirects=False, timeout=10)
+    assert r.status_code == 303 and "Max-Age=0" in r.headers["Set-Cookie"]
+    assert ui.get(f"{secured.api}/services", allow_redirects=False, timeout=10).status_code == 303
+    assert ui.post(f"{secured.api}/api/v1/sql", json={"sql": "SELECT 1"}, timeout=10).status_code == 401
+
+
+def test_the_login_page_resists_xss_and_open_redirects(secured):
+    attack = '"><script>alert(1)</script>'
+    page = requests.get(f"{secured.api}/login", params={"next": attack}, timeout=10).text
+    assert "<script>alert(1)" not in page
+    r = requests.post(
+        f"{secured.api}/login", data={"token": "wrong", "next": "/" + attack}, allow_redirects=False, timeout=10
+    )
+    assert "<script>alert(1)" not in r.text
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        r = requests.post(
+            f"{secured.api}/login", data={"token": SECRETS["admin"], "next": target}, allow_redirects=False, timeout=10
+        )
+        assert r.status_code == 303 and r.headers["Location"] == "/", (target, r.headers["Location"])
+
+
+def test_a_public_address_without_authentication_is_refused(tmp_path):
+    (port,) = free_ports(1)
+    cmd = [str(oxeye_binary()), "serve", "--data-dir", str(tmp_path / "data"), "--http-listen", f"0.0.0.0:{port}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode != 0
+    err = p.stderr + p.stdout
+    assert "refusing to listen without authentication" in err and f"0.0.0.0:{port}" in err, err
+    assert "--auth-tokens-file" in err and "--allow-unauthenticated" in err

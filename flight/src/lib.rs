@@ -49,9 +49,42 @@ struct SnapshotHeader {
     segments: Vec<oxeye_store::SegmentMeta>,
 }
 
+use std::panic::AssertUnwindSafe;
+use std::task::Poll;
 use std::time::Duration;
 
+use arrow::record_batch::RecordBatch;
+use arrow_flight::FlightData;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use futures::{Stream, StreamExt};
 use oxeye_model::ingest::IngestError;
+
+/// Arrow batches from a peer's Flight messages. Arrow's IPC reader panics on some malformed
+/// messages instead of failing (arrow-ipc 59.3: buffer offsets past the message body, found by
+/// `fuzz/fuzz_targets/flight_put.rs`); a peer's bytes must not take the handler down, so a panic
+/// while decoding ends the stream with an error.
+pub fn decode_batches<S>(data: S) -> impl Stream<Item = Result<RecordBatch, FlightError>> + Send
+where
+    S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
+{
+    let mut inner = FlightRecordBatchStream::new_from_flight_data(data);
+    let mut broken = false;
+    futures::stream::poll_fn(move |cx| {
+        if broken {
+            return Poll::Ready(None);
+        }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll_next_unpin(cx))) {
+            Ok(p) => p,
+            Err(_) => {
+                broken = true;
+                Poll::Ready(Some(Err(FlightError::DecodeError(
+                    "a malformed Arrow IPC message (the decoder gave up on it)".into(),
+                ))))
+            }
+        }
+    })
+}
 
 /// gRPC metadata key carrying a store's retry advice, in milliseconds.
 const RETRY_AFTER_MS: &str = "oxeye-retry-after-ms";
@@ -97,6 +130,31 @@ fn status_to_error(store: &str, status: &tonic::Status) -> IngestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_ipc_message_is_an_error_not_a_panic() {
+        use futures::TryStreamExt;
+        use prost::Message;
+        // Found by the flight_put fuzz target: a record batch whose buffer offsets run past
+        // the message body. Format: a signal byte, then u16-length-prefixed FlightData.
+        let input = include_bytes!("../../fuzz/corpus/flight_put/regression-ipc-buffer-past-body");
+        let mut data = &input[1..];
+        let mut messages = Vec::new();
+        while data.len() >= 2 {
+            let len = u16::from_le_bytes([data[0], data[1]]) as usize;
+            data = &data[2..];
+            let take = len.min(data.len());
+            let Ok(m) = FlightData::decode(&data[..take]) else {
+                break;
+            };
+            messages.push(m);
+            data = &data[take..];
+        }
+        let stream = futures::stream::iter(messages.into_iter().map(Ok::<_, FlightError>));
+        let decoded = futures::executor::block_on(decode_batches(stream).try_collect::<Vec<_>>());
+        let err = decoded.expect_err("the malformed message must fail");
+        assert!(err.to_string().contains("malformed"), "{err}");
+    }
 
     #[test]
     fn refusals_keep_their_kind_and_advice_across_the_wire() {

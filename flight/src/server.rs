@@ -2,7 +2,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
@@ -148,8 +147,7 @@ impl FlightService for IngestFlightService {
             .map_err(|s| FlightError::Tonic(Box::new(s)));
         // What has arrived together is committed together: one shard write (one WAL sync)
         // for every batch already decoded, up to GROUP_COMMIT_MAX_BATCHES.
-        let mut arrived = FlightRecordBatchStream::new_from_flight_data(data)
-            .ready_chunks(GROUP_COMMIT_MAX_BATCHES);
+        let mut arrived = crate::decode_batches(data).ready_chunks(GROUP_COMMIT_MAX_BATCHES);
         // One acknowledgement per batch, sent once the shard holds it durably; the first
         // refusal ends the stream with the store's status.
         let acks = async_stream(move |tx| async move {

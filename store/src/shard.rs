@@ -493,7 +493,7 @@ impl Ingest for ShardSink {
 
 /// Every batch must have its signal's storage schema: the WAL, the flush and replay rely on it
 /// (over Flight, batches come from other processes).
-fn check_schemas(batches: &[SignalBatch]) -> Result<(), String> {
+pub fn check_schemas(batches: &[SignalBatch]) -> Result<(), String> {
     for b in batches {
         let want = b.signal.schema();
         if b.batch.schema().fields() != want.fields() {

@@ -27,7 +27,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use oxeye_model::{Signal, SignalBatch};
 
@@ -301,10 +300,7 @@ fn parse_record(payload: &[u8]) -> Result<(Vec<SignalBatch>, Option<Marks>), Str
         ]) as usize;
         pos += 5;
         need(pos, len)?;
-        let reader =
-            StreamReader::try_new(&payload[pos..pos + len], None).map_err(|e| e.to_string())?;
-        for batch in reader {
-            let batch = batch.map_err(|e| e.to_string())?;
+        for batch in read_ipc(&payload[pos..pos + len])? {
             if batch.schema().fields() != signal.schema().fields() {
                 return Err(format!("a {signal} batch with a different schema"));
             }
@@ -323,6 +319,31 @@ fn parse_record(payload: &[u8]) -> Result<(Vec<SignalBatch>, Option<Marks>), Str
         positions,
     });
     Ok((out, marks))
+}
+
+/// The batches of one Arrow IPC stream. Arrow's `StreamReader` allocates a message body of the
+/// size the message declares before reading it (a damaged length asks for exabytes and aborts
+/// the process, found by `fuzz/fuzz_targets/wal_record.rs`), and its decoder panics on some
+/// malformed input (see `oxeye_flight::decode_batches`). The push decoder takes only the bytes
+/// that are there, and a panic reads as damage.
+fn read_ipc(bytes: &[u8]) -> Result<Vec<arrow::record_batch::RecordBatch>, String> {
+    std::panic::catch_unwind(|| {
+        let mut decoder = arrow::ipc::reader::StreamDecoder::new();
+        let mut buffer = arrow::buffer::Buffer::from(bytes.to_vec());
+        let mut out = Vec::new();
+        while !buffer.is_empty() {
+            let before = buffer.len();
+            if let Some(batch) = decoder.decode(&mut buffer).map_err(|e| e.to_string())? {
+                out.push(batch);
+            }
+            if buffer.len() == before {
+                return Err("an Arrow IPC stream that does not advance".to_string());
+            }
+        }
+        decoder.finish().map_err(|e| e.to_string())?;
+        Ok(out)
+    })
+    .unwrap_or_else(|_| Err("a malformed Arrow IPC stream".into()))
 }
 
 /// An open WAL file being appended to.
@@ -458,6 +479,14 @@ mod tests {
             positions: vec![1],
         };
         assert!(encode_marked_record(&[a.clone(), a], Some(&short)).is_err());
+    }
+
+    #[test]
+    fn a_record_declaring_a_huge_body_is_damage_not_an_abort() {
+        // Found by the wal_record fuzz target: an IPC message whose body length asks for
+        // exabytes made Arrow's StreamReader abort the process on allocation.
+        let input = include_bytes!("../../fuzz/corpus/wal_record/regression-ipc-huge-body-length");
+        assert!(decode_record(input).is_err());
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct ClusterRouter {
     router: parking_lot::RwLock<Arc<ShardRouter>>,
     /// A Flight sink per (shard, address), reused across deliveries.
     sinks: Arc<parking_lot::Mutex<Sinks>>,
+    /// CA and client certificate for `https://` store nodes.
+    tls: oxeye_tls::ClientTls,
     stop: CancellationToken,
 }
 
@@ -84,6 +86,7 @@ impl ClusterRouter {
     pub fn start(
         meta: Arc<PgMetastore>,
         queues: Queues,
+        tls: oxeye_tls::ClientTls,
         stop: CancellationToken,
     ) -> std::io::Result<Arc<ClusterRouter>> {
         let router = Arc::new(ClusterRouter {
@@ -91,6 +94,7 @@ impl ClusterRouter {
             map: Arc::new(parking_lot::RwLock::new(BTreeMap::new())),
             router: parking_lot::RwLock::new(Arc::new(ShardRouter::new(vec![]))),
             sinks: Arc::new(parking_lot::Mutex::new(BTreeMap::new())),
+            tls,
             stop: stop.clone(),
         });
         for shard in router.queues.existing_shards() {
@@ -124,6 +128,7 @@ impl ClusterRouter {
         if opened {
             let map = self.map.clone();
             let sinks = self.sinks.clone();
+            let tls = self.tls.clone();
             let target: Arc<
                 dyn Fn(u32) -> Option<Arc<oxeye_flight::FlightShardSink>> + Send + Sync,
             > = Arc::new(move |shard| {
@@ -132,7 +137,14 @@ impl ClusterRouter {
                 if let Some(s) = sinks.get(&(shard, addr.clone())) {
                     return Some(s.clone());
                 }
-                let sink = Arc::new(oxeye_flight::FlightShardSink::new(&addr, shard).ok()?);
+                let sink = match oxeye_flight::FlightShardSink::new(&addr, shard, &tls) {
+                    Ok(sink) => Arc::new(sink),
+                    Err(e) => {
+                        // The queue keeps the rows and asks again at its next attempt.
+                        tracing::warn!(shard, error = %e, "cannot reach the shard's store node");
+                        return None;
+                    }
+                };
                 sinks.insert((shard, addr), sink.clone());
                 Some(sink)
             });

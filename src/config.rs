@@ -263,7 +263,7 @@ pub struct ServeArgs {
     #[arg(long, env = "OXEYE_FLIGHT_LISTEN", value_name = "ADDR")]
     pub flight_listen: Option<SocketAddr>,
 
-    /// The Flight URL other nodes reach this store node at [default: http://<flight-listen>]
+    /// The Flight URL other nodes reach this store node at [default: http://<flight-listen>, https:// with --tls-cert]
     #[arg(long, env = "OXEYE_FLIGHT_ADVERTISE", value_name = "URL")]
     pub flight_advertise: Option<String>,
 
@@ -303,7 +303,7 @@ pub struct ServeArgs {
     pub alert_rules_file: Option<PathBuf>,
 
     /// oxeye's address as people reach it, for links in alert notifications
-    /// [default: http://<http-listen>]
+    /// [default: http://<http-listen>, https:// with --tls-cert]
     #[arg(long, env = "OXEYE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
 
@@ -314,7 +314,8 @@ pub struct ServeArgs {
     pub auth_tokens_file: Option<PathBuf>,
 
     /// Start even though a listener without authentication is bound to a non-loopback
-    /// address (OTLP or HTTP without --auth-tokens-file, Arrow Flight) [default: false]
+    /// address (OTLP or HTTP without --auth-tokens-file, Arrow Flight without
+    /// --tls-client-ca) [default: false]
     #[arg(
         long,
         env = "OXEYE_ALLOW_UNAUTHENTICATED",
@@ -323,6 +324,26 @@ pub struct ServeArgs {
         default_missing_value = "true"
     )]
     pub allow_unauthenticated: Option<bool>,
+
+    /// PEM certificate (chain) of this process: with --tls-key, every listener speaks TLS
+    /// (OTLP, the HTTP API and UI, PostgreSQL, Arrow Flight) [default: unset, plain text]
+    #[arg(long, env = "OXEYE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1) [default: unset]
+    #[arg(long, env = "OXEYE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates for mutual TLS between nodes: a store node's Flight listener then
+    /// accepts only peers with a certificate one of them signed, and this process shows
+    /// --tls-cert to the nodes it connects to [default: unset, no client certificates]
+    #[arg(long, env = "OXEYE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// PEM CA certificates that signed other nodes' certificates, for https:// Flight
+    /// addresses [default: the system's roots]
+    #[arg(long, env = "OXEYE_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 macro_rules! merge_fields {
@@ -367,6 +388,10 @@ impl ServeArgs {
             public_url,
             auth_tokens_file,
             allow_unauthenticated,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_ca,
             queue_size,
             flight_listen,
             flight_advertise,
@@ -436,6 +461,8 @@ pub struct ServeConfig {
     pub auth: oxeye_auth::Auth,
     /// Listeners without authentication may bind non-loopback addresses.
     pub allow_unauthenticated: bool,
+    /// Certificates for the listeners and for connections to other nodes (off without them).
+    pub tls: oxeye_tls::Tls,
 }
 
 impl ServeConfig {
@@ -457,8 +484,9 @@ impl ServeConfig {
         anyhow::bail!(
             "refusing to listen without authentication on a non-loopback address: {}. Give \
              --auth-tokens-file (API tokens for OTLP, the HTTP API and the UI) and \
-             --pg-password, bind 127.0.0.1, or pass --allow-unauthenticated if the network \
-             is trusted (Arrow Flight between nodes has no authentication yet)",
+             --pg-password, mutual TLS for Arrow Flight between nodes (--tls-cert, --tls-key \
+             and --tls-client-ca), bind 127.0.0.1, or pass --allow-unauthenticated if the \
+             network is trusted",
             exposed.join(", ")
         )
     }
@@ -473,9 +501,17 @@ impl ServeArgs {
             None => oxeye_auth::Auth::off(),
             Some(path) => oxeye_auth::Auth::with_tokens(oxeye_auth::Tokens::load(path)?),
         };
+        let tls = oxeye_tls::Tls::load(&oxeye_tls::TlsFiles {
+            cert: self.tls_cert,
+            key: self.tls_key,
+            client_ca: self.tls_client_ca,
+            ca: self.tls_ca,
+        })?;
+        let scheme = tls.scheme();
         let collector_defaults = oxeye_collector::CollectorConfig::default();
         let collector = oxeye_collector::CollectorConfig {
             auth: auth.clone(),
+            tls: tls.clone(),
             grpc_listen: self
                 .otlp_grpc_listen
                 .unwrap_or(collector_defaults.grpc_listen),
@@ -564,7 +600,7 @@ impl ServeArgs {
             rules_file: self.alert_rules_file,
             public_url: self
                 .public_url
-                .unwrap_or_else(|| format!("http://{http_listen}")),
+                .unwrap_or_else(|| format!("{scheme}://{http_listen}")),
             ..oxeye_alert::AlertConfig::default()
         };
         Ok(ServeConfig {
@@ -584,7 +620,7 @@ impl ServeArgs {
             queue_bytes: self.queue_size.map(|b| b.0).unwrap_or(1 << 30),
             flight_advertise: self
                 .flight_advertise
-                .unwrap_or_else(|| format!("http://{flight_listen}")),
+                .unwrap_or_else(|| format!("{scheme}://{flight_listen}")),
             object_store: self.object_store.map(|url| oxeye_store::S3Options {
                 url,
                 endpoint: self.s3_endpoint,
@@ -595,6 +631,7 @@ impl ServeArgs {
             cache_bytes: self.cache_size.map(|b| b.0).unwrap_or(4 << 30),
             auth,
             allow_unauthenticated: self.allow_unauthenticated.unwrap_or(false),
+            tls,
         })
     }
 }

@@ -7,7 +7,6 @@ mod cluster;
 mod config;
 mod queue;
 
-use axum::serve::ListenerExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,13 +128,18 @@ async fn collector_role(args: ServeArgs) -> anyhow::Result<()> {
             config.data_dir.join("queue").display()
         )
     })?;
-    let cluster_router = cluster::ClusterRouter::start(meta, queues, stop_cluster.clone())
-        .with_context(|| {
-            format!(
-                "cannot open the collector's queue in {}",
-                config.data_dir.join("queue").display()
-            )
-        })?;
+    let cluster_router = cluster::ClusterRouter::start(
+        meta,
+        queues,
+        config.tls.client().clone(),
+        stop_cluster.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the collector's queue in {}",
+            config.data_dir.join("queue").display()
+        )
+    })?;
     queue::register_metrics(
         cluster_router.queues().clone(),
         &mut registry,
@@ -149,7 +153,14 @@ async fn collector_role(args: ServeArgs) -> anyhow::Result<()> {
         ready: ready.clone(),
     });
     let stop_http = CancellationToken::new();
-    let (_, http) = serve_http(config.http_listen, ops, &config.auth, stop_http.clone()).await?;
+    let (_, http) = serve_http(
+        config.http_listen,
+        ops,
+        &config.auth,
+        &config.tls,
+        stop_http.clone(),
+    )
+    .await?;
     tracing::info!(
         otlp_grpc = %collector.grpc_addr,
         otlp_http = %collector.http_addr,
@@ -172,6 +183,7 @@ async fn serve_http(
     addr: std::net::SocketAddr,
     router: axum::Router,
     auth: &oxeye_auth::Auth,
+    tls: &oxeye_tls::Tls,
     stop: CancellationToken,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let router = router.layer(axum::middleware::from_fn_with_state(
@@ -182,10 +194,10 @@ async fn serve_http(
         .await
         .with_context(|| format!("cannot listen on {addr} for HTTP; is the port in use?"))?;
     let bound = listener.local_addr()?;
+    let tls = tls.clone();
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener.tap_io(oxeye_collector::no_delay), router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+        if let Err(e) =
+            oxeye_tls::serve_http(listener, router, tls.server(), stop.cancelled_owned()).await
         {
             tracing::error!(error = %e, "HTTP server failed");
         }
@@ -259,7 +271,12 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             ("OTLP/gRPC", config.collector.grpc_listen, authenticated),
             ("OTLP/HTTP", config.collector.http_listen, authenticated),
         ]),
-        Role::Store => listeners.push(("Arrow Flight", config.flight_listen, false)),
+        // Only mutual TLS authenticates Flight's peers (other nodes).
+        Role::Store => listeners.push((
+            "Arrow Flight (without --tls-client-ca)",
+            config.flight_listen,
+            config.tls.mutual(),
+        )),
         Role::Query => {}
     }
     config.check_exposure(&listeners)?;
@@ -319,15 +336,19 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         (Role::Store, Some(meta)) => {
             let service = oxeye_flight::IngestFlightService::new(store.shard_sinks())
                 .with_snapshots(store.clone());
-            let (addr, task) =
-                oxeye_flight::serve(config.flight_listen, service, stop_cluster.clone())
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot listen on {} for Arrow Flight; is the port in use?",
-                            config.flight_listen
-                        )
-                    })?;
+            let (addr, task) = oxeye_flight::serve(
+                config.flight_listen,
+                service,
+                config.tls.server(),
+                stop_cluster.clone(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for Arrow Flight; is the port in use?",
+                    config.flight_listen
+                )
+            })?;
             cluster::heartbeat(
                 meta.clone(),
                 oxeye_metastore::Node {
@@ -345,7 +366,10 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         (Role::Query, Some(meta)) => {
             // Queries read each store node's shards from its own snapshot (committed segments
             // and unflushed rows), so rows show up before they are flushed.
-            let remote = oxeye_flight::FlightRemoteShards::new(config.query.memory_limit_bytes);
+            let remote = oxeye_flight::FlightRemoteShards::new(
+                config.query.memory_limit_bytes,
+                config.tls.client().clone(),
+            );
             store.set_remote_shards(remote.clone());
             cluster::follow_store_nodes(meta.clone(), remote, stop_cluster.clone());
             None
@@ -402,16 +426,29 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         })
         .merge(oxeye_alert::http::router(alerts.clone())),
     )
-    .merge(oxeye_auth::login_routes(config.auth.clone()));
+    .merge(oxeye_auth::login_routes(
+        config.auth.clone(),
+        config.tls.enabled(),
+    ));
     let stop_http = CancellationToken::new();
-    let (http_addr, http_task) =
-        serve_http(config.http_listen, api, &config.auth, stop_http.clone()).await?;
+    let (http_addr, http_task) = serve_http(
+        config.http_listen,
+        api,
+        &config.auth,
+        &config.tls,
+        stop_http.clone(),
+    )
+    .await?;
     let pg = oxeye_query::pg::start(
         engine.clone(),
         oxeye_query::pg::PgConfig {
             listen: config.pg_listen,
             user: config.pg_user.clone(),
             password: config.pg_password.clone(),
+            tls: config
+                .tls
+                .server()
+                .map(oxeye_tls::ServerTls::postgres_acceptor),
         },
     )
     .await

@@ -199,17 +199,34 @@ struct NextQuery {
     next: Option<String>,
 }
 
+/// What the login routes need: the tokens, and whether the session cookie is for HTTPS only.
+#[derive(Clone)]
+struct LoginState {
+    auth: Auth,
+    /// `Path=/; HttpOnly; SameSite=Strict`, plus `Secure` when the listener speaks TLS (the
+    /// browser then never sends the session over plain text).
+    cookie_attributes: &'static str,
+}
+
 /// `GET /login` (the form), `POST /login` (form fields `token`, `next`) and `POST /logout`.
-/// With auth off, `/login` sends the browser on.
-pub fn login_routes(auth: Auth) -> Router {
+/// With auth off, `/login` sends the browser on. `over_tls`: the listener speaks TLS.
+pub fn login_routes(auth: Auth, over_tls: bool) -> Router {
+    let state = LoginState {
+        auth,
+        cookie_attributes: if over_tls {
+            "Path=/; HttpOnly; SameSite=Strict; Secure"
+        } else {
+            "Path=/; HttpOnly; SameSite=Strict"
+        },
+    };
     Router::new()
         .route(
             "/login",
             get(
-                |State(auth): State<Auth>,
+                |State(state): State<LoginState>,
                  axum::extract::Query(q): axum::extract::Query<NextQuery>| async move {
                     let next = safe_next(q.next.as_deref()).to_string();
-                    if !auth.enabled() {
+                    if !state.auth.enabled() {
                         return redirect(&next);
                     }
                     login_page(&next, None, StatusCode::OK)
@@ -218,10 +235,11 @@ pub fn login_routes(auth: Auth) -> Router {
             .post(login),
         )
         .route("/logout", axum::routing::post(logout).get(logout))
-        .with_state(auth)
+        .with_state(state)
 }
 
-async fn login(State(auth): State<Auth>, body: axum::body::Bytes) -> Response {
+async fn login(State(state): State<LoginState>, body: axum::body::Bytes) -> Response {
+    let auth = &state.auth;
     let form: LoginForm = match serde_urlencoded::from_bytes(&body) {
         Ok(f) => f,
         Err(e) => {
@@ -242,7 +260,8 @@ async fn login(State(auth): State<Auth>, body: axum::body::Bytes) -> Response {
             let id = auth.sessions().start(p);
             let mut r = redirect(&next);
             let cookie = format!(
-                "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                "{SESSION_COOKIE}={id}; {}; Max-Age={}",
+                state.cookie_attributes,
                 crate::sessions::SESSION_TTL.as_secs()
             );
             if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -266,15 +285,15 @@ async fn login(State(auth): State<Auth>, body: axum::body::Bytes) -> Response {
     }
 }
 
-async fn logout(State(auth): State<Auth>, req: Request<Body>) -> Response {
+async fn logout(State(state): State<LoginState>, req: Request<Body>) -> Response {
     if let Some(id) = session(req.headers()) {
-        auth.sessions().end(id);
+        state.auth.sessions().end(id);
     }
     let mut r = redirect("/login");
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("oxeye_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    let expired = format!("{SESSION_COOKIE}=; {}; Max-Age=0", state.cookie_attributes);
+    if let Ok(v) = HeaderValue::from_str(&expired) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
     r
 }
 

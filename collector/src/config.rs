@@ -30,6 +30,8 @@ pub struct CollectorConfig {
     pub attribute_limits: crate::limits::AttributeLimits,
     /// Who may send: every OTLP request needs a token with the ingest role (when enabled).
     pub auth: oxeye_auth::Auth,
+    /// Both receivers speak TLS when this has a certificate.
+    pub tls: oxeye_tls::Tls,
 }
 
 impl Default for CollectorConfig {
@@ -47,6 +49,7 @@ impl Default for CollectorConfig {
             retry_after: Duration::from_secs(1),
             attribute_limits: crate::limits::AttributeLimits::default(),
             auth: oxeye_auth::Auth::off(),
+            tls: oxeye_tls::Tls::off(),
         }
     }
 }

@@ -27,5 +27,4 @@ pub mod server;
 pub use config::CollectorConfig;
 pub use error::ExportError;
 pub use pipeline::Pipeline;
-pub use server::no_delay;
 pub use server::{RunningCollector, start};

@@ -3,13 +3,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use oxeye_model::ingest::Ingest;
 use oxeye_model::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use oxeye_model::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 use oxeye_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use prometheus_client::registry::Registry;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -30,6 +29,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot set up TLS for {what}: {reason}")]
+    Tls { what: &'static str, reason: String },
 }
 
 /// A collector that is serving. Dropping it does not stop it; call [`RunningCollector::shutdown`].
@@ -95,7 +96,14 @@ pub async fn start(
     set_otlp_health(&health, tonic_health::ServingStatus::Serving).await;
     // Health checks stay open; the OTLP services need a token with the ingest role.
     let check = config.auth.grpc_interceptor(oxeye_auth::Access::Ingest);
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls.server() {
+        grpc = grpc.tls_config(tls.grpc()).map_err(|e| ServerError::Tls {
+            what: "OTLP/gRPC",
+            reason: e.to_string(),
+        })?;
+    }
+    let grpc = grpc
         .add_service(health_service)
         .add_service(InterceptedService::new(
             OtlpGrpc::<ExportTraceServiceRequest>::new(pipeline.clone(), max),
@@ -138,10 +146,15 @@ pub async fn start(
         oxeye_auth::otlp_guard,
     ));
     let http_stop = stop_listeners.clone();
+    let http_tls = config.tls.clone();
     let http_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener.tap_io(no_delay), app)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await
+        if let Err(e) = oxeye_tls::serve_http(
+            http_listener,
+            app,
+            http_tls.server(),
+            http_stop.cancelled_owned(),
+        )
+        .await
         {
             tracing::error!(error = %e, "OTLP/HTTP server failed");
         }
@@ -186,13 +199,5 @@ async fn set_otlp_health(
     }
     if status != tonic_health::ServingStatus::Serving {
         health.set_service_status("", status).await;
-    }
-}
-
-/// Turns Nagle's algorithm off on an accepted connection: request/response protocols otherwise
-/// hold small writes back until the peer's delayed ACK (up to 40 ms).
-pub fn no_delay(tcp: &mut TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }

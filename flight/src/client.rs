@@ -5,7 +5,7 @@ use arrow_flight::error::FlightError;
 use arrow_flight::{FlightClient, FlightDescriptor};
 use oxeye_model::ingest::{Ingest, IngestError, Marks};
 use oxeye_model::{Signal, SignalBatch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{PutCommand, status_to_error};
 
@@ -18,12 +18,17 @@ pub struct FlightShardSink {
 }
 
 impl FlightShardSink {
-    /// `store` is the node's Flight address (`http://host:7701`); connects lazily and
-    /// reconnects by itself.
-    pub fn new(store: &str, shard: u32) -> Result<FlightShardSink, IngestError> {
-        let endpoint = Endpoint::from_shared(store.to_string())
+    /// `store` is the node's Flight address (`http://host:7701`, or `https://` over TLS with
+    /// `tls`'s CA and client certificate); connects lazily and reconnects by itself.
+    pub fn new(
+        store: &str,
+        shard: u32,
+        tls: &oxeye_tls::ClientTls,
+    ) -> Result<FlightShardSink, IngestError> {
+        let endpoint = tls
+            .endpoint(store)
             .map_err(|e| IngestError::Rejected {
-                reason: format!("store address `{store}` is not a URL: {e}"),
+                reason: e.to_string(),
             })?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30));

@@ -14,7 +14,7 @@ use arrow_flight::{FlightClient, Ticket};
 use futures::StreamExt;
 use oxeye_model::Signal;
 use oxeye_store::{IndexPredicate, RemoteShards, ShardSnapshot, StoreError};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{SnapshotHeader, SnapshotTicket};
 
@@ -35,6 +35,8 @@ pub struct FlightRemoteShards {
     /// query's memory limit): past it the query fails instead of the node running out of
     /// memory.
     max_bytes: usize,
+    /// CA and client certificate for `https://` nodes.
+    tls: oxeye_tls::ClientTls,
 }
 
 /// Why one node's snapshot is missing.
@@ -46,10 +48,11 @@ enum SnapshotFailure {
 }
 
 impl FlightRemoteShards {
-    pub fn new(max_bytes: usize) -> Arc<FlightRemoteShards> {
+    pub fn new(max_bytes: usize, tls: oxeye_tls::ClientTls) -> Arc<FlightRemoteShards> {
         Arc::new(FlightRemoteShards {
             nodes: parking_lot::RwLock::new(BTreeMap::new()),
             max_bytes,
+            tls,
         })
     }
 
@@ -61,7 +64,7 @@ impl FlightRemoteShards {
             if nodes.contains_key(url) {
                 continue;
             }
-            match Endpoint::from_shared(url.clone()) {
+            match self.tls.endpoint(url) {
                 Ok(e) => {
                     let channel = e
                         .connect_timeout(Duration::from_secs(2))
@@ -70,7 +73,7 @@ impl FlightRemoteShards {
                     nodes.insert(url.clone(), channel);
                 }
                 Err(e) => {
-                    tracing::warn!(url, error = %e, "a store node's Flight address is not a URL")
+                    tracing::warn!(url, error = %e, "cannot reach a store node's Flight address")
                 }
             }
         }

@@ -373,12 +373,20 @@ const GROUP_COMMIT_MAX_BATCHES: usize = 256;
 /// smaller; see `--batch-max-rows`).
 const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
-/// Serves Flight on `addr` until `stop` is cancelled.
+/// Serves Flight on `addr` until `stop` is cancelled; over TLS when `tls` is given, and then
+/// only to peers with a client certificate when it asks for them (`--tls-client-ca`).
 pub async fn serve(
     addr: SocketAddr,
     service: IngestFlightService,
+    tls: Option<&oxeye_tls::ServerTls>,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), std::io::Error> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.grpc_between_nodes())
+            .map_err(|e| std::io::Error::other(format!("cannot set up TLS for Flight: {e}")))?;
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     // Without TCP_NODELAY, each per-batch acknowledgement and window update waits for the
@@ -401,7 +409,7 @@ pub async fn serve(
             .await;
     });
     let task = tokio::spawn(async move {
-        let server = tonic::transport::Server::builder()
+        let server = builder
             .add_service(health_service)
             .add_service(
                 FlightServiceServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -133,30 +133,41 @@ class Oxeye:
         self.data_dir = Path(data_dir)
         self.log_path = Path(log_path)
         self.flags = dict(flags or {})
+        # Not an oxeye flag: the CA this test's clients trust when oxeye speaks TLS.
+        self.ca_file = self.flags.pop("client_ca_file", None)
+        self.scheme = "https" if "tls_cert" in self.flags else "http"
         grpc, otlp_http, api, pg = free_ports(4)
         self.grpc_addr = f"127.0.0.1:{grpc}"
         self.otlp_http_addr = f"127.0.0.1:{otlp_http}"
         self.api_addr = f"127.0.0.1:{api}"
         self.pg_addr = f"127.0.0.1:{pg}"
         self.proc: subprocess.Popen | None = None
-        self.session = requests.Session()
+        self.session = self._new_session()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        if self.ca_file:
+            session.verify = str(self.ca_file)
+            # Else REQUESTS_CA_BUNDLE, where set, beats the session's own `verify`.
+            session.trust_env = False
+        return session
 
     # Endpoints ------------------------------------------------------------------------------
 
     @property
     def grpc_endpoint(self) -> str:
-        """For the OTLP gRPC exporters (`endpoint=`, with `insecure=True`)."""
-        return f"http://{self.grpc_addr}"
+        """For the OTLP gRPC exporters (`endpoint=`, with `insecure=True` over plain text)."""
+        return f"{self.scheme}://{self.grpc_addr}"
 
     @property
     def otlp_http(self) -> str:
         """Base URL of OTLP/HTTP; append `/v1/traces` etc."""
-        return f"http://{self.otlp_http_addr}"
+        return f"{self.scheme}://{self.otlp_http_addr}"
 
     @property
     def api(self) -> str:
         """Base URL of the HTTP API."""
-        return f"http://{self.api_addr}"
+        return f"{self.scheme}://{self.api_addr}"
 
     # Lifecycle ------------------------------------------------------------------------------
 
@@ -368,7 +379,10 @@ class Oxeye:
         given; trusted on loopback unless the server has `--pg-password`)."""
         import psycopg
 
-        params = {"user": PG_USER, "dbname": PG_DATABASE, "connect_timeout": 10, **kwargs}
+        params = {"user": PG_USER, "dbname": PG_DATABASE, "connect_timeout": 10}
+        if self.ca_file:
+            params.update(sslmode="verify-full", sslrootcert=str(self.ca_file))
+        params.update(kwargs)
         return psycopg.connect(host=self.pg_host, port=self.pg_port, **params)
 
     def psql(
@@ -378,6 +392,7 @@ class Oxeye:
         user: str = PG_USER,
         password: str | None = None,
         timeout: float = 60,
+        ssl: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         """Runs `psql -X -A -t -v ON_ERROR_STOP=1` with one `-c` per command (never prompting
         for a password); with `check`, asserts exit code 0. Fields are separated by `|`."""
@@ -401,6 +416,10 @@ class Oxeye:
         env["PGCONNECT_TIMEOUT"] = "10"
         if password is not None:
             env["PGPASSWORD"] = password
+        # Over TLS, psql checks the certificate and the host name unless told otherwise.
+        if self.ca_file:
+            env.update(PGSSLMODE="verify-full", PGSSLROOTCERT=str(self.ca_file))
+        env.update(ssl or {})
         p = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
         )
@@ -536,7 +555,12 @@ def sdk_exporters(protocol: str, server: Oxeye):
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        kw = {"endpoint": server.grpc_endpoint, "insecure": True}
+        kw: dict[str, Any] = {"endpoint": server.grpc_endpoint, "insecure": True}
+        if server.ca_file:
+            import grpc
+
+            ca = Path(server.ca_file).read_bytes()
+            kw = {"endpoint": server.grpc_endpoint, "credentials": grpc.ssl_channel_credentials(ca)}
         return OTLPSpanExporter(**kw), OTLPLogExporter(**kw), OTLPMetricExporter(**kw)
 
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
@@ -544,10 +568,11 @@ def sdk_exporters(protocol: str, server: Oxeye):
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     base = server.otlp_http
+    kw = {"certificate_file": str(server.ca_file)} if server.ca_file else {}
     return (
-        OTLPSpanExporter(endpoint=f"{base}/v1/traces"),
-        OTLPLogExporter(endpoint=f"{base}/v1/logs"),
-        OTLPMetricExporter(endpoint=f"{base}/v1/metrics"),
+        OTLPSpanExporter(endpoint=f"{base}/v1/traces", **kw),
+        OTLPLogExporter(endpoint=f"{base}/v1/logs", **kw),
+        OTLPMetricExporter(endpoint=f"{base}/v1/metrics", **kw),
     )
 
 

@@ -1208,6 +1208,83 @@ def test_unflushed_rows_beyond_the_query_memory_limit_fail_the_query_clearly(met
     assert "unflushed rows" in answer.text and "--query-memory" in answer.text, answer.text[:500]
 
 
+def test_nodes_talk_over_mutual_tls(metastore, s3, oxeye_factory, tmp_path):
+    """Every node with a certificate: the collector and query node reach the store node's
+    Flight listener over TLS, each showing its own certificate (mutual TLS), and the SDK sends
+    to the collector over TLS. A Flight client with no certificate, or with one another CA
+    signed, or in plain text, is turned away; with the nodes' certificate it is served."""
+    import json
+
+    import pyarrow.flight as flight
+
+    from certs import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    tls = {
+        "tls_cert": certs.cert,
+        "tls_key": certs.key,
+        "tls_client_ca": certs.ca,
+        "tls_ca": certs.ca,
+        "client_ca_file": certs.ca,
+    }
+    (fa,) = free_ports(1)
+    store = oxeye_factory(
+        **s3.flags(
+            metastore=metastore.url, role="store", shards=2, flight_listen=f"127.0.0.1:{fa}",
+            flush_age="1h", maintenance_interval="1h", **tls,
+        )
+    )
+    collector = oxeye_factory(metastore=metastore.url, role="collector", **tls)
+    query = oxeye_factory(**s3.flags(metastore=metastore.url, role="query", **tls))
+    wait_until(
+        lambda: f"https://127.0.0.1:{fa}" in collector.log() or None,
+        timeout=20,
+        what="the collector seeing the store node's https:// Flight address",
+    )
+    service = unique("mtls")
+    traces = _send_traces(collector, service, 6)
+    total = sum(len(v) for v in traces.values())
+
+    # Unflushed rows reach the query node from the store node's snapshot, over mutual TLS.
+    def count() -> int:
+        return int(query.sql_value(f"SELECT count(*) FROM spans WHERE service_name = '{service}'"))
+
+    wait_until(lambda: count() == total or None, timeout=30, what="the query node seeing the spans over Flight")
+    assert segments(store, "spans") == [], "the spans were flushed; the snapshot path was not tested"
+
+    ticket = flight.Ticket(json.dumps({"table": "spans", "start": None, "end": None}).encode())
+    ca = certs.ca.read_bytes()
+
+    def snapshot_rows(location: str, **client_tls: Any) -> int:
+        if location.startswith("grpc+tls"):
+            client = flight.connect(location, tls_root_certs=ca, **client_tls)
+        else:
+            client = flight.connect(location)
+        try:
+            return client.do_get(ticket, options=flight.FlightCallOptions(timeout=10)).read_all().num_rows
+        finally:
+            client.close()
+
+    tls_location = f"grpc+tls://127.0.0.1:{fa}"
+    refused = {
+        "no client certificate": lambda: snapshot_rows(tls_location),
+        "a certificate of another CA": lambda: snapshot_rows(
+            tls_location, cert_chain=certs.other_cert.read_bytes(), private_key=certs.other_key.read_bytes()
+        ),
+        "plain text": lambda: snapshot_rows(f"grpc://127.0.0.1:{fa}"),
+    }
+    for what, attempt in refused.items():
+        with pytest.raises(flight.FlightError, match="UNAVAILABLE"):
+            attempt()
+            pytest.fail(f"the store node served a Flight client with {what}")
+    rows = snapshot_rows(tls_location, cert_chain=certs.cert.read_bytes(), private_key=certs.key.read_bytes())
+    assert rows >= total
+    # The nodes keep serving after the refused handshakes.
+    more = _send_traces(collector, service, 2)
+    total += sum(len(v) for v in more.values())
+    wait_until(lambda: count() == total or None, timeout=30, what="the query node seeing the later spans")
+
+
 def _flight_cluster(metastore, s3, oxeye_factory) -> tuple[Oxeye, Oxeye, Oxeye, Oxeye]:
     """Two store nodes (shards 0-1 and 2-3, no timed flushes), a collector that sees both, and a
     query node: `(a, b, collector, query)`."""

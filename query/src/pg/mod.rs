@@ -49,12 +49,27 @@ fn login_user<C: ClientInfo>(client: &C) -> &str {
 }
 
 /// Settings of the PostgreSQL listener.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgConfig {
     pub listen: SocketAddr,
     pub user: String,
     /// When `None`, clients connecting from loopback are trusted and others refused.
     pub password: Option<String>,
+    /// With it, connections must switch to TLS (`sslmode=require` or stricter) before they
+    /// log in; plain-text ones are refused, so no password or row crosses the network in
+    /// the clear.
+    pub tls: Option<pgwire::tokio::tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("listen", &self.listen)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// The SQLSTATE and message a query error is reported with.
@@ -415,6 +430,7 @@ struct Startup {
     password:
         Option<Arc<Md5PasswordAuthStartupHandler<Credentials, DefaultServerParameterProvider>>>,
     trust: Arc<TrustLoopback>,
+    require_tls: bool,
 }
 
 struct TrustLoopback;
@@ -470,6 +486,15 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if self.require_tls && !client.is_secure() {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                "this server only accepts TLS connections: connect with sslmode=require, or \
+                 verify-full with sslrootcert set to the CA that signed the server's certificate"
+                    .into(),
+            ))));
+        }
         match &self.password {
             Some(handler) => handler.on_startup(client, message).await,
             None => {
@@ -542,6 +567,7 @@ pub async fn start(engine: QueryEngine, config: PgConfig) -> std::io::Result<PgS
             ))
         }),
         trust: Arc::new(TrustLoopback),
+        require_tls: config.tls.is_some(),
     });
     let handlers = Arc::new(Handlers {
         backend: Arc::new(Backend {
@@ -552,6 +578,7 @@ pub async fn start(engine: QueryEngine, config: PgConfig) -> std::io::Result<PgS
     });
     let stop = CancellationToken::new();
     let stop_accept = stop.clone();
+    let tls = config.tls.clone();
     let task = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -561,9 +588,9 @@ pub async fn start(engine: QueryEngine, config: PgConfig) -> std::io::Result<PgS
             match accepted {
                 Ok((socket, peer)) => {
                     let handlers = handlers.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await
-                        {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                             tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
                         }
                     });
@@ -575,7 +602,7 @@ pub async fn start(engine: QueryEngine, config: PgConfig) -> std::io::Result<PgS
             }
         }
     });
-    tracing::info!(%addr, "PostgreSQL protocol listening");
+    tracing::info!(%addr, tls = config.tls.is_some(), "PostgreSQL protocol listening");
     Ok(PgServer { addr, task, stop })
 }
 

@@ -130,9 +130,10 @@ class Oxeye:
 
     def __init__(self, data_dir: Path, log_path: Path, flags: dict[str, Any] | None = None):
         self.binary = oxeye_binary()
-        self.data_dir = Path(data_dir)
-        self.log_path = Path(log_path)
         self.flags = dict(flags or {})
+        # `data_dir` among the flags puts the data somewhere else (a small disk, say).
+        self.data_dir = Path(self.flags.pop("data_dir", data_dir))
+        self.log_path = Path(log_path)
         # Not an oxeye flag: the CA this test's clients trust when oxeye speaks TLS.
         self.ca_file = self.flags.pop("client_ca_file", None)
         self.scheme = "https" if "tls_cert" in self.flags else "http"

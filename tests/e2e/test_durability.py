@@ -507,3 +507,154 @@ def test_spans_from_the_far_past_and_future_are_stored_and_found(oxeye: Oxeye):
     oxeye.stop()
     oxeye.start()
     check()
+
+
+# ---------------------------------------------------------------------------------------------
+# (h) a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs: a disk that really fills (ENOSPC from the kernel, not oxeye's own
+    --min-free-disk guard). Request it before `oxeye_factory`, so oxeye stops before the
+    unmount."""
+    import subprocess
+
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if p.returncode != 0:
+        pytest.skip(f"a full-disk test needs to mount a small tmpfs (root): {p.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(path: Path, leave: int) -> None:
+    """Writes `path` until the disk has about `leave` bytes free."""
+    import os
+    import shutil
+
+    chunk = b"\0" * (1 << 20)
+    with open(path, "wb") as f:
+        while shutil.disk_usage(path.parent).free > leave + len(chunk):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_a_full_disk_refuses_writes_retryably_and_recovers(small_disk, oxeye_factory):
+    """The WAL's disk fills up during ingest: writes are refused with OTLP's retryable answer
+    (never acknowledged and then lost), the server stays up, and once space returns, writes are
+    accepted again. Every acknowledged span is there exactly once, also after a restart; no
+    refused request left rows behind."""
+    server = oxeye_factory(
+        data_dir=small_disk / "data", min_free_disk="0", flush_age="1h", maintenance_interval="1h"
+    )
+    filler = small_disk / "filler"
+    _fill(filler, leave=6 << 20)
+    sender = SpanSender(server, spans_per_request=200)
+
+    def post_big() -> requests.Response:
+        """One ~100 KB request of new spans, remembered as acknowledged or not."""
+        tid = random_trace_id()
+        spans = [span(tid, name=f"s{i}", attributes={"payload": "x" * 400}) for i in range(200)]
+        r = server.session.post(
+            f"{server.otlp_http}/v1/traces",
+            data=trace_request(spans, service="durability").SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=30,
+        )
+        ids = {s.span_id.hex() for s in spans}
+        if r.status_code == 200:
+            sender.acked |= ids
+        else:
+            sender.unacked |= ids
+        return r
+
+    refusals = []
+    for _ in range(400):
+        r = post_big()
+        if r.status_code != 200:
+            refusals.append(r)
+            if len(refusals) >= 5:
+                break
+    assert refusals, "the disk never filled up"
+    for r in refusals:
+        assert r.status_code in (429, 503) and int(r.headers["Retry-After"]) >= 1, (r.status_code, r.text[:300])
+    assert server.running and server.session.get(f"{server.api}/healthz", timeout=10).status_code == 200
+    assert "appending to the WAL" in server.log() or "disk" in server.log().lower()
+    assert sender.acked, "nothing was acknowledged before the disk filled up"
+
+    # A flush cannot write its segment: it fails clearly and keeps the rows where they were.
+    r = server.session.post(f"{server.api}/api/v1/admin/flush", timeout=60)
+    assert r.status_code >= 400 and "space" in r.text.lower(), (r.status_code, r.text[:500])
+    # A crash on the full disk: the server comes back, with what it acknowledged, still full.
+    server.kill9()
+    server.start()
+    assert_exactly(server, sender.acked)
+    r = next((r for r in (post_big() for _ in range(20)) if r.status_code != 200), None)
+    assert r is not None and r.status_code in (429, 503), "the restarted server took writes on a full disk"
+
+    # Space returns: writes are accepted again, as an OTLP client retrying would find.
+    filler.unlink()
+    wait_until(lambda: sender.send() or None, timeout=30, what="a write accepted once space returned")
+    sender.send_acked(5)
+    stored = set(stored_span_ids(server))
+    assert sender.acked <= stored, f"{len(sender.acked - stored)} acknowledged spans missing"
+    assert not (sender.unacked & stored), "a refused request left rows behind"
+    assert_exactly(server, sender.acked)
+    server.restart()
+    assert_exactly(server, sender.acked)
+
+
+# ---------------------------------------------------------------------------------------------
+# (i) a 100k-span trace
+
+
+def test_a_100k_span_trace_is_stored_and_served_whole(oxeye_factory):
+    """One trace of 100,000 spans (a root, 100 services' worth of subtrees) sent in 100 OTLP
+    requests: SQL, the traces view, the trace API (oxeye's JSON and Jaeger's) and the trace
+    page all see every span, before and after it is flushed to a segment."""
+    server = oxeye_factory(flush_age="1h", maintenance_interval="1h")
+    tid = random_trace_id()
+    start = time.time_ns() - 600 * 1_000_000_000
+    root = span(tid, name="batch job", start_ns=start, duration_ns=60_000_000_000)
+    total = 100_000
+    per_request = 1_000
+    sent = 1
+    assert server.post_otlp("traces", trace_request([root], service="jobs").SerializeToString()).status_code == 200
+    for r in range(total // per_request):
+        parent = span(tid, name=f"stage {r}", start_ns=start + r * 1_000_000, duration_ns=500_000_000,
+                      parent_span_id=root.span_id)
+        children = [
+            span(tid, name=f"step {i % 50}", start_ns=start + r * 1_000_000 + i * 1_000, duration_ns=10_000,
+                 parent_span_id=parent.span_id)
+            for i in range(per_request - 1 if r < total // per_request - 1 else per_request - 2)
+        ]
+        body = trace_request([parent, *children], service=f"worker-{r % 10}").SerializeToString()
+        resp = server.post_otlp("traces", body)
+        assert resp.status_code == 200, (resp.status_code, resp.text[:300])
+        sent += 1 + len(children)
+    assert sent == total
+    where = f"trace_id = '{tid.hex()}'"
+
+    def check_all_there() -> None:
+        server.wait_span_count(where, total, timeout=60)
+        row = server.sql_dicts(f"SELECT span_count, root_name, root_service FROM traces WHERE {where}")
+        assert row == [{"span_count": total, "root_name": "batch job", "root_service": "jobs"}], row
+        trace = server.get_json(f"/api/v1/traces/{tid.hex()}")
+        assert trace["span_count"] == total and len(trace["spans"]) == total
+        assert len({s["span_id"] for s in trace["spans"]}) == total
+        jaeger = server.get_json(f"/api/traces/{tid.hex()}")
+        assert len(jaeger["data"][0]["spans"]) == total
+        page = server.session.get(f"{server.api}/traces/{tid.hex()}", timeout=120)
+        assert page.status_code == 200 and tid.hex() in page.text
+
+    check_all_there()
+    r = server.session.post(f"{server.api}/api/v1/admin/flush", timeout=120)
+    assert r.status_code == 200, r.text
+    check_all_there()

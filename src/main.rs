@@ -445,6 +445,7 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             listen: config.pg_listen,
             user: config.pg_user.clone(),
             password: config.pg_password.clone(),
+            auth: config.auth.clone(),
             tls: config
                 .tls
                 .server()

@@ -185,3 +185,22 @@ def test_a_public_address_without_authentication_is_refused(tmp_path):
     err = p.stderr + p.stdout
     assert "refusing to listen without authentication" in err and f"0.0.0.0:{port}" in err, err
     assert "--auth-tokens-file" in err and "--allow-unauthenticated" in err
+
+
+def test_postgres_logins_take_api_tokens_as_passwords(secured):
+    """With API tokens on, the PostgreSQL protocol wants one as the password (read or admin
+    role), from loopback too; psql and psycopg send it as they send any password."""
+    import psycopg
+
+    p = secured.psql("SELECT 1", check=False)
+    assert p.returncode != 0 and "password" in p.stderr, p.stderr
+    for wrong, said in (("not-a-token", "password authentication failed"), (SECRETS["ingest"], "ingest role")):
+        p = secured.psql("SELECT 1", check=False, password=wrong)
+        assert p.returncode != 0 and said in p.stderr, p.stderr
+    for role in ("read", "admin"):
+        out = secured.psql("SELECT 20 + 22", password=SECRETS[role], user=f"grafana-{role}")
+        assert out.stdout.strip() == "42"
+    with secured.pg_connect(password=SECRETS["read"]) as conn:
+        assert conn.execute("SELECT %s::bigint * 2", (21,)).fetchone() == (42,)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        secured.pg_connect(password="wrong")

@@ -5,7 +5,9 @@
 //! `COMMIT`, `DISCARD`, ...) is acknowledged without touching data (the SQL surface is
 //! read-only); queries are planned and run by the [`QueryEngine`] with its limits; and the
 //! `pg_catalog` tables and functions of [`catalog`] answer what clients ask when they connect or
-//! list tables. Without a configured password, only loopback clients may connect.
+//! list tables. Who may connect: with API tokens (`--auth-tokens-file`), anyone whose password
+//! is a token with the read or admin role (a cleartext password exchange, so use TLS off
+//! loopback); with `--pg-password`, that user and password; with neither, loopback clients.
 
 pub mod catalog;
 mod statement;
@@ -20,6 +22,7 @@ use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::scalar::ScalarValue;
 use futures::Sink;
+use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
 use pgwire::api::auth::md5pass::{Md5PasswordAuthStartupHandler, hash_md5_password};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::{
@@ -55,6 +58,9 @@ pub struct PgConfig {
     pub user: String,
     /// When `None`, clients connecting from loopback are trusted and others refused.
     pub password: Option<String>,
+    /// API tokens: when enabled, a token with the read or admin role is a password (and
+    /// `password` still works for `user`); nobody is trusted for being on loopback.
+    pub auth: oxeye_auth::Auth,
     /// With it, connections must switch to TLS (`sslmode=require` or stricter) before they
     /// log in; plain-text ones are refused, so no password or row crosses the network in
     /// the clear.
@@ -68,6 +74,7 @@ impl std::fmt::Debug for PgConfig {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls.is_some())
+            .field("tokens", &self.auth.enabled())
             .finish()
     }
 }
@@ -429,6 +436,9 @@ impl ExtendedQueryHandler for Backend {
 struct Startup {
     password:
         Option<Arc<Md5PasswordAuthStartupHandler<Credentials, DefaultServerParameterProvider>>>,
+    tokens: Option<
+        Arc<CleartextPasswordAuthStartupHandler<TokenPasswords, DefaultServerParameterProvider>>,
+    >,
     trust: Arc<TrustLoopback>,
     require_tls: bool,
 }
@@ -466,12 +476,88 @@ impl AuthSource for Credentials {
     }
 }
 
+/// A fresh random salt per login, so a recorded MD5 exchange cannot be replayed.
 fn rand_salt() -> [u8; 4] {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    (nanos ^ std::process::id().rotate_left(16)).to_le_bytes()
+    rand::random()
+}
+
+/// Passwords when API tokens are on: a token with the read or admin role, whatever the user
+/// name (it shows in the logs), or `--pg-password` for `--pg-user`.
+struct TokenPasswords {
+    auth: oxeye_auth::Auth,
+    user: String,
+    password: Option<String>,
+}
+
+impl Debug for TokenPasswords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPasswords")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl AuthSource for TokenPasswords {
+    async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
+        // Only hashes of the tokens are kept: there is no password to hand out, only
+        // presented ones to check (verify_password).
+        Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+            "FATAL".into(),
+            "28000".into(),
+            "this server checks API tokens as passwords; it has none to compare".into(),
+        ))))
+    }
+
+    async fn verify_password(
+        &self,
+        login: &LoginInfo,
+        presented: &[u8],
+    ) -> PgWireResult<Option<()>> {
+        let user = login.user().unwrap_or_default();
+        let denied = |message: String| {
+            Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28P01".into(),
+                message,
+            ))))
+        };
+        let Ok(secret) = std::str::from_utf8(presented) else {
+            return denied(format!(
+                "password authentication failed for user \"{user}\""
+            ));
+        };
+        if let Some(principal) = self.auth.verify_token(secret.trim()) {
+            if principal.role.allows(oxeye_auth::Access::Read) {
+                tracing::debug!(
+                    user,
+                    token = principal.name,
+                    "PostgreSQL login with an API token"
+                );
+                return Ok(None);
+            }
+            return denied(format!(
+                "token `{}` may only send telemetry (ingest role); SQL needs a read or admin token",
+                principal.name
+            ));
+        }
+        if let Some(password) = &self.password
+            && user == self.user
+            && constant_time_eq(password.as_bytes(), presented)
+        {
+            return Ok(None);
+        }
+        denied(format!(
+            "password authentication failed for user \"{user}\": give an API token with the read \
+             role as the password"
+        ))
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal how much of a
+/// guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[async_trait]
@@ -486,14 +572,14 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Some(tokens) = &self.tokens {
+            if self.require_tls && !client.is_secure() {
+                return Err(tls_required());
+            }
+            return tokens.on_startup(client, message).await;
+        }
         if self.require_tls && !client.is_secure() {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".into(),
-                "28000".into(),
-                "this server only accepts TLS connections: connect with sslmode=require, or \
-                 verify-full with sslrootcert set to the CA that signed the server's certificate"
-                    .into(),
-            ))));
+            return Err(tls_required());
         }
         match &self.password {
             Some(handler) => handler.on_startup(client, message).await,
@@ -512,6 +598,16 @@ impl StartupHandler for Startup {
             }
         }
     }
+}
+
+fn tls_required() -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".into(),
+        "28000".into(),
+        "this server only accepts TLS connections: connect with sslmode=require, or verify-full \
+         with sslrootcert set to the CA that signed the server's certificate"
+            .into(),
+    )))
 }
 
 struct Handlers {
@@ -551,19 +647,33 @@ impl PgServer {
 pub async fn start(engine: QueryEngine, config: PgConfig) -> std::io::Result<PgServer> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let mut params = DefaultServerParameterProvider::default();
-    params.server_version = catalog::SERVER_VERSION.to_string();
-    params.default_transaction_read_only = true;
-    params.is_superuser = false;
-    params.time_zone = "UTC".into();
+    let params = || {
+        let mut params = DefaultServerParameterProvider::default();
+        params.server_version = catalog::SERVER_VERSION.to_string();
+        params.default_transaction_read_only = true;
+        params.is_superuser = false;
+        params.time_zone = "UTC".into();
+        params
+    };
+    let tokens = config.auth.enabled().then(|| {
+        Arc::new(CleartextPasswordAuthStartupHandler::new(
+            TokenPasswords {
+                auth: config.auth.clone(),
+                user: config.user.clone(),
+                password: config.password.clone(),
+            },
+            params(),
+        ))
+    });
     let startup = Arc::new(Startup {
+        tokens,
         password: config.password.clone().map(|password| {
             Arc::new(Md5PasswordAuthStartupHandler::new(
                 Arc::new(Credentials {
                     user: config.user.clone(),
                     password,
                 }),
-                Arc::new(params),
+                Arc::new(params()),
             ))
         }),
         trust: Arc::new(TrustLoopback),

@@ -344,6 +344,18 @@ pub struct ServeArgs {
     /// addresses [default: the system's roots]
     #[arg(long, env = "OXEYE_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+
+    /// Store oxeye's own traces (OTLP exports, API requests, SQL queries, flushes,
+    /// compactions, Flight writes, alert evaluations) in oxeye, as the service `oxeye`; not on
+    /// query nodes [default: false]
+    #[arg(
+        long,
+        env = "OXEYE_SELF_TRACE",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub self_trace: Option<bool>,
 }
 
 macro_rules! merge_fields {
@@ -392,6 +404,7 @@ impl ServeArgs {
             tls_key,
             tls_client_ca,
             tls_ca,
+            self_trace,
             queue_size,
             flight_listen,
             flight_advertise,

@@ -6,6 +6,7 @@
 mod cluster;
 mod config;
 mod queue;
+mod self_trace;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,34 +64,65 @@ enum Command {
     Query(ServeArgs),
 }
 
-fn init_logging(filter: &str, format: &str) {
+/// Logs to stderr (text or JSON, filtered by `filter`) and, with `self_trace`, records oxeye's
+/// own spans for [`self_trace`] to store once the process has somewhere to store them.
+fn init_logging(
+    filter: &str,
+    format: &str,
+    self_trace: bool,
+) -> Option<self_trace::SelfTraceQueue> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    // Log lines only: spans exist for --self-trace, and without it nothing records them.
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .and(tracing_subscriber::filter::filter_fn(|m| m.is_event()));
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if format == "json" {
+        logs.json().with_filter(filter).boxed()
     } else {
-        builder.init();
-    }
+        logs.with_filter(filter).boxed()
+    };
+    let (spans, queue) = match self_trace {
+        true => {
+            let (layer, queue) = self_trace::layer();
+            (Some(layer), Some(queue))
+        }
+        false => (None, None),
+    };
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    queue
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log, &cli.log_format);
     let file = ConfigFile::load(cli.config.as_deref())?;
+    let (role, args) = match cli.command {
+        Command::Serve(args) => (Role::All, args.over(file.serve)),
+        Command::Collector(args) => (Role::Collector, args.over(file.collector)),
+        Command::Store(args) => (Role::Store, args.over(file.store)),
+        Command::Query(args) => (Role::Query, args.over(file.query)),
+    };
+    // Query nodes have no shards to store spans in.
+    let self_trace = args.self_trace.unwrap_or(false) && role != Role::Query;
+    let spans = init_logging(&cli.log, &cli.log_format, self_trace);
+    if args.self_trace == Some(true) && role == Role::Query {
+        tracing::warn!(
+            "--self-trace is not available on query nodes (no shards to store spans in)"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("oxeye-io")
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => serve_role(args.over(file.serve), Role::All).await,
-            Command::Collector(args) => collector_role(args.over(file.collector)).await,
-            Command::Store(args) => serve_role(args.over(file.store), Role::Store).await,
-            Command::Query(args) => serve_role(args.over(file.query), Role::Query).await,
+        match role {
+            Role::Collector => collector_role(args, spans).await,
+            role => serve_role(args, role, spans).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
@@ -98,7 +130,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// An edge collector: OTLP in, Flight out to the store nodes that own each row's shard.
-async fn collector_role(args: ServeArgs) -> anyhow::Result<()> {
+async fn collector_role(
+    args: ServeArgs,
+    spans: Option<self_trace::SelfTraceQueue>,
+) -> anyhow::Result<()> {
     let config = args.resolve()?;
     let authenticated = config.auth.enabled();
     config.check_exposure(&[
@@ -146,6 +181,18 @@ async fn collector_role(args: ServeArgs) -> anyhow::Result<()> {
         stop_cluster.clone(),
     );
     let router: Arc<dyn Ingest> = cluster_router;
+    let stop_spans = CancellationToken::new();
+    let spans = spans.map(|queue| {
+        queue.start(
+            router.clone(),
+            vec![
+                ("oxeye.role", "collector".to_string()),
+                ("service.instance.id", config.http_listen.to_string()),
+            ],
+            &mut registry,
+            stop_spans.clone(),
+        )
+    });
     let collector = oxeye_collector::start(&config.collector, router, &mut registry).await?;
     let ready = Arc::new(AtomicBool::new(true));
     let ops = oxeye_query::http::ops_router(oxeye_query::http::OpsState {
@@ -170,6 +217,10 @@ async fn collector_role(args: ServeArgs) -> anyhow::Result<()> {
     stop_signal().await;
     ready.store(false, Ordering::Relaxed);
     collector.shutdown().await;
+    stop_spans.cancel();
+    if let Some(task) = spans {
+        let _ = task.await;
+    }
     stop_cluster.cancel();
     stop_http.cancel();
     let _ = http.await;
@@ -186,10 +237,12 @@ async fn serve_http(
     tls: &oxeye_tls::Tls,
     stop: CancellationToken,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        auth.clone(),
-        oxeye_auth::api_guard,
-    ));
+    let router = router
+        .layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            oxeye_auth::api_guard,
+        ))
+        .layer(axum::middleware::from_fn(trace_request));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for HTTP; is the port in use?"))?;
@@ -203,6 +256,42 @@ async fn serve_http(
         }
     });
     Ok((bound, task))
+}
+
+/// A span per HTTP request, named by method and route (not for probes, scrapes and the UI's
+/// static files): the root of what a request did, for `--self-trace`.
+async fn trace_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") || path.starts_with("/pkg/") {
+        return next.run(req).await;
+    }
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "(unmatched)".into());
+    let method = req.method().to_string();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    let response = next.run(req).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("error", status.to_string());
+    }
+    response
 }
 
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
@@ -242,9 +331,15 @@ enum Role {
     /// Shards that take writes over Arrow Flight, and the SQL/HTTP API over them (no alert
     /// evaluation: that is the query nodes' job).
     Store,
+    /// OTLP receivers that route rows to store nodes through persistent queues.
+    Collector,
 }
 
-async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
+async fn serve_role(
+    args: ServeArgs,
+    role: Role,
+    spans: Option<self_trace::SelfTraceQueue>,
+) -> anyhow::Result<()> {
     let mut config = args.resolve()?;
     if role != Role::All && (config.metastore.is_none() || config.object_store.is_none()) {
         anyhow::bail!(
@@ -255,7 +350,7 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
     match role {
         Role::Query => config.store.shards = 0,
         Role::Store => config.alert.evaluate = false,
-        Role::All => {}
+        Role::All | Role::Collector => {}
     }
     let authenticated = config.auth.enabled();
     let mut listeners = vec![
@@ -277,7 +372,7 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             config.flight_listen,
             config.tls.mutual(),
         )),
-        Role::Query => {}
+        Role::Query | Role::Collector => {}
     }
     config.check_exposure(&listeners)?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -327,9 +422,21 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
     let engine = oxeye_query::QueryEngine::new(store.clone(), config.query.clone(), &mut registry)
         .await
         .context("cannot start the query engine")?;
+    let stop_spans = CancellationToken::new();
+    let spans = spans.map(|queue| {
+        queue.start(
+            router.clone(),
+            vec![
+                ("oxeye.role", format!("{role:?}").to_lowercase()),
+                ("service.instance.id", config.http_listen.to_string()),
+            ],
+            &mut registry,
+            stop_spans.clone(),
+        )
+    });
     let collector = match role {
         Role::All => Some(oxeye_collector::start(&config.collector, router, &mut registry).await?),
-        Role::Query | Role::Store => None,
+        Role::Query | Role::Store | Role::Collector => None,
     };
     let stop_cluster = CancellationToken::new();
     let flight = match (role, &metastore) {
@@ -484,6 +591,11 @@ async fn serve_role(args: ServeArgs, role: Role) -> anyhow::Result<()> {
     stop_http.cancel();
     let _ = http_task.await;
     pg.shutdown().await;
+    // The last spans (of the shutdown itself) go in before the shards close.
+    stop_spans.cancel();
+    if let Some(task) = spans {
+        let _ = task.await;
+    }
     store.shutdown().await;
     drop(engine);
     tracing::info!("oxeye stopped");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::plan;
 use crate::rule::Rule;
@@ -154,7 +155,13 @@ impl AlertService {
         let started = Instant::now();
         let at = now_ms();
         let max = self.inner.config.max_instances;
-        let result = self.inner.engine.sql_limited(rule.sql(), max + 1).await;
+        let span = tracing::info_span!("alert.evaluate", alert.rule = %rule.id);
+        let result = self
+            .inner
+            .engine
+            .sql_limited(rule.sql(), max + 1)
+            .instrument(span)
+            .await;
         let (outcome, rows) = match result {
             Ok(r) if r.truncated => (
                 Err(format!(

@@ -166,6 +166,7 @@ fn login_page(next: &str, message: Option<&str>, status: StatusCode) -> Response
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>oxeye: sign in</title>\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <link rel=\"icon\" href=\"data:,\">\
          <style>body{{font-family:system-ui,sans-serif;max-width:24rem;margin:4rem auto;padding:0 1rem}}\
          input,button{{font:inherit;width:100%;padding:.5rem;margin:.25rem 0;box-sizing:border-box}}\
          .error{{color:#b00020}}</style></head><body><h1>oxeye</h1>{message}\

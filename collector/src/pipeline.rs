@@ -19,6 +19,7 @@ use oxeye_model::spans::spans_from_otlp;
 use oxeye_model::{Converted, ModelError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::ExportError;
 use crate::batcher::Batcher;
@@ -183,6 +184,40 @@ impl Pipeline {
 
     /// Decodes (on a blocking thread) and exports an encoded request body.
     pub async fn export_encoded<R: OtlpExport>(
+        &self,
+        body: Bytes,
+        encoding: Encoding,
+        protocol: &'static str,
+        reservation: Reservation,
+    ) -> Result<Accepted, ExportError> {
+        let span = tracing::info_span!(
+            "otlp.export",
+            otel.name = %format!("export {}", R::SIGNAL),
+            otel.kind = "server",
+            signal = R::SIGNAL,
+            protocol,
+            request.bytes = body.len() as u64,
+            items.accepted = tracing::field::Empty,
+            items.rejected = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let result = self
+            .decode_and_submit::<R>(body, encoding, protocol, reservation)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(a) => {
+                span.record("items.accepted", a.accepted);
+                span.record("items.rejected", a.rejected);
+            }
+            Err(e) => {
+                span.record("error", e.to_string());
+            }
+        }
+        result
+    }
+
+    async fn decode_and_submit<R: OtlpExport>(
         &self,
         body: Bytes,
         encoding: Encoding,

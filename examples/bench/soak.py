@@ -71,19 +71,20 @@ def dir_bytes(path: pathlib.Path) -> int:
     return total
 
 
-def loadgen(endpoint: str, rate: int, duration: str) -> subprocess.Popen:
+def loadgen(endpoint: str, rate: int, duration: str, log: pathlib.Path) -> subprocess.Popen:
+    # Its complaints go to a file: a pipe nobody reads until the end would fill and stall it.
     return subprocess.Popen(
         [str(RELEASE / "oxeye-loadgen"), "--endpoint", endpoint, "--rate", str(rate),
          "--duration", duration, "--connections", "4", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
     )
 
 
-def summary(proc: subprocess.Popen) -> dict:
-    out, err = proc.communicate()
+def summary(proc: subprocess.Popen, log: pathlib.Path) -> dict:
+    out, _ = proc.communicate()
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:  # a non-zero exit with a summary only means some requests failed
-        raise RuntimeError(f"oxeye-loadgen failed ({proc.returncode}): {err[-2000:]}")
+        raise RuntimeError(f"oxeye-loadgen failed ({proc.returncode}): {log.read_text()[-2000:]}")
     return json.loads(lines[-1])
 
 
@@ -151,13 +152,15 @@ def main() -> int:
 
         endpoint = f"http://127.0.0.1:{grpc}"
         print("measuring the maximum ingest rate (20 s) ...", flush=True)
-        peak = summary(loadgen(endpoint, 0, "20s"))
+        peak_log = base / "loadgen-peak.log"
+        peak = summary(loadgen(endpoint, 0, "20s", peak_log), peak_log)
         max_rate = peak["spans_per_second"]
         rate = int(max_rate / 2)
         print(f"maximum {max_rate:,.0f} spans/s; soaking at {rate:,} spans/s for {args.minutes} min", flush=True)
 
         seconds = int(args.minutes * 60)
-        load = loadgen(endpoint, rate, f"{seconds}s")
+        load_log = base / "loadgen-soak.log"
+        load = loadgen(endpoint, rate, f"{seconds}s", load_log)
         queries = QueryLoop(api)
         queries.start()
         samples = []
@@ -171,10 +174,13 @@ def main() -> int:
                       flush=True)
             if server.poll() is not None:
                 raise RuntimeError(f"oxeye exited during the soak; see {base / 'oxeye.log'}")
-            time.sleep(10)
+            try:
+                load.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
         queries.stop.set()
         queries.join(timeout=60)
-        sent = summary(load)
+        sent = summary(load, load_log)
     finally:
         server.terminate()
         try:

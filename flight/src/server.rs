@@ -149,7 +149,15 @@ impl FlightService for IngestFlightService {
         // for every batch already decoded, up to GROUP_COMMIT_MAX_BATCHES.
         let mut arrived = crate::decode_batches(data).ready_chunks(GROUP_COMMIT_MAX_BATCHES);
         // One acknowledgement per batch, sent once the shard holds it durably; the first
-        // refusal ends the stream with the store's status.
+        // refusal ends the stream with the store's status. The span (for --self-trace) lasts
+        // as long as the stream.
+        let span = tracing::info_span!(
+            "flight.put",
+            otel.kind = "server",
+            table = signal.table_name(),
+            marked = delivery.is_some(),
+        );
+        let _in_span = span.enter();
         let acks = async_stream(move |tx| async move {
             let mut seq: u64 = 0;
             while let Some(chunk) = arrived.next().await {
@@ -355,8 +363,10 @@ where
     F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    use tracing::Instrument;
+
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(f(tx));
+    tokio::spawn(f(tx).in_current_span());
     tokio_stream_from(rx)
 }
 

@@ -16,6 +16,7 @@ use oxeye_model::Signal;
 use oxeye_store::Store;
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::QueryError;
 use crate::metrics::QueryMetrics;
@@ -224,6 +225,7 @@ impl QueryEngine {
         let started = Instant::now();
         let max_rows = max_rows.min(self.inner.config.max_result_rows);
         let inner = self.inner.clone();
+        let span = query_span(|| plan.display_indent().to_string());
         let result = self
             .spawn_limited(async move {
                 let df =
@@ -232,7 +234,9 @@ impl QueryEngine {
                     })?;
                 collect(&inner, df, max_rows, started).await
             })
+            .instrument(span.clone())
             .await;
+        record_outcome(&span, &result);
         self.inner.metrics.observe(&result, started.elapsed());
         result
     }
@@ -246,12 +250,15 @@ impl QueryEngine {
     /// Runs a query with a smaller row cap (the APIs use this).
     pub async fn sql_limited(&self, sql: &str, max_rows: usize) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
+        let span = query_span(|| sql.to_string());
         let result = self
             .run(
                 sql.to_string(),
                 max_rows.min(self.inner.config.max_result_rows),
             )
+            .instrument(span.clone())
             .await;
+        record_outcome(&span, &result);
         self.inner.metrics.observe(&result, started.elapsed());
         if let Err(e) = &result {
             tracing::debug!(error = %e, sql, "query failed");
@@ -279,7 +286,7 @@ impl QueryEngine {
         let Some(rt) = self.inner.runtime.0.as_ref() else {
             return Err(QueryError::Internal("the query runtime is gone".into()));
         };
-        let task = rt.spawn(work);
+        let task = rt.spawn(work.in_current_span());
         let abort = task.abort_handle();
         match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(r)) => r,
@@ -290,6 +297,30 @@ impl QueryEngine {
             }
         }
     }
+}
+
+/// A span per query, for `--self-trace`: the statement (its first 1,000 characters), then the
+/// rows returned or the error.
+fn query_span(statement: impl FnOnce() -> String) -> tracing::Span {
+    let span = tracing::info_span!(
+        "sql.query",
+        db.query.text = tracing::field::Empty,
+        db.response.returned_rows = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    // Only when something records spans: formatting a plan is not free.
+    if !span.is_disabled() {
+        let text: String = statement().chars().take(1000).collect();
+        span.record("db.query.text", text.as_str());
+    }
+    span
+}
+
+fn record_outcome(span: &tracing::Span, result: &Result<QueryResult, QueryError>) {
+    match result {
+        Ok(r) => span.record("db.response.returned_rows", r.rows as u64),
+        Err(e) => span.record("error", e.to_string()),
+    };
 }
 
 /// `SHOW TABLES` and `SHOW COLUMNS FROM t` as queries over information_schema.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use oxeye_model::Signal;
+use tracing::Instrument;
 
 use crate::catalog::CatalogChange;
 use crate::scan::{ScanPart, ScanRequest};
@@ -245,7 +246,18 @@ pub(crate) async fn compact_once(inner: &Inner) -> Result<bool, StoreError> {
         if group.is_empty() {
             continue;
         }
-        merge(inner, signal, group).await?;
+        let span = tracing::info_span!(
+            "store.compact",
+            table = signal.table_name(),
+            inputs = group.len() as u64,
+            shard = group[0].shard,
+            error = tracing::field::Empty,
+        );
+        let merged = merge(inner, signal, group).instrument(span.clone()).await;
+        if let Err(e) = &merged {
+            span.record("error", e.to_string());
+        }
+        merged?;
         return Ok(true);
     }
     Ok(false)

@@ -563,7 +563,26 @@ pub(crate) async fn flush_shard(
     }
 }
 
+/// Writes one sealed memtable as segments, in a `store.flush` span (for `--self-trace`).
 async fn flush_frozen(inner: &Inner, id: u32, frozen: &Arc<Frozen>) -> Result<(), StoreError> {
+    use tracing::Instrument;
+
+    let span = tracing::info_span!(
+        "store.flush",
+        shard = id,
+        wal_seq = frozen.sealed_wal_seq,
+        error = tracing::field::Empty,
+    );
+    let result = write_frozen(inner, id, frozen)
+        .instrument(span.clone())
+        .await;
+    if let Err(e) = &result {
+        span.record("error", e.to_string());
+    }
+    result
+}
+
+async fn write_frozen(inner: &Inner, id: u32, frozen: &Arc<Frozen>) -> Result<(), StoreError> {
     let (state, catalog, storage, config, metrics) = (
         &inner.state,
         &inner.catalog,

@@ -204,3 +204,21 @@ def test_postgres_logins_take_api_tokens_as_passwords(secured):
         assert conn.execute("SELECT %s::bigint * 2", (21,)).fetchone() == (42,)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         secured.pg_connect(password="wrong")
+
+
+@pytest.mark.skipif(
+    not __import__("pathlib").Path("/usr/bin/chromium").exists() or __import__("shutil").which("node") is None,
+    reason="needs /usr/bin/chromium and node (scripts/test installs both)",
+)
+def test_a_browser_signs_in_and_out(secured):
+    """Chromium (playwright-core) through the login page: see node/ui_check.mjs `login`."""
+    from test_ui import SHOTS, browser
+
+    result = browser(
+        "login",
+        base=secured.api,
+        read_token=SECRETS["read"],
+        ingest_token=SECRETS["ingest"],
+        shots=str(SHOTS),
+    )
+    assert result["signed_in"]

@@ -336,6 +336,51 @@ const scenarios = {
     await browser.close();
   },
 
+  // With API tokens on: a page leads to the login form; wrong and ingest-only tokens are told
+  // why on the page; a read token signs in to where the user was going, with a session cookie
+  // scripts cannot read; the page's own API calls work with it; signing out ends it.
+  async login() {
+    const { browser, page, problems } = await launch();
+    await page.goto(base + '/services');
+    let url = new URL(page.url());
+    check(url.pathname === '/login', `not sent to the login page: ${page.url()}`);
+    check(url.searchParams.get('next') === '/services', `the way back is lost: ${page.url()}`);
+    await shot(page, 'login');
+    for (const [token, said] of [['not-a-token', 'not valid'], [args.ingest_token, 'ingest role']]) {
+      await page.fill('input[name=token]', token);
+      await Promise.all([page.waitForLoadState('load'), page.click('button[type=submit]')]);
+      check(new URL(page.url()).pathname === '/login', `signed in with ${token}`);
+      const alert = await page.locator('.error[role=alert]').innerText();
+      check(alert.includes(said), `the page says "${alert}", not "${said}"`);
+    }
+    await page.fill('input[name=token]', args.read_token);
+    await Promise.all([page.waitForURL(base + '/services'), page.click('button[type=submit]')]);
+    await page.waitForSelector('html[data-hydrated]', { timeout: 30000 });
+    check(!(await page.locator('.state.error').count()), 'the services page shows an error after signing in');
+    const session = (await page.context().cookies()).find(c => c.name === 'oxeye_session');
+    check(session && session.httpOnly && session.sameSite === 'Strict', `session cookie ${JSON.stringify(session)}`);
+    check(!(await page.evaluate(() => document.cookie)).includes('oxeye_session'), 'scripts can read the session');
+    // A page that loads its data through the API after hydration.
+    await open(page, '/sql');
+    await page.fill('textarea[name=q]', 'SELECT 6 * 7 AS answer');
+    await page.click('button:has-text("Run")');
+    await page.waitForSelector('table.sql-result tbody tr', { timeout: 30000 });
+    const answer = await page.locator('table.sql-result tbody tr td:first-child').innerText();
+    check(answer.trim() === '42', `the SQL console answered ${answer}`);
+    await shot(page, 'signed-in-sql');
+    await page.goto(base + '/logout');
+    check(new URL(page.url()).pathname === '/login', `logout went to ${page.url()}`);
+    await page.goto(base + '/traces');
+    check(new URL(page.url()).pathname === '/login', 'still signed in after logging out');
+    const status = await page.evaluate(async () => (await fetch('/api/v1/services')).status);
+    check(status === 401, `the API answered ${status} after logging out`);
+    // The browser reports the refused logins (401, 403) and that last 401 itself: expected.
+    const refused = p => /status of 40[13]/.test(p);
+    check(problems.filter(p => !refused(p)).length === 0, problems.join('\n'));
+    out.signed_in = true;
+    await browser.close();
+  },
+
   // Without JavaScript the server's HTML has the content and working links.
   async nojs() {
     const { browser, page } = await launch({ javaScriptEnabled: false });

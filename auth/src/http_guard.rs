@@ -67,9 +67,15 @@ fn serde_json_string(s: &str) -> String {
 }
 
 /// OTLP/HTTP: every request needs the ingest role.
-pub async fn otlp_guard(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+pub async fn otlp_guard(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
     match auth.check(bearer(req.headers()), None, Access::Ingest) {
-        Ok(_) => next.run(req).await,
+        Ok(principal) => {
+            if let Some(p) = principal {
+                // For the receiver: the token's ingest limit.
+                req.extensions_mut().insert(p);
+            }
+            next.run(req).await
+        }
         Err(denied) => json_denial(&denied),
     }
 }

@@ -10,6 +10,7 @@
 //! name = "checkout-service"
 //! role = "ingest"   # ingest | read | admin
 //! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! ingest_bytes_per_second = "2MiB"   # optional ingest limit for this token
 //! ```
 //!
 //! `ingest` may send OTLP; `read` may query (SQL, the APIs, the UI); `admin` may do both and
@@ -17,6 +18,7 @@
 //! binary refuses that on a non-loopback address unless told otherwise.
 
 mod http_guard;
+mod rate;
 mod sessions;
 
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 pub use http_guard::{api_guard, login_routes, otlp_guard};
+pub use rate::{IngestLimit, parse_bytes};
 pub use sessions::Sessions;
 
 /// What a token may do.
@@ -70,6 +73,8 @@ impl std::fmt::Display for Access {
 pub struct Principal {
     pub name: String,
     pub role: Role,
+    /// Bytes per second this token may send over OTLP (all requests with it together).
+    pub ingest_limit: Option<IngestLimit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +102,17 @@ struct TokenEntry {
     name: String,
     role: Role,
     sha256: String,
+    /// `2MiB` or a number of bytes: OTLP request bytes per second, over all requests made
+    /// with this token; past it, requests are refused with OTLP's retryable codes.
+    #[serde(default)]
+    ingest_bytes_per_second: Option<SizeValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
 }
 
 /// The known tokens, by the SHA-256 of their secret.
@@ -142,9 +158,23 @@ impl Tokens {
                         t.name
                     )
                 })?;
+            let ingest_limit = match t.ingest_bytes_per_second {
+                None => None,
+                Some(SizeValue::Bytes(0)) => {
+                    return Err(format!(
+                        "token `{}`: ingest_bytes_per_second must be at least 1",
+                        t.name
+                    ));
+                }
+                Some(SizeValue::Bytes(b)) => Some(IngestLimit::new(b)),
+                Some(SizeValue::Text(text)) => Some(IngestLimit::new(
+                    parse_bytes(&text).map_err(|e| format!("token `{}`: {e}", t.name))?,
+                )),
+            };
             let principal = Principal {
                 name: t.name,
                 role: t.role,
+                ingest_limit,
             };
             if let Some(other) = by_hash.insert(hash, principal) {
                 return Err(format!(
@@ -263,7 +293,14 @@ impl Auth {
                 .and_then(|v| v.to_str().ok())
                 .and_then(bearer_token);
             match auth.check(bearer, None, needs) {
-                Ok(_) => Ok(req),
+                Ok(principal) => {
+                    let mut req = req;
+                    if let Some(p) = principal {
+                        // For the service behind: the token's ingest limit.
+                        req.extensions_mut().insert(p);
+                    }
+                    Ok(req)
+                }
                 Err(d @ Denied::Forbidden { .. }) => {
                     Err(tonic::Status::permission_denied(d.to_string()))
                 }

@@ -71,6 +71,7 @@ mod tests {
         let p = Principal {
             name: "ops".into(),
             role: Role::Admin,
+            ingest_limit: None,
         };
         let id = s.start(p.clone());
         assert_eq!(id.len(), 64);

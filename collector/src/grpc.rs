@@ -157,9 +157,10 @@ impl<R: OtlpExport> UnaryService<Bytes> for ExportMethod<R> {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
+            let token = request.extensions().get::<oxeye_auth::Principal>().cloned();
             let body = request.into_inner();
             let reservation = pipeline
-                .admit(body.len(), "grpc")
+                .admit(body.len(), "grpc", token.as_ref())
                 .map_err(|e| to_status(&e))?;
             let accepted = pipeline
                 .export_encoded::<R>(body, Encoding::Protobuf, "grpc", reservation)

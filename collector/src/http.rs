@@ -50,6 +50,7 @@ pub fn router(
 
 async fn export<R: OtlpExport>(
     State(state): State<HttpState>,
+    token: Option<axum::Extension<oxeye_auth::Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -58,7 +59,8 @@ async fn export<R: OtlpExport>(
         Ok(e) => e,
         Err(e) => return error_response(&e, Encoding::Protobuf),
     };
-    match handle::<R>(&state, &headers, body, encoding).await {
+    let token = token.map(|axum::Extension(p)| p);
+    match handle::<R>(&state, token.as_ref(), &headers, body, encoding).await {
         Ok(response) => response,
         Err(e) => error_response(&e, encoding),
     }
@@ -66,6 +68,7 @@ async fn export<R: OtlpExport>(
 
 async fn handle<R: OtlpExport>(
     state: &HttpState,
+    token: Option<&oxeye_auth::Principal>,
     headers: &HeaderMap,
     body: Body,
     encoding: Encoding,
@@ -95,7 +98,7 @@ async fn handle<R: OtlpExport>(
             }
         })?
         .to_bytes();
-    let reservation = state.pipeline.admit(raw.len(), "http")?;
+    let reservation = state.pipeline.admit(raw.len(), "http", token)?;
     let body = decompress(raw, compression, state.max_decompressed_bytes)?;
     let accepted = state
         .pipeline

@@ -20,6 +20,11 @@ pub struct SignalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabels {
     pub protocol: &'static str,
 }
@@ -30,6 +35,9 @@ pub struct CollectorMetrics {
     pub items_accepted: Family<SignalLabels, Counter>,
     pub items_rejected: Family<SignalLabels, Counter>,
     pub received_bytes: Family<ProtocolLabels, Counter>,
+    /// Requests refused because their token was over its ingest limit (labelled by the
+    /// token's name: as many series as the token file has limited tokens).
+    pub rate_limited: Family<TokenLabels, Counter>,
     pub memory_reserved_bytes: Gauge,
     pub batcher_queue_depth: Gauge,
     pub flushes_in_flight: Gauge,
@@ -47,6 +55,7 @@ impl Default for CollectorMetrics {
             items_accepted: Family::default(),
             items_rejected: Family::default(),
             received_bytes: Family::default(),
+            rate_limited: Family::default(),
             memory_reserved_bytes: Gauge::default(),
             batcher_queue_depth: Gauge::default(),
             flushes_in_flight: Gauge::default(),
@@ -83,6 +92,11 @@ impl CollectorMetrics {
             "received_bytes",
             "Request body bytes received, before decompression",
             m.received_bytes.clone(),
+        );
+        r.register(
+            "rate_limited_requests",
+            "Requests refused because their token was over its ingest_bytes_per_second",
+            m.rate_limited.clone(),
         );
         r.register(
             "memory_reserved_bytes",

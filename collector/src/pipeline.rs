@@ -26,7 +26,7 @@ use crate::batcher::Batcher;
 use crate::decode::{Encoding, decode};
 use crate::limits::{AttributeLimits, Limited};
 use crate::memory::{MemoryBudget, Reservation};
-use crate::metrics::{CollectorMetrics, ProtocolLabels, RequestLabels, SignalLabels};
+use crate::metrics::{CollectorMetrics, ProtocolLabels, RequestLabels, SignalLabels, TokenLabels};
 
 /// An OTLP export request type and its response.
 pub trait OtlpExport: prost::Message + Default + DeserializeOwned + Send + 'static {
@@ -156,16 +156,38 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// Reserves memory for a request of `encoded_bytes`, or fails with a retryable error.
+    /// Admits a request of `encoded_bytes` sent with `token` (when tokens are on): within the
+    /// token's ingest limit, and with memory reserved for it; else a retryable error.
     pub fn admit(
         &self,
         encoded_bytes: usize,
         protocol: &'static str,
+        token: Option<&oxeye_auth::Principal>,
     ) -> Result<Reservation, ExportError> {
         self.metrics
             .received_bytes
             .get_or_create(&ProtocolLabels { protocol })
             .inc_by(encoded_bytes as u64);
+        if let Some(token) = token
+            && let Some(limit) = &token.ingest_limit
+            && let Err(wait) = limit.take(encoded_bytes as u64)
+        {
+            self.metrics
+                .rate_limited
+                .get_or_create(&TokenLabels {
+                    token: token.name.clone(),
+                })
+                .inc();
+            return Err(ExportError::Overloaded {
+                reason: format!(
+                    "token `{}` is over its ingest limit of {} bytes/s; send less, or raise \
+                     ingest_bytes_per_second in the token file",
+                    token.name,
+                    limit.bytes_per_second()
+                ),
+                retry_after: wait.max(Duration::from_secs(1)),
+            });
+        }
         let reservation = self
             .memory
             .try_reserve(encoded_bytes.saturating_mul(MEMORY_PER_ENCODED_BYTE))

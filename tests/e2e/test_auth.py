@@ -222,3 +222,84 @@ def test_a_browser_signs_in_and_out(secured):
         shots=str(SHOTS),
     )
     assert result["signed_in"]
+
+
+def test_a_token_over_its_ingest_limit_is_told_to_retry(oxeye_factory, tmp_path):
+    """`ingest_bytes_per_second` on a token: past it, OTLP/HTTP answers 429 with Retry-After and
+    OTLP/gRPC RESOURCE_EXHAUSTED with RetryInfo; nothing of a refused request is stored; other
+    tokens are not slowed; after the wait the token may send again."""
+    import grpc
+    from google.rpc import error_details_pb2, status_pb2
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    from oxeye_client import random_trace_id
+
+    secrets = {"limited": "limited-secret", "free": "free-secret"}
+    path = tmp_path / "tokens.toml"
+    path.write_text(
+        f'[[tokens]]\nname = "limited"\nrole = "ingest"\ningest_bytes_per_second = "2KiB"\n'
+        f'sha256 = "{hashlib.sha256(secrets["limited"].encode()).hexdigest()}"\n'
+        f'[[tokens]]\nname = "free"\nrole = "admin"\n'
+        f'sha256 = "{hashlib.sha256(secrets["free"].encode()).hexdigest()}"\n'
+    )
+    server = oxeye_factory(auth_tokens_file=str(path))
+
+    def request() -> tuple[bytes, str]:
+        tid = random_trace_id()
+        body = trace_request([span(tid, name=f"s{i}", attributes={"p": "x" * 150}) for i in range(8)],
+                             service="limited").SerializeToString()
+        assert 1500 < len(body) < 2048, len(body)
+        return body, tid.hex()
+
+    def post(secret: str) -> tuple[requests.Response, str]:
+        body, tid = request()
+        return server.post_otlp("traces", body, headers={"Authorization": f"Bearer {secret}"}), tid
+
+    stored, refused = [], []
+    r, tid = post(secrets["limited"])
+    assert r.status_code == 200, r.text
+    stored.append(tid)
+    # Less than a second later the bucket holds ~100 bytes: the next request waits.
+    r, tid = post(secrets["limited"])
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, (r.status_code, r.text[:300])
+    assert "ingest limit" in r.text
+    refused.append(tid)
+    # Another token is not slowed by it.
+    for _ in range(3):
+        r, tid = post(secrets["free"])
+        assert r.status_code == 200
+        stored.append(tid)
+    time.sleep(int(r.headers.get("Retry-After", "1")) + 0.2)
+    r, tid = post(secrets["limited"])
+    assert r.status_code == 200, r.text
+    stored.append(tid)
+    # gRPC right after: RESOURCE_EXHAUSTED, with how long to wait.
+    body, tid = request()
+    with grpc.insecure_channel(server.grpc_addr) as channel:
+        with pytest.raises(grpc.RpcError) as e:
+            trace_service_pb2_grpc.TraceServiceStub(channel).Export(
+                trace_request_from(body), metadata=[("authorization", f"Bearer {secrets['limited']}")], timeout=10
+            )
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+    details = status_pb2.Status.FromString(dict(e.value.trailing_metadata())["grpc-status-details-bin"])
+    info = next(d for d in details.details if d.type_url.endswith("RetryInfo"))
+    assert error_details_pb2.RetryInfo.FromString(info.value).retry_delay.seconds >= 1
+    refused.append(tid)
+    server.session.headers["Authorization"] = f"Bearer {secrets['free']}"  # /metrics needs read
+    assert server.metric("oxeye_collector_rate_limited_requests_total", token="limited") == 2
+
+    def count(tids: list[str]) -> int:
+        listed = ", ".join(f"'{t}'" for t in tids)
+        r = requests.post(f"{server.api}/api/v1/sql", headers={"Authorization": f"Bearer {secrets['free']}"},
+                          json={"sql": f"SELECT count(*) FROM spans WHERE trace_id IN ({listed})"}, timeout=30)
+        assert r.status_code == 200, r.text
+        return int(r.json()["rows"][0][0])
+
+    wait_until(lambda: count(stored) == 8 * len(stored) or None, timeout=20, what="the accepted spans")
+    assert count(refused) == 0, "a refused request left rows behind"
+
+
+def trace_request_from(body: bytes):
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    return trace_service_pb2.ExportTraceServiceRequest.FromString(body)

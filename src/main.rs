@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod queue;
 mod self_trace;
+mod tenants;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -375,6 +376,14 @@ async fn serve_role(
         Role::Query | Role::Collector => {}
     }
     config.check_exposure(&listeners)?;
+    if !config.auth.tenants().is_empty()
+        && (role != Role::All || config.metastore.is_some() || config.object_store.is_some())
+    {
+        anyhow::bail!(
+            "tokens with a tenant work with `oxeye serve` on a local data directory so far: \
+             remove `tenant` from the token file for cluster roles, --metastore and --object-store"
+        );
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -434,8 +443,17 @@ async fn serve_role(
             stop_spans.clone(),
         )
     });
+    let tenants = tenants::Tenants::open(&config, &mut registry).await?;
     let collector = match role {
-        Role::All => Some(oxeye_collector::start(&config.collector, router, &mut registry).await?),
+        Role::All => Some(
+            oxeye_collector::start_with_tenants(
+                &config.collector,
+                router,
+                tenants.sinks(),
+                &mut registry,
+            )
+            .await?,
+        ),
         Role::Query | Role::Store | Role::Collector => None,
     };
     let stop_cluster = CancellationToken::new();
@@ -525,13 +543,9 @@ async fn serve_role(
 
     let ready = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(parking_lot::RwLock::new(registry));
-    let api = oxeye_ui::server::router(
-        oxeye_query::http::router(oxeye_query::http::ApiState {
-            engine: engine.clone(),
-            registry: registry.clone(),
-            ready: ready.clone(),
-        })
-        .merge(oxeye_alert::http::router(alerts.clone())),
+    let api = tenants::dispatch(
+        tenants::api_router(engine.clone(), alerts.clone(), &registry, &ready),
+        tenants.routers(&registry, &ready),
     )
     .merge(oxeye_auth::login_routes(
         config.auth.clone(),
@@ -547,7 +561,7 @@ async fn serve_role(
     )
     .await?;
     let pg = oxeye_query::pg::start(
-        engine.clone(),
+        oxeye_query::pg::Engines::new(engine.clone(), tenants.engines()),
         oxeye_query::pg::PgConfig {
             listen: config.pg_listen,
             user: config.pg_user.clone(),
@@ -596,6 +610,7 @@ async fn serve_role(
     if let Some(task) = spans {
         let _ = task.await;
     }
+    tenants.shutdown().await;
     store.shutdown().await;
     drop(engine);
     tracing::info!("oxeye stopped");

@@ -98,12 +98,18 @@ pub fn access_for(method: &Method, path: &str) -> Option<Access> {
 
 /// The HTTP API and UI: bearer token or session cookie, by [`access_for`]. A browser asking
 /// for a page without a session is sent to the login page.
-pub async fn api_guard(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+pub async fn api_guard(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
     let Some(needs) = access_for(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
     match auth.check(bearer(req.headers()), session(req.headers()), needs) {
-        Ok(_) => next.run(req).await,
+        Ok(principal) => {
+            if let Some(p) = principal {
+                // For what serves the request: whose data it may see (the tenant).
+                req.extensions_mut().insert(p);
+            }
+            next.run(req).await
+        }
         Err(denied) => {
             let path = req.uri().path();
             let page = req.method() == Method::GET

@@ -11,6 +11,7 @@
 //! role = "ingest"   # ingest | read | admin
 //! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! ingest_bytes_per_second = "2MiB"   # optional ingest limit for this token
+//! tenant = "acme"                     # optional: whose data (default: `default`)
 //! ```
 //!
 //! `ingest` may send OTLP; `read` may query (SQL, the APIs, the UI); `admin` may do both and
@@ -75,6 +76,27 @@ pub struct Principal {
     pub role: Role,
     /// Bytes per second this token may send over OTLP (all requests with it together).
     pub ingest_limit: Option<IngestLimit>,
+    /// The tenant whose data the token sends and reads; `None` for the default tenant.
+    pub tenant: Option<Arc<str>>,
+}
+
+impl Principal {
+    /// The tenant's name, `default` for the default tenant.
+    pub fn tenant_name(&self) -> &str {
+        self.tenant.as_deref().unwrap_or(DEFAULT_TENANT)
+    }
+}
+
+/// The tenant of tokens without one (and of everything when tokens are off).
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Whether `name` may name a tenant: it becomes a directory name.
+pub fn valid_tenant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +128,9 @@ struct TokenEntry {
     /// with this token; past it, requests are refused with OTLP's retryable codes.
     #[serde(default)]
     ingest_bytes_per_second: Option<SizeValue>,
+    /// Whose data: tokens of one tenant never see another's rows. Default: `default`.
+    #[serde(default)]
+    tenant: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -171,10 +196,21 @@ impl Tokens {
                     parse_bytes(&text).map_err(|e| format!("token `{}`: {e}", t.name))?,
                 )),
             };
+            let tenant = match t.tenant.as_deref().map(str::trim) {
+                None | Some(DEFAULT_TENANT) => None,
+                Some(name) if valid_tenant_name(name) => Some(Arc::from(name)),
+                Some(name) => {
+                    return Err(format!(
+                        "token `{}`: tenant `{name}` must be 1-64 letters, digits, `-` or `_`",
+                        t.name
+                    ));
+                }
+            };
             let principal = Principal {
                 name: t.name,
                 role: t.role,
                 ingest_limit,
+                tenant,
             };
             if let Some(other) = by_hash.insert(hash, principal) {
                 return Err(format!(
@@ -189,6 +225,14 @@ impl Tokens {
     /// The holder of `secret`, if it is a known token.
     pub fn verify(&self, secret: &str) -> Option<&Principal> {
         self.by_hash.get(&digest(secret))
+    }
+
+    /// The tenants the tokens name, besides the default one.
+    pub fn tenants(&self) -> std::collections::BTreeSet<String> {
+        self.by_hash
+            .values()
+            .filter_map(|p| p.tenant.as_deref().map(str::to_string))
+            .collect()
     }
 }
 
@@ -243,6 +287,14 @@ impl Auth {
 
     pub fn enabled(&self) -> bool {
         self.tokens.is_some()
+    }
+
+    /// The tenants the tokens name, besides the default one (none when tokens are off).
+    pub fn tenants(&self) -> std::collections::BTreeSet<String> {
+        self.tokens
+            .as_ref()
+            .map(|t| t.tenants())
+            .unwrap_or_default()
     }
 
     pub fn sessions(&self) -> &Sessions {

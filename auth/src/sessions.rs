@@ -72,6 +72,7 @@ mod tests {
             name: "ops".into(),
             role: Role::Admin,
             ingest_limit: None,
+            tenant: None,
         };
         let id = s.start(p.clone());
         assert_eq!(id.len(), 64);

@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -21,7 +20,7 @@ use tonic::{Code, Status};
 
 use crate::ExportError;
 use crate::decode::Encoding;
-use crate::pipeline::{OtlpExport, Pipeline};
+use crate::pipeline::{OtlpExport, Pipelines};
 use crate::rpc_status::{RpcStatus, code, retry_info};
 
 /// Maps an export error to the gRPC status OTLP asks for (the one place this is decided).
@@ -116,7 +115,7 @@ impl<Resp: Message + Send + 'static> Codec for RawCodec<Resp> {
 
 /// One OTLP gRPC service (`R` picks traces, logs or metrics).
 pub struct OtlpGrpc<R> {
-    pipeline: Arc<Pipeline>,
+    pipeline: Pipelines,
     max_message_bytes: usize,
     _request: PhantomData<fn() -> R>,
 }
@@ -132,7 +131,7 @@ impl<R> Clone for OtlpGrpc<R> {
 }
 
 impl<R: OtlpExport> OtlpGrpc<R> {
-    pub fn new(pipeline: Arc<Pipeline>, max_message_bytes: usize) -> Self {
+    pub fn new(pipeline: Pipelines, max_message_bytes: usize) -> Self {
         OtlpGrpc {
             pipeline,
             max_message_bytes,
@@ -146,7 +145,7 @@ impl<R: OtlpExport> NamedService for OtlpGrpc<R> {
 }
 
 struct ExportMethod<R> {
-    pipeline: Arc<Pipeline>,
+    pipeline: Pipelines,
     _request: PhantomData<fn() -> R>,
 }
 
@@ -158,6 +157,10 @@ impl<R: OtlpExport> UnaryService<Bytes> for ExportMethod<R> {
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
             let token = request.extensions().get::<oxeye_auth::Principal>().cloned();
+            let pipeline = pipeline
+                .for_token(token.as_ref())
+                .map_err(|e| to_status(&e))?
+                .clone();
             let body = request.into_inner();
             let reservation = pipeline
                 .admit(body.len(), "grpc", token.as_ref())

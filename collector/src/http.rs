@@ -2,7 +2,6 @@
 //! optionally gzip- or zstd-compressed. Responses use the request's encoding; errors carry a
 //! `google.rpc.Status` body as the OTLP specification asks.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,19 +18,19 @@ use prost::Message;
 
 use crate::ExportError;
 use crate::decode::{Encoding, compression_of, decompress, encode, encoding_of};
-use crate::pipeline::{OtlpExport, Pipeline};
+use crate::pipeline::{OtlpExport, Pipelines};
 use crate::rpc_status::{RpcStatus, code, retry_info};
 
 #[derive(Clone)]
 struct HttpState {
-    pipeline: Arc<Pipeline>,
+    pipeline: Pipelines,
     max_request_bytes: usize,
     max_decompressed_bytes: usize,
 }
 
 /// The OTLP/HTTP routes.
 pub fn router(
-    pipeline: Arc<Pipeline>,
+    pipeline: Pipelines,
     max_request_bytes: usize,
     max_decompressed_bytes: usize,
 ) -> Router {
@@ -98,10 +97,10 @@ async fn handle<R: OtlpExport>(
             }
         })?
         .to_bytes();
-    let reservation = state.pipeline.admit(raw.len(), "http", token)?;
+    let pipeline = state.pipeline.for_token(token)?;
+    let reservation = pipeline.admit(raw.len(), "http", token)?;
     let body = decompress(raw, compression, state.max_decompressed_bytes)?;
-    let accepted = state
-        .pipeline
+    let accepted = pipeline
         .export_encoded::<R>(body, encoding, "http", reservation)
         .await?;
     let response = R::response(accepted.rejected, accepted.message);

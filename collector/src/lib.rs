@@ -27,4 +27,5 @@ pub mod server;
 pub use config::CollectorConfig;
 pub use error::ExportError;
 pub use pipeline::Pipeline;
-pub use server::{RunningCollector, start};
+pub use pipeline::Pipelines;
+pub use server::{RunningCollector, start, start_with_tenants};

@@ -1,6 +1,8 @@
 //! What both OTLP surfaces share: admission by bytes, decoding and conversion off the I/O
 //! runtime, submission to the batcher, and the accounting of accepted and rejected items.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -125,6 +127,44 @@ pub struct Accepted {
 /// Decoded requests are assumed to take this many times their encoded size in memory until the
 /// store acknowledges them (protobuf structs while converting, Arrow columns afterwards).
 const MEMORY_PER_ENCODED_BYTE: usize = 3;
+
+/// A pipeline per tenant: each request goes to the one of its token's tenant, so a tenant's
+/// rows only ever reach that tenant's store.
+#[derive(Clone)]
+pub struct Pipelines {
+    default: Arc<Pipeline>,
+    tenants: Arc<BTreeMap<String, Arc<Pipeline>>>,
+}
+
+impl Pipelines {
+    pub fn new(default: Arc<Pipeline>, tenants: BTreeMap<String, Arc<Pipeline>>) -> Pipelines {
+        Pipelines {
+            default,
+            tenants: Arc::new(tenants),
+        }
+    }
+
+    /// The pipeline for requests sent with `token` (the default one without tokens).
+    pub fn for_token(
+        &self,
+        token: Option<&oxeye_auth::Principal>,
+    ) -> Result<&Arc<Pipeline>, ExportError> {
+        match token.and_then(|t| t.tenant.as_deref()) {
+            None => Ok(&self.default),
+            Some(tenant) => self.tenants.get(tenant).ok_or_else(|| {
+                ExportError::Internal(format!(
+                    "tenant `{tenant}` has no store on this node; restart oxeye after adding \
+                     tenants to the token file"
+                ))
+            }),
+        }
+    }
+
+    /// Any pipeline: they share their metrics.
+    pub fn metrics(&self) -> &CollectorMetrics {
+        self.default.metrics()
+    }
+}
 
 #[derive(Clone)]
 pub struct Pipeline {

@@ -1,5 +1,6 @@
 //! Starting and stopping the collector's listeners.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use crate::batcher::{Batcher, BatcherConfig};
 use crate::grpc::OtlpGrpc;
 use crate::memory::MemoryBudget;
 use crate::metrics::CollectorMetrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Pipelines};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -40,7 +41,7 @@ pub struct RunningCollector {
     stop_listeners: CancellationToken,
     stop_batcher: CancellationToken,
     servers: Vec<JoinHandle<()>>,
-    batcher: JoinHandle<()>,
+    batchers: Vec<JoinHandle<()>>,
 }
 
 /// Binds both listeners and starts serving; rows go to `sink` once batched.
@@ -49,27 +50,50 @@ pub async fn start(
     sink: Arc<dyn Ingest>,
     registry: &mut Registry,
 ) -> Result<RunningCollector, ServerError> {
+    start_with_tenants(config, sink, BTreeMap::new(), registry).await
+}
+
+/// Like [`start`], with a sink per tenant: rows sent with a tenant's token go to that
+/// tenant's sink, the rest to `sink`. Each tenant has its own batcher; the memory budget and
+/// the metrics are shared.
+pub async fn start_with_tenants(
+    config: &CollectorConfig,
+    sink: Arc<dyn Ingest>,
+    tenant_sinks: BTreeMap<String, Arc<dyn Ingest>>,
+    registry: &mut Registry,
+) -> Result<RunningCollector, ServerError> {
     let metrics = CollectorMetrics::register(registry);
     let stop_batcher = CancellationToken::new();
-    let (batcher, batcher_task) = Batcher::spawn(
-        sink,
-        BatcherConfig {
-            max_rows: config.batch_max_rows,
-            max_delay: config.batch_max_delay,
-            queue_capacity: config.batch_queue_capacity,
-            max_in_flight: config.max_in_flight_flushes,
-            retry_after: config.retry_after,
-        },
-        metrics.clone(),
-        stop_batcher.clone(),
-    );
-    let pipeline = Arc::new(Pipeline::new(
-        batcher,
-        MemoryBudget::new(config.memory_budget_bytes),
-        metrics,
-        config.retry_after,
-        config.attribute_limits,
-    ));
+    let memory = MemoryBudget::new(config.memory_budget_bytes);
+    let mut batchers = Vec::new();
+    let mut pipeline_for = |sink: Arc<dyn Ingest>| {
+        let (batcher, task) = Batcher::spawn(
+            sink,
+            BatcherConfig {
+                max_rows: config.batch_max_rows,
+                max_delay: config.batch_max_delay,
+                queue_capacity: config.batch_queue_capacity,
+                max_in_flight: config.max_in_flight_flushes,
+                retry_after: config.retry_after,
+            },
+            metrics.clone(),
+            stop_batcher.clone(),
+        );
+        batchers.push(task);
+        Arc::new(Pipeline::new(
+            batcher,
+            memory.clone(),
+            metrics.clone(),
+            config.retry_after,
+            config.attribute_limits,
+        ))
+    };
+    let default = pipeline_for(sink);
+    let tenants = tenant_sinks
+        .into_iter()
+        .map(|(tenant, sink)| (tenant, pipeline_for(sink)))
+        .collect();
+    let pipeline = Pipelines::new(default, tenants);
 
     let grpc_listener = TcpListener::bind(config.grpc_listen)
         .await
@@ -166,7 +190,7 @@ pub async fn start(
         stop_listeners,
         stop_batcher,
         servers: vec![grpc_task, http_task],
-        batcher: batcher_task,
+        batchers,
     })
 }
 
@@ -179,7 +203,9 @@ impl RunningCollector {
             let _ = s.await;
         }
         self.stop_batcher.cancel();
-        let _ = self.batcher.await;
+        for batcher in self.batchers {
+            let _ = batcher.await;
+        }
         tracing::info!("collector stopped");
     }
 }

@@ -57,7 +57,8 @@ fn receiver() -> &'static (tokio::runtime::Runtime, Router) {
                 Duration::from_secs(1),
                 AttributeLimits::default(),
             ));
-            oxeye_collector::http::router(pipeline, 1 << 20, 4 << 20)
+            let pipelines = oxeye_collector::Pipelines::new(pipeline, Default::default());
+            oxeye_collector::http::router(pipelines, 1 << 20, 4 << 20)
         });
         (rt, router)
     })

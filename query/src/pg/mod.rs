@@ -125,12 +125,45 @@ pub struct PgStatement {
 }
 
 pub struct Backend {
-    engine: QueryEngine,
+    engines: Engines,
     parser: Arc<Parser>,
 }
 
 pub struct Parser {
-    engine: QueryEngine,
+    engines: Engines,
+}
+
+/// The client metadata key that holds the tenant a token login belongs to.
+const TENANT_KEY: &str = "oxeye.tenant";
+
+/// A query engine per tenant: a connection only ever plans and runs on its login's tenant's
+/// engine, whose tables are that tenant's store alone.
+#[derive(Clone)]
+pub struct Engines {
+    default: QueryEngine,
+    tenants: Arc<std::collections::BTreeMap<String, QueryEngine>>,
+}
+
+impl Engines {
+    pub fn new(
+        default: QueryEngine,
+        tenants: std::collections::BTreeMap<String, QueryEngine>,
+    ) -> Engines {
+        Engines {
+            default,
+            tenants: Arc::new(tenants),
+        }
+    }
+
+    fn for_client<C: ClientInfo>(&self, client: &C) -> Result<&QueryEngine, QueryError> {
+        match client.metadata().get(TENANT_KEY) {
+            None => Ok(&self.default),
+            Some(tenant) if tenant == oxeye_auth::DEFAULT_TENANT => Ok(&self.default),
+            Some(tenant) => self.tenants.get(tenant).ok_or_else(|| {
+                QueryError::Internal(format!("tenant `{tenant}` has no store on this node"))
+            }),
+        }
+    }
 }
 
 /// Placeholder types of a plan, `$1` first.
@@ -181,7 +214,11 @@ impl QueryParser for Parser {
                         declared,
                     },
                 );
-                let plan = self.engine.plan(&q).await.map_err(|e| user_error(&e))?;
+                let engine = self
+                    .engines
+                    .for_client(client)
+                    .map_err(|e| user_error(&e))?;
+                let plan = engine.plan(&q).await.map_err(|e| user_error(&e))?;
                 let schema = Arc::new(plan.schema().as_arrow().clone());
                 let params = placeholder_types(&plan);
                 (Some(plan), Some(schema), params)
@@ -233,9 +270,13 @@ fn fixed_schema(kind: &Kind) -> Option<arrow::datatypes::SchemaRef> {
 }
 
 impl Backend {
-    async fn run_plan(&self, plan: LogicalPlan, format: &Format) -> Result<Response, QueryError> {
-        let max = self.engine.config().max_result_rows;
-        let result = self.engine.run_plan(plan, max).await?;
+    async fn run_plan(
+        engine: &QueryEngine,
+        plan: LogicalPlan,
+        format: &Format,
+    ) -> Result<Response, QueryError> {
+        let max = engine.config().max_result_rows;
+        let result = engine.run_plan(plan, max).await?;
         let fields = Arc::new(types::fields(&result.schema, format));
         let rows = types::encode_rows(&result.batches, &fields)
             .map_err(|e| QueryError::Internal(e.to_string()))?;
@@ -248,6 +289,7 @@ impl Backend {
     /// Housekeeping answers, or a query's rows.
     async fn answer(
         &self,
+        engine: &QueryEngine,
         kind: &Kind,
         plan: Option<LogicalPlan>,
         format: &Format,
@@ -290,7 +332,7 @@ impl Backend {
                 let plan = match plan {
                     Some(p) => p,
                     None => {
-                        self.engine
+                        engine
                             .plan(&for_session(
                                 sql,
                                 &Session {
@@ -301,7 +343,7 @@ impl Backend {
                             .await?
                     }
                 };
-                self.run_plan(plan, format).await?
+                Backend::run_plan(engine, plan, format).await?
             }
         })
     }
@@ -317,8 +359,13 @@ impl SimpleQueryHandler for Backend {
     {
         let mut out = Vec::new();
         for sql in split_statements(query) {
+            let engine = self
+                .engines
+                .for_client(client)
+                .map_err(|e| user_error(&e))?;
             match self
                 .answer(
+                    engine,
                     &classify(&sql),
                     None,
                     &Format::UnifiedText,
@@ -421,7 +468,12 @@ impl ExtendedQueryHandler for Backend {
             }
             None => None,
         };
+        let engine = self
+            .engines
+            .for_client(client)
+            .map_err(|e| user_error(&e))?;
         self.answer(
+            engine,
             &stmt.kind,
             plan,
             &portal.result_column_format,
@@ -434,6 +486,7 @@ impl ExtendedQueryHandler for Backend {
 
 /// Checks where a connection comes from before the protocol's own startup.
 struct Startup {
+    auth: oxeye_auth::Auth,
     password:
         Option<Arc<Md5PasswordAuthStartupHandler<Credentials, DefaultServerParameterProvider>>>,
     tokens: Option<
@@ -572,9 +625,41 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let startup = matches!(message, PgWireFrontendMessage::Startup(_));
+        let result = self.authenticate(client, message).await;
+        if startup {
+            // Startup parameters land in the metadata too: a client must not name its own
+            // tenant. Only a verified token sets it (on the password message, later).
+            client.metadata_mut().remove(TENANT_KEY);
+        }
+        result
+    }
+}
+
+impl Startup {
+    async fn authenticate<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         if let Some(tokens) = &self.tokens {
             if self.require_tls && !client.is_secure() {
                 return Err(tls_required());
+            }
+            // The token decides whose data the connection sees: note its tenant before the
+            // handler checks the password (a refused login never gets to query).
+            if let PgWireFrontendMessage::PasswordMessageFamily(family) = &message
+                && let Some(secret) = presented_password(family)
+                && let Some(principal) = self.auth.verify_token(secret.trim())
+            {
+                client
+                    .metadata_mut()
+                    .insert(TENANT_KEY.into(), principal.tenant_name().to_string());
             }
             return tokens.on_startup(client, message).await;
         }
@@ -597,6 +682,19 @@ impl StartupHandler for Startup {
                 self.trust.on_startup(client, message).await
             }
         }
+    }
+}
+
+/// The password of a cleartext password message.
+fn presented_password(family: &pgwire::messages::startup::PasswordMessageFamily) -> Option<String> {
+    use pgwire::messages::startup::PasswordMessageFamily;
+    match family {
+        PasswordMessageFamily::Raw(body) => PasswordMessageFamily::Raw(body.clone())
+            .into_password()
+            .ok()
+            .map(|p| p.password),
+        PasswordMessageFamily::Password(p) => Some(p.password.clone()),
+        _ => None,
     }
 }
 
@@ -644,7 +742,7 @@ impl PgServer {
 }
 
 /// Binds and serves the PostgreSQL protocol until shut down.
-pub async fn start(engine: QueryEngine, config: PgConfig) -> std::io::Result<PgServer> {
+pub async fn start(engines: Engines, config: PgConfig) -> std::io::Result<PgServer> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let params = || {
@@ -666,6 +764,7 @@ pub async fn start(engine: QueryEngine, config: PgConfig) -> std::io::Result<PgS
         ))
     });
     let startup = Arc::new(Startup {
+        auth: config.auth.clone(),
         tokens,
         password: config.password.clone().map(|password| {
             Arc::new(Md5PasswordAuthStartupHandler::new(
@@ -681,8 +780,8 @@ pub async fn start(engine: QueryEngine, config: PgConfig) -> std::io::Result<PgS
     });
     let handlers = Arc::new(Handlers {
         backend: Arc::new(Backend {
-            engine: engine.clone(),
-            parser: Arc::new(Parser { engine }),
+            engines: engines.clone(),
+            parser: Arc::new(Parser { engines }),
         }),
         startup,
     });

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use oxeye_collector::routing::{ShardRouter, ShardTarget};
 use oxeye_model::ingest::Ingest;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -421,13 +420,7 @@ async fn serve_role(
     let store = oxeye_store::Store::open(config.store.clone(), storage, catalog, &mut registry)
         .await
         .context("cannot open the store")?;
-    let router: Arc<dyn Ingest> = Arc::new(ShardRouter::new(
-        store
-            .shard_sinks()
-            .into_iter()
-            .map(|(id, sink)| ShardTarget { id, sink })
-            .collect(),
-    ));
+    let router = tenants::store_sink(&store);
     let engine = oxeye_query::QueryEngine::new(store.clone(), config.query.clone(), &mut registry)
         .await
         .context("cannot start the query engine")?;

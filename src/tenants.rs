@@ -66,13 +66,7 @@ impl Tenants {
                     dir.display()
                 )
             })?;
-            let sink: Arc<dyn Ingest> = Arc::new(ShardRouter::new(
-                store
-                    .shard_sinks()
-                    .into_iter()
-                    .map(|(id, sink)| ShardTarget { id, sink })
-                    .collect(),
-            ));
+            let sink = store_sink(&store);
             let engine =
                 oxeye_query::QueryEngine::new(store.clone(), config.query.clone(), registry)
                     .await
@@ -152,6 +146,17 @@ impl Tenants {
             t.store.shutdown().await;
         }
     }
+}
+
+/// Writes into `store`'s shards, each row to the shard its key picks.
+pub fn store_sink(store: &oxeye_store::Store) -> Arc<dyn Ingest> {
+    Arc::new(ShardRouter::new(
+        store
+            .shard_sinks()
+            .into_iter()
+            .map(|(id, sink)| ShardTarget { id, sink })
+            .collect(),
+    ))
 }
 
 /// The HTTP API, alerting API and UI over one engine.

@@ -185,16 +185,21 @@ impl Tokens {
                 })?;
             let ingest_limit = match t.ingest_bytes_per_second {
                 None => None,
-                Some(SizeValue::Bytes(0)) => {
-                    return Err(format!(
-                        "token `{}`: ingest_bytes_per_second must be at least 1",
-                        t.name
-                    ));
+                Some(size) => {
+                    let bytes = match size {
+                        SizeValue::Bytes(b) => b,
+                        SizeValue::Text(text) => {
+                            parse_bytes(&text).map_err(|e| format!("token `{}`: {e}", t.name))?
+                        }
+                    };
+                    if bytes == 0 {
+                        return Err(format!(
+                            "token `{}`: ingest_bytes_per_second must be at least 1",
+                            t.name
+                        ));
+                    }
+                    Some(IngestLimit::new(bytes))
                 }
-                Some(SizeValue::Bytes(b)) => Some(IngestLimit::new(b)),
-                Some(SizeValue::Text(text)) => Some(IngestLimit::new(
-                    parse_bytes(&text).map_err(|e| format!("token `{}`: {e}", t.name))?,
-                )),
             };
             let tenant = match t.tenant.as_deref().map(str::trim) {
                 None | Some(DEFAULT_TENANT) => None,

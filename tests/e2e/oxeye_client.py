@@ -577,6 +577,25 @@ def sdk_exporters(protocol: str, server: Oxeye):
     )
 
 
+def sdk_finished_spans(service: str, n: int = 2, scope: str = "e2e"):
+    """`n` spans of `service` made by the OpenTelemetry SDK and kept in memory (not exported):
+    for feeding an exporter under test."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer(scope)
+    for i in range(n):
+        with tracer.start_as_current_span(f"op {i}"):
+            pass
+    provider.shutdown()
+    return memory.get_finished_spans()
+
+
 def sdk_tracer_provider(
     server: Oxeye, service: str, protocol: str = "grpc", resource: dict[str, Any] | None = None
 ):

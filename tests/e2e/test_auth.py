@@ -13,7 +13,16 @@ import urllib.parse
 import pytest
 import requests
 
-from oxeye_client import Oxeye, free_ports, oxeye_binary, random_trace_id, span, trace_request, wait_until
+from oxeye_client import (
+    Oxeye,
+    free_ports,
+    oxeye_binary,
+    random_trace_id,
+    sdk_finished_spans,
+    span,
+    trace_request,
+    wait_until,
+)
 
 SECRETS = {"ingest": "sdk-secret-1", "read": "grafana-secret-2", "admin": "ops-secret-3"}
 
@@ -35,21 +44,6 @@ def secured(module_oxeye_factory, tmp_path_factory) -> Oxeye:
     return module_oxeye_factory(auth_tokens_file=str(path))
 
 
-def _finished_spans(service: str, n: int = 2):
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("auth-e2e")
-    for i in range(n):
-        with tracer.start_as_current_span(f"op {i}"):
-            pass
-    provider.shutdown()
-    return memory.get_finished_spans()
 
 
 def _count(server: Oxeye, service: str) -> int:
@@ -79,7 +73,7 @@ def test_otlp_needs_an_ingest_token(secured, protocol, monkeypatch):
             return OTLPSpanExporter(endpoint=f"{secured.otlp_http}/v1/traces", timeout=5)
 
     service = f"auth-{protocol}-{time.time_ns()}"
-    spans = _finished_spans(service)
+    spans = sdk_finished_spans(service)
     # The SDK reads its headers from the environment, as deployed services do.
     for secret in (None, "not-a-token", SECRETS["read"]):
         if secret is None:

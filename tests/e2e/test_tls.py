@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from certs import Certs, make_certs
-from oxeye_client import Oxeye, free_ports, oxeye_binary, wait_until
+from oxeye_client import Oxeye, free_ports, oxeye_binary, sdk_finished_spans, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -27,21 +27,6 @@ def tls_server(module_oxeye_factory, certs) -> Oxeye:
     return module_oxeye_factory(tls_cert=certs.cert, tls_key=certs.key, client_ca_file=certs.ca)
 
 
-def _finished_spans(service: str, n: int = 3):
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("tls-e2e")
-    for i in range(n):
-        with tracer.start_as_current_span(f"op {i}"):
-            pass
-    provider.shutdown()
-    return memory.get_finished_spans()
 
 
 def _count(server: Oxeye, service: str) -> int:
@@ -70,7 +55,7 @@ def test_the_sdk_exports_over_tls_with_a_ca_file(tls_server, certs, protocol, mo
     for bundle in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(bundle, raising=False)
     service = f"tls-{protocol}-{time.time_ns()}"
-    spans = _finished_spans(service)
+    spans = sdk_finished_spans(service)
     # Without the CA (the system's roots only), and with a CA that did not sign the server's
     # certificate, the SDK refuses to talk to the server.
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_CERTIFICATE", raising=False)

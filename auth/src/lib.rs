@@ -12,6 +12,10 @@
 //! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! ingest_bytes_per_second = "2MiB"   # optional ingest limit for this token
 //! tenant = "acme"                     # optional: whose data (default: `default`)
+//!
+//! [[tenants]]                           # optional: settings shared by a tenant's tokens
+//! name = "acme"
+//! ingest_bytes_per_second = "20MiB"
 //! ```
 //!
 //! `ingest` may send OTLP; `read` may query (SQL, the APIs, the UI); `admin` may do both and
@@ -74,8 +78,9 @@ impl std::fmt::Display for Access {
 pub struct Principal {
     pub name: String,
     pub role: Role,
-    /// Bytes per second this token may send over OTLP (all requests with it together).
-    pub ingest_limit: Option<IngestLimit>,
+    /// The OTLP ingest limits a request made with this token must fit: the token's own
+    /// and its tenant's (shared by every token of the tenant), when set.
+    pub ingest_limits: Vec<IngestLimit>,
     /// The tenant whose data the token sends and reads; `None` for the default tenant.
     pub tenant: Option<Arc<str>>,
 }
@@ -116,6 +121,34 @@ pub enum AuthError {
 struct TokenFile {
     #[serde(default)]
     tokens: Vec<TokenEntry>,
+    #[serde(default)]
+    tenants: Vec<TenantEntry>,
+}
+
+/// Settings of a tenant, shared by all its tokens.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantEntry {
+    name: String,
+    /// OTLP request bytes per second over every token of the tenant together.
+    #[serde(default)]
+    ingest_bytes_per_second: Option<SizeValue>,
+}
+
+impl SizeValue {
+    /// At least one byte per second.
+    fn rate(self, whose: &str) -> Result<u64, String> {
+        let bytes = match self {
+            SizeValue::Bytes(b) => b,
+            SizeValue::Text(text) => parse_bytes(&text).map_err(|e| format!("{whose}: {e}"))?,
+        };
+        if bytes == 0 {
+            return Err(format!(
+                "{whose}: ingest_bytes_per_second must be at least 1"
+            ));
+        }
+        Ok(bytes)
+    }
 }
 
 #[derive(Deserialize)]
@@ -172,6 +205,19 @@ impl Tokens {
         if file.tokens.is_empty() {
             return Err("it lists no [[tokens]]".into());
         }
+        let mut tenant_limits: HashMap<String, IngestLimit> = HashMap::new();
+        for t in file.tenants {
+            let whose = format!("tenant `{}`", t.name);
+            if !valid_tenant_name(&t.name) || t.name == DEFAULT_TENANT {
+                return Err(format!(
+                    "{whose}: a tenant name is 1-64 letters, digits, `-` or `_`, not `default`"
+                ));
+            }
+            if let Some(size) = t.ingest_bytes_per_second {
+                let rate = size.rate(&whose)?;
+                tenant_limits.insert(t.name.clone(), IngestLimit::new(whose, rate));
+            }
+        }
         let mut by_hash = HashMap::new();
         for t in file.tokens {
             let hash: [u8; 32] = hex::decode(t.sha256.trim())
@@ -183,24 +229,12 @@ impl Tokens {
                         t.name
                     )
                 })?;
-            let ingest_limit = match t.ingest_bytes_per_second {
-                None => None,
-                Some(size) => {
-                    let bytes = match size {
-                        SizeValue::Bytes(b) => b,
-                        SizeValue::Text(text) => {
-                            parse_bytes(&text).map_err(|e| format!("token `{}`: {e}", t.name))?
-                        }
-                    };
-                    if bytes == 0 {
-                        return Err(format!(
-                            "token `{}`: ingest_bytes_per_second must be at least 1",
-                            t.name
-                        ));
-                    }
-                    Some(IngestLimit::new(bytes))
-                }
-            };
+            let whose = format!("token `{}`", t.name);
+            let mut ingest_limits = Vec::new();
+            if let Some(size) = t.ingest_bytes_per_second {
+                let rate = size.rate(&whose)?;
+                ingest_limits.push(IngestLimit::new(whose, rate));
+            }
             let tenant = match t.tenant.as_deref().map(str::trim) {
                 None | Some(DEFAULT_TENANT) => None,
                 Some(name) if valid_tenant_name(name) => Some(Arc::from(name)),
@@ -211,10 +245,13 @@ impl Tokens {
                     ));
                 }
             };
+            if let Some(limit) = tenant.as_deref().and_then(|n| tenant_limits.get(n)) {
+                ingest_limits.push(limit.clone());
+            }
             let principal = Principal {
                 name: t.name,
                 role: t.role,
-                ingest_limit,
+                ingest_limits,
                 tenant,
             };
             if let Some(other) = by_hash.insert(hash, principal) {

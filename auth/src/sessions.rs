@@ -71,7 +71,7 @@ mod tests {
         let p = Principal {
             name: "ops".into(),
             role: Role::Admin,
-            ingest_limit: None,
+            ingest_limits: Vec::new(),
             tenant: None,
         };
         let id = s.start(p.clone());

@@ -209,8 +209,8 @@ impl Pipeline {
             .get_or_create(&ProtocolLabels { protocol })
             .inc_by(encoded_bytes as u64);
         if let Some(token) = token
-            && let Some(limit) = &token.ingest_limit
-            && let Err(wait) = limit.take(encoded_bytes as u64)
+            && let Err((wait, limit)) =
+                oxeye_auth::IngestLimit::take_all(&token.ingest_limits, encoded_bytes as u64)
         {
             self.metrics
                 .rate_limited
@@ -220,9 +220,9 @@ impl Pipeline {
                 .inc();
             return Err(ExportError::Overloaded {
                 reason: format!(
-                    "token `{}` is over its ingest limit of {} bytes/s; send less, or raise \
+                    "{} is over its ingest limit of {} bytes/s; send less, or raise \
                      ingest_bytes_per_second in the token file",
-                    token.name,
+                    limit.whose(),
                     limit.bytes_per_second()
                 ),
                 retry_after: wait.max(Duration::from_secs(1)),

@@ -297,3 +297,32 @@ def trace_request_from(body: bytes):
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
     return trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+
+
+def test_a_tenants_tokens_share_its_ingest_limit(oxeye_factory, tmp_path):
+    """`[[tenants]]` with `ingest_bytes_per_second`: all of a tenant's tokens draw on one
+    limit; another tenant is not slowed."""
+    from oxeye_client import random_trace_id
+
+    secrets = {"acme-1": "acme-one", "acme-2": "acme-two", "beta-1": "beta-one"}
+    path = tmp_path / "tokens.toml"
+    path.write_text(
+        '[[tenants]]\nname = "acme"\ningest_bytes_per_second = "2KiB"\n'
+        + "".join(
+            f'[[tokens]]\nname = "{name}"\nrole = "ingest"\ntenant = "{name.split("-")[0]}"\n'
+            f'sha256 = "{hashlib.sha256(secret.encode()).hexdigest()}"\n'
+            for name, secret in secrets.items()
+        )
+    )
+    server = oxeye_factory(auth_tokens_file=str(path))
+
+    def post(token: str) -> requests.Response:
+        spans = [span(random_trace_id(), name=f"s{i}", attributes={"p": "x" * 150}) for i in range(8)]
+        body = trace_request(spans, service="tenant-limit").SerializeToString()
+        assert 1500 < len(body) < 2048, len(body)
+        return server.post_otlp("traces", body, headers={"Authorization": f"Bearer {secrets[token]}"})
+
+    assert post("acme-1").status_code == 200
+    r = post("acme-2")
+    assert r.status_code == 429 and "tenant `acme`" in r.text, (r.status_code, r.text[:300])
+    assert post("beta-1").status_code == 200

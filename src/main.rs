@@ -237,12 +237,10 @@ async fn serve_http(
     tls: &oxeye_tls::Tls,
     stop: CancellationToken,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let router = router
-        .layer(axum::middleware::from_fn_with_state(
-            auth.clone(),
-            oxeye_auth::api_guard,
-        ))
-        .layer(axum::middleware::from_fn(trace_request));
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        auth.clone(),
+        oxeye_auth::api_guard,
+    ));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for HTTP; is the port in use?"))?;
@@ -259,7 +257,8 @@ async fn serve_http(
 }
 
 /// A span per HTTP request, named by method and route (not for probes, scrapes and the UI's
-/// static files): the root of what a request did, for `--self-trace`.
+/// static files): the root of what a request did, for `--self-trace`. Layered on each API
+/// router (see `tenants::api_router`), where the matched route is known.
 async fn trace_request(
     req: axum::extract::Request,
     next: axum::middleware::Next,

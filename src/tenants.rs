@@ -174,6 +174,7 @@ pub fn api_router(
         })
         .merge(oxeye_alert::http::router(alerts)),
     )
+    .layer(axum::middleware::from_fn(crate::trace_request))
 }
 
 #[derive(Clone)]

@@ -209,6 +209,7 @@ impl Pipeline {
             .get_or_create(&ProtocolLabels { protocol })
             .inc_by(encoded_bytes as u64);
         if let Some(token) = token
+            && !token.ingest_limits.is_empty()
             && let Err((wait, limit)) =
                 oxeye_auth::IngestLimit::take_all(&token.ingest_limits, encoded_bytes as u64)
         {

@@ -16,6 +16,7 @@
 //! [[tenants]]                           # optional: settings shared by a tenant's tokens
 //! name = "acme"
 //! ingest_bytes_per_second = "20MiB"
+//! max_request_size = "4MiB"
 //! ```
 //!
 //! `ingest` may send OTLP; `read` may query (SQL, the APIs, the UI); `admin` may do both and
@@ -83,6 +84,8 @@ pub struct Principal {
     pub ingest_limits: Vec<IngestLimit>,
     /// The tenant whose data the token sends and reads; `None` for the default tenant.
     pub tenant: Option<Arc<str>>,
+    /// The tenant's largest OTLP request in bytes, when it has one.
+    pub max_request_bytes: Option<u64>,
 }
 
 impl Principal {
@@ -133,19 +136,23 @@ struct TenantEntry {
     /// OTLP request bytes per second over every token of the tenant together.
     #[serde(default)]
     ingest_bytes_per_second: Option<SizeValue>,
+    /// Largest OTLP request (as sent, before decompression) a tenant's token may send; below
+    /// the process's --max-request-size to matter.
+    #[serde(default)]
+    max_request_size: Option<SizeValue>,
 }
 
 impl SizeValue {
-    /// At least one byte per second.
-    fn rate(self, whose: &str) -> Result<u64, String> {
+    /// The size of `whose` setting `key`: at least one byte.
+    fn bytes(self, whose: &str, key: &str) -> Result<u64, String> {
         let bytes = match self {
             SizeValue::Bytes(b) => b,
-            SizeValue::Text(text) => parse_bytes(&text).map_err(|e| format!("{whose}: {e}"))?,
+            SizeValue::Text(text) => {
+                parse_bytes(&text).map_err(|e| format!("{whose}: {key}: {e}"))?
+            }
         };
         if bytes == 0 {
-            return Err(format!(
-                "{whose}: ingest_bytes_per_second must be at least 1"
-            ));
+            return Err(format!("{whose}: {key} must be at least 1 byte"));
         }
         Ok(bytes)
     }
@@ -206,6 +213,7 @@ impl Tokens {
             return Err("it lists no [[tokens]]".into());
         }
         let mut tenant_limits: HashMap<String, IngestLimit> = HashMap::new();
+        let mut tenant_max_request: HashMap<String, u64> = HashMap::new();
         for t in file.tenants {
             let whose = format!("tenant `{}`", t.name);
             if !valid_tenant_name(&t.name) || t.name == DEFAULT_TENANT {
@@ -213,8 +221,12 @@ impl Tokens {
                     "{whose}: a tenant name is 1-64 letters, digits, `-` or `_`, not `default`"
                 ));
             }
+            if let Some(size) = t.max_request_size {
+                let bytes = size.bytes(&whose, "max_request_size")?;
+                tenant_max_request.insert(t.name.clone(), bytes);
+            }
             if let Some(size) = t.ingest_bytes_per_second {
-                let rate = size.rate(&whose)?;
+                let rate = size.bytes(&whose, "ingest_bytes_per_second")?;
                 tenant_limits.insert(t.name.clone(), IngestLimit::new(whose, rate));
             }
         }
@@ -232,7 +244,7 @@ impl Tokens {
             let whose = format!("token `{}`", t.name);
             let mut ingest_limits = Vec::new();
             if let Some(size) = t.ingest_bytes_per_second {
-                let rate = size.rate(&whose)?;
+                let rate = size.bytes(&whose, "ingest_bytes_per_second")?;
                 ingest_limits.push(IngestLimit::new(whose, rate));
             }
             let tenant = match t.tenant.as_deref().map(str::trim) {
@@ -248,11 +260,16 @@ impl Tokens {
             if let Some(limit) = tenant.as_deref().and_then(|n| tenant_limits.get(n)) {
                 ingest_limits.push(limit.clone());
             }
+            let max_request_bytes = tenant
+                .as_deref()
+                .and_then(|n| tenant_max_request.get(n))
+                .copied();
             let principal = Principal {
                 name: t.name,
                 role: t.role,
                 ingest_limits,
                 tenant,
+                max_request_bytes,
             };
             if let Some(other) = by_hash.insert(hash, principal) {
                 return Err(format!(

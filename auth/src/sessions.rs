@@ -73,6 +73,7 @@ mod tests {
             role: Role::Admin,
             ingest_limits: Vec::new(),
             tenant: None,
+            max_request_bytes: None,
         };
         let id = s.start(p.clone());
         assert_eq!(id.len(), 64);

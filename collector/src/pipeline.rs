@@ -208,6 +208,14 @@ impl Pipeline {
             .received_bytes
             .get_or_create(&ProtocolLabels { protocol })
             .inc_by(encoded_bytes as u64);
+        if let Some(limit) = token.and_then(|t| t.max_request_bytes)
+            && encoded_bytes as u64 > limit
+        {
+            return Err(ExportError::TooLarge {
+                size: encoded_bytes,
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            });
+        }
         if let Some(token) = token
             && !token.ingest_limits.is_empty()
             && let Err((wait, limit)) =

@@ -326,3 +326,27 @@ def test_a_tenants_tokens_share_its_ingest_limit(oxeye_factory, tmp_path):
     r = post("acme-2")
     assert r.status_code == 429 and "tenant `acme`" in r.text, (r.status_code, r.text[:300])
     assert post("beta-1").status_code == 200
+
+
+def test_a_tenants_largest_request(oxeye_factory, tmp_path):
+    """`max_request_size` on a `[[tenants]]` entry: a bigger OTLP request from its tokens is
+    refused with 413 and stores nothing; other tenants keep the process's limit."""
+    from oxeye_client import random_trace_id
+
+    secrets = {"small": "small-secret", "big": "big-secret"}
+    path = tmp_path / "tokens.toml"
+    path.write_text(
+        '[[tenants]]\nname = "small"\nmax_request_size = "1KiB"\n'
+        + "".join(
+            f'[[tokens]]\nname = "{name}"\nrole = "ingest"\ntenant = "{name}"\n'
+            f'sha256 = "{hashlib.sha256(secret.encode()).hexdigest()}"\n'
+            for name, secret in secrets.items()
+        )
+    )
+    server = oxeye_factory(auth_tokens_file=str(path))
+    spans = [span(random_trace_id(), name=f"s{i}", attributes={"p": "x" * 150}) for i in range(8)]
+    body = trace_request(spans, service="sized").SerializeToString()
+    assert len(body) > 1024
+    r = server.post_otlp("traces", body, headers={"Authorization": f"Bearer {secrets['small']}"})
+    assert r.status_code == 413 and "1024" in r.text, (r.status_code, r.text[:300])
+    assert server.post_otlp("traces", body, headers={"Authorization": f"Bearer {secrets['big']}"}).status_code == 200

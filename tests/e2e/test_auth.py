@@ -226,8 +226,6 @@ def test_a_token_over_its_ingest_limit_is_told_to_retry(oxeye_factory, tmp_path)
     from google.rpc import error_details_pb2, status_pb2
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
-    from oxeye_client import random_trace_id
-
     secrets = {"limited": "limited-secret", "free": "free-secret"}
     path = tmp_path / "tokens.toml"
     path.write_text(
@@ -239,11 +237,8 @@ def test_a_token_over_its_ingest_limit_is_told_to_retry(oxeye_factory, tmp_path)
     server = oxeye_factory(auth_tokens_file=str(path))
 
     def request() -> tuple[bytes, str]:
-        tid = random_trace_id()
-        body = trace_request([span(tid, name=f"s{i}", attributes={"p": "x" * 150}) for i in range(8)],
-                             service="limited").SerializeToString()
-        assert 1500 < len(body) < 2048, len(body)
-        return body, tid.hex()
+        body = _sized_request("limited")
+        return body, trace_request_from(body).resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
 
     def post(secret: str) -> tuple[requests.Response, str]:
         body, tid = request()
@@ -299,27 +294,43 @@ def trace_request_from(body: bytes):
     return trace_service_pb2.ExportTraceServiceRequest.FromString(body)
 
 
-def test_a_tenants_tokens_share_its_ingest_limit(oxeye_factory, tmp_path):
-    """`[[tenants]]` with `ingest_bytes_per_second`: all of a tenant's tokens draw on one
-    limit; another tenant is not slowed."""
-    from oxeye_client import random_trace_id
-
-    secrets = {"acme-1": "acme-one", "acme-2": "acme-two", "beta-1": "beta-one"}
-    path = tmp_path / "tokens.toml"
+def _tenant_tokens(path, tenants_toml: str, secrets: dict[str, str], tenant_of) -> str:
+    """Writes a token file: `tenants_toml`, then one ingest token per `secrets` entry in the
+    tenant `tenant_of(name)`; returns its path."""
     path.write_text(
-        '[[tenants]]\nname = "acme"\ningest_bytes_per_second = "2KiB"\n'
+        tenants_toml
         + "".join(
-            f'[[tokens]]\nname = "{name}"\nrole = "ingest"\ntenant = "{name.split("-")[0]}"\n'
+            f'[[tokens]]\nname = "{name}"\nrole = "ingest"\ntenant = "{tenant_of(name)}"\n'
             f'sha256 = "{hashlib.sha256(secret.encode()).hexdigest()}"\n'
             for name, secret in secrets.items()
         )
     )
-    server = oxeye_factory(auth_tokens_file=str(path))
+    return str(path)
+
+
+def _sized_request(service: str) -> bytes:
+    """An OTLP trace request of one new trace of 8 spans, between 1.5 and 2 KiB."""
+    tid = random_trace_id()
+    spans = [span(tid, name=f"s{i}", attributes={"p": "x" * 150}) for i in range(8)]
+    body = trace_request(spans, service=service).SerializeToString()
+    assert 1500 < len(body) < 2048, len(body)
+    return body
+
+
+def test_a_tenants_tokens_share_its_ingest_limit(oxeye_factory, tmp_path):
+    """`[[tenants]]` with `ingest_bytes_per_second`: all of a tenant's tokens draw on one
+    limit; another tenant is not slowed."""
+    secrets = {"acme-1": "acme-one", "acme-2": "acme-two", "beta-1": "beta-one"}
+    tokens = _tenant_tokens(
+        tmp_path / "tokens.toml",
+        '[[tenants]]\nname = "acme"\ningest_bytes_per_second = "2KiB"\n',
+        secrets,
+        lambda name: name.split("-")[0],
+    )
+    server = oxeye_factory(auth_tokens_file=tokens)
 
     def post(token: str) -> requests.Response:
-        spans = [span(random_trace_id(), name=f"s{i}", attributes={"p": "x" * 150}) for i in range(8)]
-        body = trace_request(spans, service="tenant-limit").SerializeToString()
-        assert 1500 < len(body) < 2048, len(body)
+        body = _sized_request("tenant-limit")
         return server.post_otlp("traces", body, headers={"Authorization": f"Bearer {secrets[token]}"})
 
     assert post("acme-1").status_code == 200
@@ -330,23 +341,16 @@ def test_a_tenants_tokens_share_its_ingest_limit(oxeye_factory, tmp_path):
 
 def test_a_tenants_largest_request(oxeye_factory, tmp_path):
     """`max_request_size` on a `[[tenants]]` entry: a bigger OTLP request from its tokens is
-    refused with 413 and stores nothing; other tenants keep the process's limit."""
-    from oxeye_client import random_trace_id
-
+    refused with 413; other tenants keep the process's limit."""
     secrets = {"small": "small-secret", "big": "big-secret"}
-    path = tmp_path / "tokens.toml"
-    path.write_text(
-        '[[tenants]]\nname = "small"\nmax_request_size = "1KiB"\n'
-        + "".join(
-            f'[[tokens]]\nname = "{name}"\nrole = "ingest"\ntenant = "{name}"\n'
-            f'sha256 = "{hashlib.sha256(secret.encode()).hexdigest()}"\n'
-            for name, secret in secrets.items()
-        )
+    tokens = _tenant_tokens(
+        tmp_path / "tokens.toml",
+        '[[tenants]]\nname = "small"\nmax_request_size = "1KiB"\n',
+        secrets,
+        lambda name: name,
     )
-    server = oxeye_factory(auth_tokens_file=str(path))
-    spans = [span(random_trace_id(), name=f"s{i}", attributes={"p": "x" * 150}) for i in range(8)]
-    body = trace_request(spans, service="sized").SerializeToString()
-    assert len(body) > 1024
+    server = oxeye_factory(auth_tokens_file=tokens)
+    body = _sized_request("sized")
     r = server.post_otlp("traces", body, headers={"Authorization": f"Bearer {secrets['small']}"})
     assert r.status_code == 413 and "1024" in r.text, (r.status_code, r.text[:300])
     assert server.post_otlp("traces", body, headers={"Authorization": f"Bearer {secrets['big']}"}).status_code == 200

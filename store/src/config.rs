@@ -16,6 +16,15 @@ pub struct StoreConfig {
     /// The id of this process's first shard: nodes sharing a metastore serve disjoint ranges
     /// (`first_shard .. first_shard + shards`).
     pub first_shard: u32,
+    /// The shards this process serves, when they are not one range (`--shard-ids`): replicas
+    /// of a shard on several nodes need overlapping, wrapping sets. Overrides `first_shard`
+    /// and `shards`.
+    pub shard_list: Option<Vec<u32>>,
+    /// Shards are replicated across store nodes: each starts as a follower (its WAL only) and
+    /// holds its rows in memory, serves them, flushes and compacts only while this node leads
+    /// it ([`crate::Store::lead`]). Writes then need delivery marks, since replicas and the
+    /// flush checkpoint agree on rows by their delivery positions.
+    pub replicated: bool,
     /// How often a node sharing its catalog takes in other nodes' commits.
     pub catalog_refresh: Duration,
     /// Flush a shard's memtable once it holds this many bytes...
@@ -50,6 +59,8 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             shards: 1,
             first_shard: 0,
+            shard_list: None,
+            replicated: false,
             catalog_refresh: Duration::from_secs(5),
             flush_bytes: 128 * 1024 * 1024,
             flush_age: Duration::from_secs(30),
@@ -69,7 +80,18 @@ impl StoreConfig {
 impl StoreConfig {
     /// Whether this process serves `shard` (and so compacts and expires its segments).
     pub fn owns(&self, shard: u32) -> bool {
-        shard >= self.first_shard && shard - self.first_shard < self.shards
+        match &self.shard_list {
+            Some(list) => list.contains(&shard),
+            None => shard >= self.first_shard && shard - self.first_shard < self.shards,
+        }
+    }
+
+    /// Every shard this process serves, in order.
+    pub fn shard_ids(&self) -> Vec<u32> {
+        match &self.shard_list {
+            Some(list) => list.clone(),
+            None => (self.first_shard..self.first_shard + self.shards).collect(),
+        }
     }
 
     /// How segments of `signal` are cut.
@@ -90,7 +112,11 @@ mod tests {
         assert!(!c.owns(3));
         assert!(c.owns(4) && c.owns(5));
         assert!(!c.owns(6));
+        assert_eq!(c.shard_ids(), vec![4, 5]);
         c.shards = 0;
         assert!(!c.owns(4), "a query node owns nothing");
+        c.shard_list = Some(vec![4, 5, 0, 1]);
+        assert!(c.owns(0) && c.owns(5) && !c.owns(2));
+        assert_eq!(c.shard_ids(), vec![4, 5, 0, 1]);
     }
 }

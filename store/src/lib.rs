@@ -30,7 +30,7 @@ pub mod storage;
 mod test_support;
 pub mod wal;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -53,10 +53,13 @@ pub use scan::{RowFilterStage, RowPredicate, ScanPart, ScanPlan, ScanRequest, Sc
 pub use segment::{SegmentMeta, SegmentRef};
 pub use storage::{S3Options, Storage};
 
+use crate::delivery::Delivered;
 use crate::memtable::ReadState;
-use crate::metrics::{SignalLabels, StoreMetrics};
+use crate::metrics::{ShardLabels, SignalLabels, StoreMetrics};
 use crate::scan::Caches;
+use crate::shard::WalCommand;
 use crate::shard::{ShardHandle, ShardSink};
+use tokio::sync::oneshot;
 
 /// Memory for opened segment indexes.
 const INDEX_CACHE_BYTES: usize = 512 * 1024 * 1024;
@@ -93,6 +96,16 @@ pub(crate) struct Inner {
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Store nodes' snapshots, on a query node in a cluster (see [`remote`]).
     pub remote: std::sync::OnceLock<Arc<dyn RemoteShards>>,
+    /// The shards whose rows this node holds in memory, serves in snapshots, flushes, compacts
+    /// and expires: all of its shards, unless they are replicated ([`StoreConfig::replicated`]),
+    /// in which case those it leads.
+    pub leading: RwLock<BTreeSet<u32>>,
+}
+
+impl Inner {
+    pub(crate) fn leads(&self, shard: u32) -> bool {
+        self.leading.read().contains(&shard)
+    }
 }
 
 /// `series` terms of unflushed rows, computed from their dictionary columns.
@@ -173,7 +186,12 @@ impl Store {
         let mut sinks = Vec::new();
         let mut flush_locks = BTreeMap::new();
         let mut flush_now = BTreeMap::new();
-        for id in config.first_shard..config.first_shard + config.shards {
+        let leading: BTreeSet<u32> = if config.replicated {
+            BTreeSet::new()
+        } else {
+            config.shard_ids().into_iter().collect()
+        };
+        for id in config.shard_ids() {
             let checkpoint = catalog_state.shards.get(&id).cloned().unwrap_or_default();
             let handle = shard::open(id, &config, &checkpoint, state.clone(), metrics.clone())?;
             let notify = Arc::new(tokio::sync::Notify::new());
@@ -209,6 +227,7 @@ impl Store {
                 shutdown: CancellationToken::new(),
                 tasks: Mutex::new(Vec::new()),
                 remote: std::sync::OnceLock::new(),
+                leading: RwLock::new(leading),
             }),
         };
         Store::update_segment_gauges(&store.inner);
@@ -269,7 +288,7 @@ impl Store {
         end: Option<i64>,
         trace_id: Option<[u8; 16]>,
     ) -> Result<ShardSnapshot, StoreError> {
-        let shards: Vec<u32> = self.inner.shards.iter().map(|s| s.id).collect();
+        let shards: Vec<u32> = self.inner.leading.read().iter().copied().collect();
         let st = self.inner.state.read();
         let segments = st
             .segments
@@ -302,6 +321,68 @@ impl Store {
             segments,
             batches,
         })
+    }
+
+    /// Starts leading `shard` (a replicated one): its WAL past `flushed`, the checkpoint read
+    /// when the lease was taken, comes into memory, and from now on this node serves, flushes
+    /// and compacts the shard. Returns the rows replayed.
+    pub async fn lead(&self, shard: u32, flushed: Delivered) -> Result<usize, StoreError> {
+        let handle = self.handle(shard)?;
+        let (ack, done) = oneshot::channel();
+        handle
+            .tx
+            .send(WalCommand::Lead { flushed, ack })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        let rows = done.await.map_err(|_| StoreError::ShuttingDown)??;
+        if self.inner.leading.write().insert(shard) {
+            self.inner.metrics.lease_takeovers.inc();
+        }
+        self.inner
+            .metrics
+            .shard_leader
+            .get_or_create(&ShardLabels { shard })
+            .set(1);
+        Ok(rows)
+    }
+
+    /// Stops leading `shard`: another replica took it over. Its unflushed rows leave memory
+    /// (the WAL keeps them; the new leader flushes its own copy).
+    pub async fn follow(&self, shard: u32) -> Result<(), StoreError> {
+        let handle = self.handle(shard)?;
+        self.inner.leading.write().remove(&shard);
+        self.inner
+            .metrics
+            .shard_leader
+            .get_or_create(&ShardLabels { shard })
+            .set(0);
+        let (ack, done) = oneshot::channel();
+        handle
+            .tx
+            .send(WalCommand::Follow { ack })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        done.await.map_err(|_| StoreError::ShuttingDown)
+    }
+
+    /// Whether this node leads `shard` now.
+    pub fn leads(&self, shard: u32) -> bool {
+        self.inner.leads(shard)
+    }
+
+    /// The shards this process serves (leading or following).
+    pub fn shard_ids(&self) -> Vec<u32> {
+        self.inner.shards.iter().map(|s| s.id).collect()
+    }
+
+    fn handle(&self, shard: u32) -> Result<&ShardHandle, StoreError> {
+        self.inner
+            .shards
+            .iter()
+            .find(|s| s.id == shard)
+            .ok_or_else(|| StoreError::Invalid {
+                reason: format!("this node does not serve shard {shard}"),
+            })
     }
 
     /// Every committed segment.

@@ -1,6 +1,7 @@
 //! Background work: flushing memtables, merging small segments, dropping expired ones, deleting
 //! removed segments once no query holds them, and guarding free disk space.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use tracing::Instrument;
 use crate::catalog::CatalogChange;
 use crate::scan::{ScanPart, ScanRequest};
 use crate::segment::{SegmentRef, build_segment, now_unix_ms, now_unix_nanos};
+use crate::shard::WalCommand;
 use crate::{Inner, Store, StoreError};
 
 /// How often shards are checked for a due flush.
@@ -231,12 +233,7 @@ pub(crate) async fn compact_once(inner: &Inner) -> Result<bool, StoreError> {
             .read()
             .segments
             .get(&signal)
-            .map(|v| {
-                v.iter()
-                    .filter(|s| inner.config.owns(s.shard))
-                    .cloned()
-                    .collect()
-            })
+            .map(|v| v.iter().filter(|s| inner.leads(s.shard)).cloned().collect())
             .unwrap_or_default();
         let group = pick_merge(
             &segments,
@@ -390,24 +387,66 @@ fn swap_segments(
 /// this node's own last commit is ignored.
 pub(crate) async fn refresh_catalog(inner: &Inner) -> Result<bool, StoreError> {
     let loaded = inner.catalog.load().await?;
-    let mut st = inner.state.write();
-    if loaded.generation <= st.generation {
-        return Ok(false);
+    {
+        let mut st = inner.state.write();
+        if loaded.generation <= st.generation {
+            return Ok(false);
+        }
+        let mut known: std::collections::HashMap<String, SegmentRef> =
+            std::mem::take(&mut st.segments)
+                .into_values()
+                .flatten()
+                .map(|s| (s.id.clone(), s))
+                .collect();
+        for meta in loaded.segments {
+            // Keep the same `Arc` for a segment already known: caches and running scans hold it.
+            let seg = known.remove(&meta.id).unwrap_or_else(|| Arc::new(meta));
+            st.add_segment(seg);
+        }
+        st.generation = loaded.generation;
     }
-    let mut known: std::collections::HashMap<String, SegmentRef> = std::mem::take(&mut st.segments)
-        .into_values()
-        .flatten()
-        .map(|s| (s.id.clone(), s))
-        .collect();
-    for meta in loaded.segments {
-        // Keep the same `Arc` for a segment already known: caches and running scans hold it.
-        let seg = known.remove(&meta.id).unwrap_or_else(|| Arc::new(meta));
-        st.add_segment(seg);
-    }
-    st.generation = loaded.generation;
-    drop(st);
     Store::update_segment_gauges(inner);
+    trim_followed(inner, &loaded.shards).await;
     Ok(true)
+}
+
+/// Deletes, on the shards this node follows, the WAL files the leaders' flushes now cover.
+async fn trim_followed(
+    inner: &Inner,
+    checkpoints: &BTreeMap<u32, crate::catalog::ShardCheckpoint>,
+) {
+    if !inner.config.replicated {
+        return;
+    }
+    for handle in &inner.shards {
+        let Some(checkpoint) = checkpoints.get(&handle.id) else {
+            continue;
+        };
+        if inner.leads(handle.id) {
+            continue;
+        }
+        let (ack, done) = tokio::sync::oneshot::channel();
+        let command = WalCommand::Trim {
+            flushed: checkpoint.delivered.clone(),
+            ack,
+        };
+        if handle.tx.send(command).await.is_err() {
+            return;
+        }
+        match done.await {
+            Ok(Ok(files)) if files > 0 => {
+                tracing::debug!(
+                    shard = handle.id,
+                    files,
+                    "deleted WAL files the leader flushed"
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(shard = handle.id, error = %e, "cannot delete WAL files the leader flushed; will retry")
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Drops segments whose newest row is older than their signal's retention.
@@ -424,7 +463,7 @@ pub(crate) async fn retention(inner: &Inner) -> Result<usize, StoreError> {
             .get(signal)
             .map(|v| {
                 v.iter()
-                    .filter(|s| s.max_time < cutoff && inner.config.owns(s.shard))
+                    .filter(|s| s.max_time < cutoff && inner.leads(s.shard))
                     .map(|s| s.id.clone())
                     .collect()
             })

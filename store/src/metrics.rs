@@ -12,6 +12,11 @@ pub struct SignalLabels {
     pub signal: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct StoreMetrics {
     pub ingested_rows: Counter,
@@ -41,6 +46,9 @@ pub struct StoreMetrics {
     pub scan_segments_read: Counter,
     pub snapshots: Counter,
     pub snapshot_rows: Counter,
+    pub shard_leader: Family<ShardLabels, Gauge>,
+    pub lease_takeovers: Counter,
+    pub wal_files_trimmed: Counter,
 }
 
 impl Default for StoreMetrics {
@@ -72,6 +80,9 @@ impl Default for StoreMetrics {
             scan_segments_pruned: Counter::default(),
             scan_segments_read: Counter::default(),
             snapshots: Counter::default(),
+            shard_leader: Family::default(),
+            lease_takeovers: Counter::default(),
+            wal_files_trimmed: Counter::default(),
             snapshot_rows: Counter::default(),
         }
     }
@@ -212,6 +223,22 @@ impl StoreMetrics {
             "snapshot_rows",
             "Unflushed rows sent to query nodes in snapshots",
             m.snapshot_rows.clone(),
+        );
+        r.register(
+            "shard_leader",
+            "1 while this node leads the shard (holds its rows in memory, serves and flushes \
+             them); 0 while it follows (its WAL only)",
+            m.shard_leader.clone(),
+        );
+        r.register(
+            "lease_takeovers",
+            "Shards this node started leading (at start, or after another replica's lease ran out)",
+            m.lease_takeovers.clone(),
+        );
+        r.register(
+            "wal_files_trimmed",
+            "WAL files a follower deleted because the leader's flush covers them",
+            m.wal_files_trimmed.clone(),
         );
         m
     }

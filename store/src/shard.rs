@@ -9,6 +9,7 @@
 //! then deletes those WAL files. A crash at any point either replays a WAL file or finds its rows
 //! in a committed segment, never both.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +44,22 @@ pub(crate) enum WalCommand {
     Seal {
         ack: oneshot::Sender<Result<Option<u64>, StoreError>>,
     },
+    /// Start leading a replicated shard: replay the WAL into memory, except the batches whose
+    /// positions `flushed` (the shard's checkpoint, read under the lease) covers. Answers the
+    /// rows replayed.
+    Lead {
+        flushed: Delivered,
+        ack: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    /// Stop leading: drop the unflushed rows from memory. The WAL keeps them, and the new
+    /// leader, which has them too, flushes them.
+    Follow { ack: oneshot::Sender<()> },
+    /// As a follower, delete the WAL files whose every batch `flushed` covers. Answers the
+    /// files deleted.
+    Trim {
+        flushed: Delivered,
+        ack: oneshot::Sender<Result<usize, StoreError>>,
+    },
 }
 
 pub(crate) struct MemBatchFor {
@@ -59,7 +76,9 @@ pub struct Written {
     pub duplicates: usize,
 }
 
-/// Replays a shard's WAL into `state` and starts its writer thread.
+/// Replays a shard's WAL into `state` and starts its writer thread. A replicated shard starts
+/// as a follower: its WAL is only read for the positions it holds (files the checkpoint covers
+/// go), and its rows come into memory when it leads ([`WalCommand::Lead`]).
 pub(crate) fn open(
     id: u32,
     config: &StoreConfig,
@@ -70,10 +89,16 @@ pub(crate) fn open(
     let dir = config.data_dir.join("wal").join(format!("shard-{id:04}"));
     std::fs::create_dir_all(&dir)
         .map_err(|e| StoreError::io("creating the WAL directory", &dir, e))?;
-    let flushed_wal_seq = checkpoint.flushed_wal_seq;
+    // WAL sequence numbers are this node's own: another replica's flush says nothing of them.
+    let flushed_wal_seq = if config.replicated {
+        0
+    } else {
+        checkpoint.flushed_wal_seq
+    };
     let mut delivered = checkpoint.delivered.clone();
     let mut next_seq = flushed_wal_seq + 1;
     let mut replayed_rows = 0usize;
+    let mut file_marks = BTreeMap::new();
     for seq in wal::list(&dir)? {
         let path = dir.join(wal::file_name(seq));
         if seq <= flushed_wal_seq {
@@ -82,7 +107,12 @@ pub(crate) fn open(
                 .map_err(|e| StoreError::io("deleting a flushed WAL file", &path, e))?;
             continue;
         }
-        let replayed = wal::replay_file(&path)?;
+        next_seq = next_seq.max(seq + 1);
+        let replayed = if config.replicated {
+            wal::replay_file_except(&path, &checkpoint.delivered)?
+        } else {
+            wal::replay_file(&path)?
+        };
         if let Some(cut) = &replayed.cut {
             tracing::warn!(
                 shard = id,
@@ -95,13 +125,21 @@ pub(crate) fn open(
             metrics.wal_tails_cut.inc();
         }
         delivery::merge(&mut delivered, &replayed.delivered);
+        if config.replicated {
+            if replayed.batches.is_empty() {
+                std::fs::remove_file(&path)
+                    .map_err(|e| StoreError::io("deleting a flushed WAL file", &path, e))?;
+            } else {
+                file_marks.insert(seq, FileMarks::of(&replayed));
+            }
+            continue;
+        }
         let mut st = state.write();
         let mem = st.shards.entry(id).or_default();
         for b in replayed.batches {
             replayed_rows += b.num_rows();
             mem.active.insert(b.signal, MemBatch::new(b));
         }
-        next_seq = next_seq.max(seq + 1);
     }
     if replayed_rows > 0 {
         tracing::info!(shard = id, rows = replayed_rows, "replayed the WAL");
@@ -109,17 +147,52 @@ pub(crate) fn open(
     state.write().shards.entry(id).or_default();
     let file = WalFile::create(&dir, next_seq)?;
     let (tx, rx) = mpsc::channel::<WalCommand>(1024);
-    let thread_state = state.clone();
-    let thread_metrics = metrics.clone();
+    let wal = ShardWal {
+        id,
+        dir,
+        file,
+        delivered,
+        leading: !config.replicated,
+        file_marks,
+        state: state.clone(),
+        metrics: metrics.clone(),
+    };
     let thread = std::thread::Builder::new()
         .name(format!("oxeye-wal-{id}"))
-        .spawn(move || wal_thread(id, dir, file, delivered, rx, thread_state, thread_metrics))
+        .spawn(move || wal.run(rx))
         .map_err(|e| StoreError::io("starting the WAL thread", "wal", e))?;
     Ok(ShardHandle {
         id,
         tx,
         _thread: thread,
     })
+}
+
+/// What a WAL file holds, for deciding when a follower may delete it.
+#[derive(Debug, Default)]
+struct FileMarks {
+    /// The highest position of each producer and signal in the file.
+    highest: Delivered,
+    /// A batch without a position: only a flush by this node can account for it.
+    unmarked: bool,
+}
+
+impl FileMarks {
+    fn of(replayed: &wal::Replayed) -> FileMarks {
+        FileMarks {
+            highest: replayed.delivered.clone(),
+            unmarked: replayed.unmarked,
+        }
+    }
+
+    /// Whether every batch of the file is at or below `flushed`.
+    fn covered_by(&self, flushed: &Delivered) -> bool {
+        !self.unmarked
+            && self
+                .highest
+                .iter()
+                .all(|(k, p)| flushed.get(k).is_some_and(|f| p <= f))
+    }
 }
 
 pub(crate) struct ShardHandle {
@@ -130,143 +203,290 @@ pub(crate) struct ShardHandle {
     pub _thread: std::thread::JoinHandle<()>,
 }
 
-fn wal_thread(
+/// The WAL writer of one shard: the one thread that orders the shard's writes.
+struct ShardWal {
     id: u32,
     dir: PathBuf,
-    mut file: WalFile,
-    mut delivered: Delivered,
-    mut rx: mpsc::Receiver<WalCommand>,
+    file: WalFile,
+    /// Highest delivery position held, per producer and signal.
+    delivered: Delivered,
+    /// Whether this node keeps the shard's rows in memory (and flushes them).
+    leading: bool,
+    /// What each WAL file holds, by sequence number (the current file included).
+    file_marks: BTreeMap<u64, FileMarks>,
     state: Arc<RwLock<ReadState>>,
     metrics: StoreMetrics,
-) {
-    let mut pending: Option<WalCommand> = None;
-    loop {
-        let first = match pending.take() {
-            Some(c) => c,
-            None => match rx.blocking_recv() {
+}
+
+impl ShardWal {
+    fn run(mut self, mut rx: mpsc::Receiver<WalCommand>) {
+        let mut pending: Option<WalCommand> = None;
+        loop {
+            let first = match pending.take() {
                 Some(c) => c,
-                None => break,
-            },
-        };
-        match first {
-            WalCommand::Seal { ack } => {
-                let _ = ack.send(seal(id, &dir, &mut file, &delivered, &state));
-            }
-            append @ WalCommand::Append { .. } => {
-                let mut group = vec![append];
-                while group.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(c @ WalCommand::Append { .. }) => group.push(c),
-                        Ok(seal) => {
-                            pending = Some(seal);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+                None => match rx.blocking_recv() {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            match first {
+                WalCommand::Seal { ack } => {
+                    let _ = ack.send(self.seal());
                 }
-                let started = Instant::now();
-                // Redelivered batches are dropped here, on the one thread that orders the
-                // shard's writes, so two deliveries of one batch cannot both pass the check.
-                let mut held = Delivered::new();
-                let mut written = Vec::with_capacity(group.len());
-                let mut refused = Vec::new();
-                for c in std::mem::take(&mut group) {
-                    let WalCommand::Append {
-                        mut framed,
-                        mut batches,
+                WalCommand::Lead { flushed, ack } => {
+                    let _ = ack.send(self.lead(&flushed));
+                }
+                WalCommand::Follow { ack } => {
+                    self.follow();
+                    let _ = ack.send(());
+                }
+                WalCommand::Trim { flushed, ack } => {
+                    let _ = ack.send(self.trim(&flushed));
+                }
+                append @ WalCommand::Append { .. } => {
+                    let mut group = vec![append];
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(c @ WalCommand::Append { .. }) => group.push(c),
+                            Ok(other) => {
+                                pending = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.append_group(group);
+                }
+            }
+        }
+        tracing::debug!(shard = self.id, "WAL thread stopped");
+    }
+
+    fn append_group(&mut self, mut group: Vec<WalCommand>) {
+        let (id, metrics) = (self.id, &self.metrics);
+        let started = Instant::now();
+        // Redelivered batches are dropped here, on the one thread that orders the shard's
+        // writes, so two deliveries of one batch cannot both pass the check.
+        let mut held = Delivered::new();
+        let mut unmarked = false;
+        let mut written = Vec::with_capacity(group.len());
+        let mut refused = Vec::new();
+        for c in std::mem::take(&mut group) {
+            let WalCommand::Append {
+                mut framed,
+                mut batches,
+                marks,
+                ack,
+            } = c
+            else {
+                continue;
+            };
+            unmarked |= marks.is_none() && !batches.is_empty();
+            match drop_duplicates(
+                &self.delivered,
+                &mut held,
+                &mut framed,
+                &mut batches,
+                &marks,
+            ) {
+                Ok(w) => {
+                    written.push(w);
+                    group.push(WalCommand::Append {
+                        framed,
+                        batches,
                         marks,
                         ack,
-                    } = c
-                    else {
-                        continue;
-                    };
-                    match drop_duplicates(&delivered, &mut held, &mut framed, &mut batches, &marks)
-                    {
-                        Ok(w) => {
-                            written.push(w);
-                            group.push(WalCommand::Append {
-                                framed,
-                                batches,
-                                marks,
-                                ack,
-                            });
-                        }
-                        Err(e) => refused.push((ack, e)),
-                    }
+                    });
                 }
-                for (ack, e) in refused {
-                    let _ = ack.send(Err(e));
+                Err(e) => refused.push((ack, e)),
+            }
+        }
+        for (ack, e) in refused {
+            let _ = ack.send(Err(e));
+        }
+        let framed: Vec<Vec<u8>> = group
+            .iter_mut()
+            .filter_map(|c| match c {
+                WalCommand::Append { framed, .. } if !framed.is_empty() => {
+                    Some(std::mem::take(framed))
                 }
-                let framed: Vec<Vec<u8>> = group
-                    .iter_mut()
-                    .filter_map(|c| match c {
-                        WalCommand::Append { framed, .. } if !framed.is_empty() => {
-                            Some(std::mem::take(framed))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                let bytes: usize = framed.iter().map(Vec::len).sum();
-                let result = if framed.is_empty() {
-                    Ok(())
-                } else {
-                    let r = file.append_durably(&framed);
-                    metrics
-                        .wal_fsync_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    metrics.wal_group_size.observe(group.len() as f64);
-                    r
-                };
-                match result {
-                    Ok(()) => {
-                        if !framed.is_empty() {
-                            metrics.wal_bytes.inc_by(bytes as u64);
-                            metrics.wal_fsyncs.inc();
-                        }
-                        delivery::merge(&mut delivered, &held);
-                        let mut acks = Vec::with_capacity(group.len());
-                        {
-                            let mut st = state.write();
-                            let mem = st.shards.entry(id).or_default();
-                            for (c, w) in group.into_iter().zip(&written) {
-                                if let WalCommand::Append { batches, ack, .. } = c {
-                                    for b in batches {
-                                        mem.active.insert(b.signal, b.batch);
-                                    }
-                                    acks.push((ack, *w));
+                _ => None,
+            })
+            .collect();
+        let bytes: usize = framed.iter().map(Vec::len).sum();
+        let result = if framed.is_empty() {
+            Ok(())
+        } else {
+            let r = self.file.append_durably(&framed);
+            metrics
+                .wal_fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.wal_group_size.observe(group.len() as f64);
+            r
+        };
+        match result {
+            Ok(()) => {
+                if !framed.is_empty() {
+                    metrics.wal_bytes.inc_by(bytes as u64);
+                    metrics.wal_fsyncs.inc();
+                    let marks = self.file_marks.entry(self.file.seq).or_default();
+                    delivery::merge(&mut marks.highest, &held);
+                    marks.unmarked |= unmarked;
+                }
+                delivery::merge(&mut self.delivered, &held);
+                let mut acks = Vec::with_capacity(group.len());
+                {
+                    let mut st = self.state.write();
+                    let mem = st.shards.entry(id).or_default();
+                    for (c, w) in group.into_iter().zip(&written) {
+                        if let WalCommand::Append { batches, ack, .. } = c {
+                            // A follower's rows live in its WAL only, until it leads.
+                            if self.leading {
+                                for b in batches {
+                                    mem.active.insert(b.signal, b.batch);
                                 }
                             }
-                            metrics.memtable_bytes.set(mem.unflushed_bytes() as i64);
-                        }
-                        for (ack, w) in acks {
-                            metrics.duplicate_batches.inc_by(w.duplicates as u64);
-                            let _ = ack.send(Ok(w));
+                            acks.push((ack, *w));
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(shard = id, error = %e, "WAL append failed; the writes were refused");
-                        let message = e.to_string();
-                        let disk_full = e.is_disk_full();
-                        for c in group {
-                            if let WalCommand::Append { ack, .. } = c {
-                                let err = if disk_full {
-                                    StoreError::Overloaded(format!(
-                                        "the WAL disk is full: {message}"
-                                    ))
-                                } else {
-                                    StoreError::Invalid {
-                                        reason: format!("WAL write failed: {message}"),
-                                    }
-                                };
-                                let _ = ack.send(Err(err));
+                    metrics.memtable_bytes.set(mem.unflushed_bytes() as i64);
+                }
+                for (ack, w) in acks {
+                    metrics.duplicate_batches.inc_by(w.duplicates as u64);
+                    let _ = ack.send(Ok(w));
+                }
+            }
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "WAL append failed; the writes were refused");
+                let message = e.to_string();
+                let disk_full = e.is_disk_full();
+                for c in group {
+                    if let WalCommand::Append { ack, .. } = c {
+                        let err = if disk_full {
+                            StoreError::Overloaded(format!("the WAL disk is full: {message}"))
+                        } else {
+                            StoreError::Invalid {
+                                reason: format!("WAL write failed: {message}"),
                             }
-                        }
+                        };
+                        let _ = ack.send(Err(err));
                     }
                 }
             }
         }
     }
-    tracing::debug!(shard = id, "WAL thread stopped");
+
+    /// Starts a new WAL file when the current one holds records; returns the sequence number
+    /// of the last closed file.
+    fn rotate(&mut self) -> Result<u64, StoreError> {
+        if self.file.is_empty() {
+            return Ok(self.file.seq - 1);
+        }
+        let sealed = self.file.seq;
+        self.file = WalFile::create(&self.dir, sealed + 1)?;
+        // The flusher deletes the files it flushed; forget them here too.
+        let dir = &self.dir;
+        self.file_marks
+            .retain(|seq, _| *seq > sealed || dir.join(wal::file_name(*seq)).exists());
+        Ok(sealed)
+    }
+
+    fn seal(&mut self) -> Result<Option<u64>, StoreError> {
+        {
+            let st = self.state.read();
+            if st.shards.get(&self.id).is_none_or(|m| m.active.is_empty()) {
+                return Ok(None);
+            }
+        }
+        let sealed = self.rotate()?;
+        let mut st = self.state.write();
+        let mem = st.shards.entry(self.id).or_default();
+        let memtable = std::mem::take(&mut mem.active);
+        mem.frozen.push(Arc::new(Frozen {
+            memtable,
+            sealed_wal_seq: sealed,
+            delivered: self.delivered.clone(),
+        }));
+        Ok(Some(sealed))
+    }
+
+    fn lead(&mut self, flushed: &Delivered) -> Result<usize, StoreError> {
+        if self.leading {
+            return Ok(0);
+        }
+        let last = self.rotate()?;
+        delivery::merge(&mut self.delivered, flushed);
+        let mut rows = 0;
+        let mut batches = Vec::new();
+        for seq in wal::list(&self.dir)?.into_iter().filter(|s| *s <= last) {
+            let path = self.dir.join(wal::file_name(seq));
+            let replayed = wal::replay_file_except(&path, flushed)?;
+            if replayed.batches.is_empty() {
+                std::fs::remove_file(&path)
+                    .map_err(|e| StoreError::io("deleting a flushed WAL file", &path, e))?;
+                self.file_marks.remove(&seq);
+                continue;
+            }
+            rows += replayed.batches.iter().map(|b| b.num_rows()).sum::<usize>();
+            batches.extend(replayed.batches);
+        }
+        let mut st = self.state.write();
+        let mem = st.shards.entry(self.id).or_default();
+        for b in batches {
+            mem.active.insert(b.signal, MemBatch::new(b));
+        }
+        self.metrics
+            .memtable_bytes
+            .set(mem.unflushed_bytes() as i64);
+        self.leading = true;
+        tracing::info!(
+            shard = self.id,
+            rows,
+            "leading the shard: replayed its WAL past the last flush"
+        );
+        Ok(rows)
+    }
+
+    fn follow(&mut self) {
+        if !self.leading {
+            return;
+        }
+        self.leading = false;
+        let mut st = self.state.write();
+        if let Some(mem) = st.shards.get_mut(&self.id) {
+            *mem = Default::default();
+        }
+        tracing::warn!(
+            shard = self.id,
+            "no longer leading the shard: its unflushed rows stay in the WAL only"
+        );
+    }
+
+    fn trim(&mut self, flushed: &Delivered) -> Result<usize, StoreError> {
+        if self.leading {
+            return Ok(0);
+        }
+        // Batches the leader already flushed are dropped when they come again.
+        delivery::merge(&mut self.delivered, flushed);
+        let last = self.rotate()?;
+        let covered: Vec<u64> = self
+            .file_marks
+            .iter()
+            .filter(|(seq, marks)| **seq <= last && marks.covered_by(flushed))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in &covered {
+            let path = self.dir.join(wal::file_name(*seq));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("deleting a flushed WAL file", &path, e)),
+            }
+            self.file_marks.remove(seq);
+        }
+        self.metrics.wal_files_trimmed.inc_by(covered.len() as u64);
+        Ok(covered.len())
+    }
 }
 
 /// Drops from one append the batches its producer already delivered (against `delivered`,
@@ -329,33 +549,6 @@ fn drop_duplicates(
     })
 }
 
-fn seal(
-    id: u32,
-    dir: &std::path::Path,
-    file: &mut WalFile,
-    delivered: &Delivered,
-    state: &Arc<RwLock<ReadState>>,
-) -> Result<Option<u64>, StoreError> {
-    {
-        let st = state.read();
-        if st.shards.get(&id).is_none_or(|m| m.active.is_empty()) {
-            return Ok(None);
-        }
-    }
-    let sealed = file.seq;
-    let next = WalFile::create(dir, sealed + 1)?;
-    *file = next;
-    let mut st = state.write();
-    let mem = st.shards.entry(id).or_default();
-    let memtable = std::mem::take(&mut mem.active);
-    mem.frozen.push(Arc::new(Frozen {
-        memtable,
-        sealed_wal_seq: sealed,
-        delivered: delivered.clone(),
-    }));
-    Ok(Some(sealed))
-}
-
 /// The in-process ingest sink of one shard.
 pub struct ShardSink {
     pub(crate) id: u32,
@@ -382,6 +575,15 @@ impl ShardSink {
         marks: Option<Marks>,
     ) -> Result<Written, StoreError> {
         check_schemas(&batches).map_err(|reason| StoreError::Invalid { reason })?;
+        if self.config.replicated && marks.is_none() {
+            // Replicas and the flush checkpoint agree on rows by their delivery positions.
+            return Err(StoreError::Invalid {
+                reason: format!(
+                    "shard {} is replicated: it takes collectors' deliveries (with positions) only",
+                    self.id
+                ),
+            });
+        }
         if let Some(m) = &marks
             && m.positions.len() != batches.len()
         {

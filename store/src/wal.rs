@@ -144,6 +144,12 @@ pub struct Replayed {
     /// The highest delivery position of each producer and signal the file holds.
     pub delivered: Delivered,
     pub records: u64,
+    /// Batches left out because the positions they carry were already flushed (see
+    /// [`replay_file_except`]).
+    pub skipped: usize,
+    /// Whether the file holds a record without delivery marks (written in-process, not by a
+    /// collector), which positions cannot tell apart from flushed ones.
+    pub unmarked: bool,
     /// Set when the file had a torn or corrupt tail, which has been cut off.
     pub cut: Option<CutTail>,
 }
@@ -157,6 +163,13 @@ pub struct CutTail {
 
 /// Reads every intact record of a WAL file; a bad tail is truncated away (and reported).
 pub fn replay_file(path: &Path) -> Result<Replayed, StoreError> {
+    replay_file_except(path, &Delivered::new())
+}
+
+/// Like [`replay_file`], but leaves out the batches whose delivery position `flushed` covers:
+/// a shard replica taking over replays its WAL except what the previous leader flushed.
+/// Positions still count in [`Replayed::delivered`].
+pub fn replay_file_except(path: &Path, flushed: &Delivered) -> Result<Replayed, StoreError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -206,20 +219,24 @@ pub fn replay_file(path: &Path) -> Result<Replayed, StoreError> {
                 break;
             }
             match parse_record(&payload) {
-                Ok((batches, marks)) => {
-                    if let Some(m) = marks {
-                        let held: Vec<_> =
-                            batches.iter().map(|b| b.signal).zip(m.positions).collect();
-                        for (signal, position) in held {
-                            let e = out
-                                .delivered
-                                .entry(delivery::key(&m.producer, signal))
-                                .or_insert(position);
+                Ok((batches, marks)) => match marks {
+                    Some(m) => {
+                        for (batch, position) in batches.into_iter().zip(m.positions) {
+                            let key = delivery::key(&m.producer, batch.signal);
+                            if flushed.get(&key).is_some_and(|f| position <= *f) {
+                                out.skipped += 1;
+                            } else {
+                                out.batches.push(batch);
+                            }
+                            let e = out.delivered.entry(key).or_insert(position);
                             *e = (*e).max(position);
                         }
                     }
-                    out.batches.extend(batches)
-                }
+                    None => {
+                        out.unmarked = true;
+                        out.batches.extend(batches)
+                    }
+                },
                 Err(reason) => {
                     out.cut = Some(cut(offset, format!("undecodable record: {reason}")));
                     break;

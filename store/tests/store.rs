@@ -13,7 +13,7 @@ use oxeye_model::otlp::resource::v1::Resource;
 use oxeye_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use oxeye_model::spans::{spans_from_otlp, spans_to_otlp};
 use oxeye_model::{Signal, SignalBatch};
-use oxeye_store::{IndexPredicate, ScanRequest, Store, StoreConfig};
+use oxeye_store::{IndexPredicate, Metastore, ScanRequest, Store, StoreConfig};
 use prometheus_client::registry::Registry;
 use proptest::prelude::*;
 use prost::Message;
@@ -423,4 +423,149 @@ async fn redelivered_batches_are_stored_once_across_flushes_and_restarts() {
         .unwrap_err();
     assert!(!err.is_retryable(), "{err}");
     store.shutdown().await;
+}
+
+/// One catalog that two stores in this process share, as store nodes share PostgreSQL's.
+struct SharedCatalog(std::sync::Arc<oxeye_store::FileMetastore>);
+
+#[async_trait::async_trait]
+impl Metastore for SharedCatalog {
+    async fn load(&self) -> Result<oxeye_store::CatalogState, oxeye_store::StoreError> {
+        self.0.load().await
+    }
+    async fn commit(
+        &self,
+        change: oxeye_store::catalog::CatalogChange,
+    ) -> Result<oxeye_store::CatalogState, oxeye_store::StoreError> {
+        self.0.commit(change).await
+    }
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+/// A replica of shard 0 with its own WAL, over the shared catalog and objects.
+async fn replica(
+    dir: &std::path::Path,
+    name: &str,
+    catalog: &std::sync::Arc<oxeye_store::FileMetastore>,
+) -> Store {
+    let mut c = config(&dir.join(name));
+    c.replicated = true;
+    c.catalog_refresh = Duration::from_millis(50);
+    let storage = oxeye_store::Storage::local(&dir.join("objects")).unwrap();
+    Store::open(
+        c,
+        storage,
+        std::sync::Arc::new(SharedCatalog(catalog.clone())),
+        &mut Registry::default(),
+    )
+    .await
+    .unwrap()
+}
+
+fn has_wal_file(dir: &std::path::Path, seq: u64) -> bool {
+    dir.join("wal/shard-0000")
+        .join(oxeye_store::wal::file_name(seq))
+        .exists()
+}
+
+#[tokio::test]
+async fn replicas_take_over_a_shard_and_store_each_row_once() {
+    use oxeye_model::ingest::Marks;
+    let marks = |positions: &[u64]| Marks {
+        producer: "c1".into(),
+        positions: positions.to_vec(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = std::sync::Arc::new(oxeye_store::FileMetastore::new(&dir.path().join("meta")));
+    let (a, b) = (
+        replica(dir.path(), "a", &catalog).await,
+        replica(dir.path(), "b", &catalog).await,
+    );
+    let batches: Vec<SignalBatch> = (0..6).map(|i| spans(i * 10, i * 10 + 10, 3, "r")).collect();
+    let deliver = |store: &Store, from: usize, to: usize| {
+        let sink = store.shard_sinks()[0].1.clone();
+        let batches = batches[from..to].to_vec();
+        let positions: Vec<u64> = (from as u64 + 1..=to as u64).collect();
+        async move { sink.ingest_delivery(batches, marks(&positions)).await }
+    };
+    // Writes without positions cannot be matched across replicas: refused.
+    let sink = a.shard_sinks()[0].1.clone();
+    let refused = sink.ingest(vec![batches[0].clone()]).await.unwrap_err();
+    assert!(refused.to_string().contains("replicated"), "{refused}");
+
+    // Both replicas take batches 1-3; a leads, so only a holds them in memory.
+    for r in [&a, &b] {
+        deliver(r, 0, 3).await.unwrap();
+    }
+    assert_eq!(a.lead(0, Default::default()).await.unwrap(), 90);
+    assert!(a.leads(0) && !b.leads(0));
+    assert_eq!(
+        all_spans(&a, ScanRequest::all(Signal::Spans)).await,
+        expected(&batches[..3])
+    );
+    assert!(
+        all_spans(&b, ScanRequest::all(Signal::Spans))
+            .await
+            .is_empty()
+    );
+    assert!(a.snapshot(Signal::Spans, None, None, None).unwrap().shards == vec![0]);
+    assert!(
+        b.snapshot(Signal::Spans, None, None, None)
+            .unwrap()
+            .shards
+            .is_empty()
+    );
+
+    // a flushes batches 1-3. Once b takes in the commit, its WAL files holding only them go.
+    a.flush().await.unwrap();
+    let b_dir = dir.path().join("b");
+    assert!(has_wal_file(&b_dir, 1));
+    let mut trimmed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !has_wal_file(&b_dir, 1) {
+            trimmed = true;
+            break;
+        }
+    }
+    assert!(trimmed, "b kept the WAL file the leader flushed");
+    deliver(&b, 3, 4).await.unwrap();
+    // A batch the leader flushed, delivered late to b, is acknowledged and not kept.
+    deliver(&b, 2, 3).await.unwrap();
+
+    // a takes batch 4 too and dies unflushed; b takes 5 and 6, then takes the shard over with
+    // the checkpoint: it replays 4-6 (not 1-3, which are in a segment).
+    deliver(&a, 3, 4).await.unwrap();
+    drop(a);
+    deliver(&b, 4, 6).await.unwrap();
+    let checkpoint = catalog.load().await.unwrap().shards[&0].delivered.clone();
+    assert_eq!(b.lead(0, checkpoint).await.unwrap(), 90);
+    assert_eq!(
+        all_spans(&b, ScanRequest::all(Signal::Spans)).await,
+        expected(&batches)
+    );
+
+    // b flushes; a comes back as a follower: nothing of its WAL is replayed into memory, and
+    // the rows are still there once each.
+    b.flush().await.unwrap();
+    let a = replica(dir.path(), "a", &catalog).await;
+    assert!(!a.leads(0));
+    assert_eq!(
+        all_spans(&b, ScanRequest::all(Signal::Spans)).await,
+        expected(&batches)
+    );
+    // b stops leading (its lease went to a): its memory empties, and a replays nothing, since
+    // b flushed everything.
+    deliver(&b, 0, 6).await.unwrap();
+    b.follow(0).await.unwrap();
+    let checkpoint = catalog.load().await.unwrap().shards[&0].delivered.clone();
+    assert_eq!(a.lead(0, checkpoint).await.unwrap(), 0);
+    assert_eq!(
+        all_spans(&a, ScanRequest::all(Signal::Spans)).await,
+        expected(&batches)
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -12,7 +12,9 @@ use oxeye_model::SignalBatch;
 use oxeye_model::ingest::{Ingest, IngestError};
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::{Queues, ShardQueue};
+use oxeye_flight::FlightShardSink;
+
+use crate::queue::{Queues, Quorum, QuorumSink};
 
 /// How often nodes announce themselves and collectors re-read the shard map.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -30,6 +32,137 @@ pub fn heartbeat(meta: Arc<PgMetastore>, node: Node, stop: CancellationToken) {
             }
         }
     });
+}
+
+/// How long a shard lease lasts without renewal: how long a replica waits before taking over
+/// the shards of a leader that died.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// A store node's leadership of its shards: for each shard, it renews the lease it holds or
+/// tries to take a free one (see `oxeye_metastore`'s leases), every [`HEARTBEAT`].
+pub struct ShardLeases {
+    meta: Arc<PgMetastore>,
+    store: oxeye_store::Store,
+    holder: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Leads what `store`'s shards let this node lead, as `holder`: takes the free leases now (a
+/// node that restarts within its leases' life takes its own back at once, so it is ready with
+/// its rows), then keeps renewing and taking them in the background.
+pub async fn lead_shards(
+    meta: Arc<PgMetastore>,
+    store: oxeye_store::Store,
+    holder: String,
+    stop: CancellationToken,
+) -> ShardLeases {
+    meta.require_shard_leases(&holder);
+    let stop = stop.child_token();
+    let mut renewed = BTreeMap::new();
+    lease_round(&meta, &store, &holder, &mut renewed).await;
+    let task = tokio::spawn(keep_leases(
+        meta.clone(),
+        store.clone(),
+        holder.clone(),
+        renewed,
+        stop.clone(),
+    ));
+    ShardLeases {
+        meta,
+        store,
+        holder,
+        stop,
+        task,
+    }
+}
+
+impl ShardLeases {
+    /// Stops taking and renewing leases (the ones held stay until [`ShardLeases::release`]).
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        while !self.task.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Gives up every lease held, so the replicas take over without waiting for them to expire.
+    pub async fn release(self) {
+        for shard in self.store.shard_ids() {
+            if let Err(e) = self.meta.release_shard_lease(shard, &self.holder).await {
+                tracing::warn!(shard, error = %e, "cannot give up the shard's lease; a replica takes over once it expires");
+            }
+        }
+    }
+}
+
+async fn keep_leases(
+    meta: Arc<PgMetastore>,
+    store: oxeye_store::Store,
+    holder: String,
+    mut renewed: BTreeMap<u32, std::time::Instant>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        lease_round(&meta, &store, &holder, &mut renewed).await;
+    }
+}
+
+/// Renews each lease held (stepping down from a shard whose lease is lost) and tries to take
+/// each one not held.
+async fn lease_round(
+    meta: &PgMetastore,
+    store: &oxeye_store::Store,
+    holder: &str,
+    renewed: &mut BTreeMap<u32, std::time::Instant>,
+) {
+    {
+        for shard in store.shard_ids() {
+            if store.leads(shard) {
+                let lost = match meta.renew_shard_lease(shard, holder, LEASE_TTL).await {
+                    Ok(true) => {
+                        renewed.insert(shard, std::time::Instant::now());
+                        false
+                    }
+                    Ok(false) => {
+                        tracing::warn!(shard, "another replica took over the shard's lease");
+                        true
+                    }
+                    Err(e) => {
+                        // Commits are fenced anyway; past the lease's life, another replica
+                        // may lead, so stop serving rows it also serves.
+                        let expired = renewed.get(&shard).is_none_or(|t| t.elapsed() >= LEASE_TTL);
+                        tracing::warn!(shard, error = %e, expired, "cannot renew the shard's lease");
+                        expired
+                    }
+                };
+                if lost && let Err(e) = store.follow(shard).await {
+                    tracing::warn!(shard, error = %e, "cannot step down from leading the shard");
+                }
+                continue;
+            }
+            match meta.take_shard_lease(shard, holder, LEASE_TTL).await {
+                Ok(Some(flushed)) => {
+                    renewed.insert(shard, std::time::Instant::now());
+                    match store.lead(shard, flushed).await {
+                        Ok(rows) => tracing::info!(shard, rows, "leading the shard"),
+                        Err(e) => {
+                            tracing::error!(shard, error = %e, "cannot take the shard over; giving its lease up");
+                            if let Err(e) = meta.release_shard_lease(shard, holder).await {
+                                tracing::warn!(shard, error = %e, "cannot give up the shard's lease");
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(shard, error = %e, "cannot try to take the shard's lease"),
+            }
+        }
+    }
 }
 
 /// Store nodes whose last heartbeat is older than this are not asked for snapshots.
@@ -60,45 +193,50 @@ pub fn follow_store_nodes(
     });
 }
 
-/// Which store node (Flight URL) serves each shard.
-type ShardMap = BTreeMap<u32, String>;
+/// The store nodes (Flight URLs) that serve each shard: its replicas.
+type ShardMap = BTreeMap<u32, Vec<String>>;
 /// Flight sinks by (shard, store URL).
 type Sinks = BTreeMap<(u32, String), Arc<oxeye_flight::FlightShardSink>>;
 
 /// A collector's router: rows go by shard key to their shard's persistent queue
-/// ([`crate::queue`]), which delivers them to the store node serving the shard. The shard map
-/// holds every store node that ever announced itself, alive or not: a store that is down keeps
-/// its shards (its rows wait in the queue) instead of its rows moving to other shards.
+/// ([`crate::queue`]), which delivers them to every replica of the shard. The shard map holds
+/// every store node that ever announced itself, alive or not: a store that is down keeps its
+/// shards (its rows wait in the queue, until it is back or another replica's flush covers
+/// them) instead of its rows moving to other shards.
 pub struct ClusterRouter {
     queues: Arc<Queues>,
-    map: Arc<parking_lot::RwLock<ShardMap>>,
+    map: parking_lot::RwLock<ShardMap>,
     router: parking_lot::RwLock<Arc<ShardRouter>>,
     /// A Flight sink per (shard, address), reused across deliveries.
     sinks: Arc<parking_lot::Mutex<Sinks>>,
     /// CA and client certificate for `https://` store nodes.
     tls: oxeye_tls::ClientTls,
+    quorum: Quorum,
     stop: CancellationToken,
 }
 
 impl ClusterRouter {
-    /// Opens the queues under `queue_dir` (delivering what an earlier run left) and starts
-    /// following the shard map in the metastore.
+    /// Opens the queues under `queue_dir` (delivering what an earlier run left once the shard
+    /// map names their replicas) and starts following the shard map and the shards' flush
+    /// checkpoints in the metastore.
     pub fn start(
         meta: Arc<PgMetastore>,
         queues: Queues,
+        quorum: Quorum,
         tls: oxeye_tls::ClientTls,
         stop: CancellationToken,
     ) -> std::io::Result<Arc<ClusterRouter>> {
         let router = Arc::new(ClusterRouter {
             queues: Arc::new(queues),
-            map: Arc::new(parking_lot::RwLock::new(BTreeMap::new())),
+            map: parking_lot::RwLock::new(BTreeMap::new()),
             router: parking_lot::RwLock::new(Arc::new(ShardRouter::new(vec![]))),
             sinks: Arc::new(parking_lot::Mutex::new(BTreeMap::new())),
             tls,
+            quorum,
             stop: stop.clone(),
         });
         for shard in router.queues.existing_shards() {
-            router.queue(shard)?;
+            router.queues.get(shard)?;
         }
         let r = router.clone();
         tokio::spawn(async move {
@@ -107,6 +245,18 @@ impl ClusterRouter {
                     Ok(nodes) => r.update(&nodes),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the shard map; keeping the last one")
+                    }
+                }
+                match meta.shard_checkpoints().await {
+                    Ok(checkpoints) => {
+                        for (shard, flushed) in checkpoints {
+                            if let Some(q) = r.queues.existing(shard) {
+                                q.set_flushed(&flushed);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the shards' flush checkpoints")
                     }
                 }
                 tokio::select! {
@@ -122,56 +272,67 @@ impl ClusterRouter {
         &self.queues
     }
 
-    /// The queue of `shard`, with its delivery task running.
-    fn queue(&self, shard: u32) -> std::io::Result<Arc<ShardQueue>> {
-        let (queue, opened) = self.queues.get(shard)?;
-        if opened {
-            let map = self.map.clone();
-            let sinks = self.sinks.clone();
-            let tls = self.tls.clone();
-            let target: Arc<
-                dyn Fn(u32) -> Option<Arc<oxeye_flight::FlightShardSink>> + Send + Sync,
-            > = Arc::new(move |shard| {
-                let addr = map.read().get(&shard).cloned()?;
-                let mut sinks = sinks.lock();
-                if let Some(s) = sinks.get(&(shard, addr.clone())) {
-                    return Some(s.clone());
+    /// The Flight sink of `shard` on the store node at `addr`, made on first use.
+    fn sink_factory(&self) -> Arc<dyn Fn(u32, &str) -> Option<Arc<FlightShardSink>> + Send + Sync> {
+        let sinks = self.sinks.clone();
+        let tls = self.tls.clone();
+        Arc::new(move |shard, addr| {
+            let mut sinks = sinks.lock();
+            if let Some(s) = sinks.get(&(shard, addr.to_string())) {
+                return Some(s.clone());
+            }
+            let sink = match FlightShardSink::new(addr, shard, &tls) {
+                Ok(sink) => Arc::new(sink),
+                Err(e) => {
+                    // The queue keeps the rows and asks again at its next attempt.
+                    tracing::warn!(shard, replica = addr, error = %e, "cannot reach a replica of the shard");
+                    return None;
                 }
-                let sink = match oxeye_flight::FlightShardSink::new(&addr, shard, &tls) {
-                    Ok(sink) => Arc::new(sink),
-                    Err(e) => {
-                        // The queue keeps the rows and asks again at its next attempt.
-                        tracing::warn!(shard, error = %e, "cannot reach the shard's store node");
-                        return None;
-                    }
-                };
-                sinks.insert((shard, addr), sink.clone());
-                Some(sink)
-            });
-            tokio::spawn(queue.clone().drain(target, self.stop.clone()));
-        }
-        Ok(queue)
+            };
+            sinks.insert((shard, addr.to_string()), sink.clone());
+            Some(sink)
+        })
     }
 
     fn update(&self, nodes: &[Node]) {
-        let map: ShardMap = nodes
-            .iter()
-            .flat_map(|n| {
-                (n.first_shard..n.first_shard + n.shards).map(|s| (s, n.flight_addr.clone()))
-            })
-            .collect();
+        let mut map = ShardMap::new();
+        for n in nodes {
+            for shard in &n.shard_ids {
+                let replicas = map.entry(*shard).or_default();
+                if !replicas.contains(&n.flight_addr) {
+                    replicas.push(n.flight_addr.clone());
+                }
+            }
+        }
+        for replicas in map.values_mut() {
+            replicas.sort();
+        }
         if *self.map.read() == map {
             return;
         }
         let mut targets = Vec::new();
-        for shard in map.keys() {
-            match self.queue(*shard) {
-                Ok(q) => targets.push(ShardTarget {
-                    id: *shard,
-                    sink: q,
-                }),
-                Err(e) => tracing::error!(shard, error = %e, "cannot open the shard's queue"),
+        for (shard, replicas) in &map {
+            let queue = match self.queues.get(*shard) {
+                Ok(q) => q,
+                Err(e) => {
+                    tracing::error!(shard, error = %e, "cannot open the shard's queue");
+                    continue;
+                }
+            };
+            for addr in queue.set_replicas(replicas) {
+                tokio::spawn(
+                    queue
+                        .clone()
+                        .drain_to(addr, self.sink_factory(), self.stop.clone()),
+                );
             }
+            targets.push(ShardTarget {
+                id: *shard,
+                sink: Arc::new(QuorumSink {
+                    queue,
+                    quorum: self.quorum.clone(),
+                }),
+            });
         }
         tracing::info!(shards = ?map, "shard map changed");
         *self.map.write() = map;

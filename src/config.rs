@@ -176,6 +176,17 @@ pub struct ServeArgs {
     #[arg(long, env = "OXEYE_FIRST_SHARD", value_name = "ID")]
     pub first_shard: Option<u32>,
 
+    /// The shards of a store node (`oxeye store`) as a list, instead of --first-shard and
+    /// --shards, e.g. `--shard-ids 4,5,0,1`. Store nodes that list the same shard are its
+    /// replicas: the collectors write each of its rows to all of them [default: unset]
+    #[arg(
+        long,
+        env = "OXEYE_SHARD_IDS",
+        value_name = "IDS",
+        value_delimiter = ','
+    )]
+    pub shard_ids: Option<Vec<u32>>,
+
     /// Flush a shard's memtable to a segment at this size... [default: 128MiB]
     #[arg(long, env = "OXEYE_FLUSH_SIZE", value_name = "SIZE")]
     pub flush_size: Option<ByteSize>,
@@ -234,6 +245,18 @@ pub struct ServeArgs {
     /// or slow; beyond it writes are refused with OTLP's retryable codes [default: 1GiB]
     #[arg(long, env = "OXEYE_QUEUE_SIZE", value_name = "SIZE")]
     pub queue_size: Option<ByteSize>,
+
+    /// A collector acknowledges a write once this many replicas of each shard it touches hold
+    /// it in their WAL (and it is in the collector's queue). Replicas whose deliveries are
+    /// failing are not waited for: the queue keeps their rows until they are back. 0:
+    /// acknowledge once queued [default: 1]
+    #[arg(long, env = "OXEYE_WRITE_QUORUM", value_name = "N")]
+    pub write_quorum: Option<usize>,
+
+    /// Longest a write waits for its quorum before it is acknowledged on the strength of the
+    /// collector's queue alone [default: 5s]
+    #[arg(long, env = "OXEYE_WRITE_QUORUM_TIMEOUT", value_name = "DURATION")]
+    pub write_quorum_timeout: Option<Dur>,
 
     /// Arrow Flight listen address of a store node (`oxeye store`) [default: 127.0.0.1:7701]
     #[arg(long, env = "OXEYE_FLIGHT_LISTEN", value_name = "ADDR")]
@@ -360,6 +383,7 @@ impl ServeArgs {
             batch_max_delay,
             shards,
             first_shard,
+            shard_ids,
             flush_size,
             flush_age,
             max_unflushed,
@@ -382,6 +406,8 @@ impl ServeArgs {
             tls_ca,
             self_trace,
             queue_size,
+            write_quorum,
+            write_quorum_timeout,
             flight_listen,
             flight_advertise,
             metastore,
@@ -443,6 +469,9 @@ pub struct ServeConfig {
     pub flight_advertise: String,
     /// The collector's queue bound.
     pub queue_bytes: u64,
+    /// Replicas that must hold a write before a collector acknowledges it (0: once queued).
+    pub write_quorum: usize,
+    pub write_quorum_timeout: Duration,
     /// Segments in S3-compatible storage instead of the data directory.
     pub object_store: Option<oxeye_store::S3Options>,
     pub cache_bytes: u64,
@@ -552,6 +581,19 @@ impl ServeArgs {
         if store.first_shard.checked_add(store.shards).is_none() {
             bail!("--first-shard + --shards must stay below 2^32");
         }
+        if let Some(ids) = self.shard_ids {
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if ids.is_empty() || sorted.len() != ids.len() {
+                bail!("--shard-ids must list at least one shard, each once (got {ids:?})");
+            }
+            if self.first_shard.is_some() || self.shards.is_some() {
+                bail!("--shard-ids replaces --first-shard and --shards: give one or the other");
+            }
+            store.shards = ids.len() as u32;
+            store.shard_list = Some(ids);
+        }
         store.flush_bytes = bytes(self.flush_size, store.flush_bytes as u64)?;
         store.flush_age = self.flush_age.map(|d| d.0).unwrap_or(store.flush_age);
         store.max_unflushed_bytes = bytes(self.max_unflushed, store.max_unflushed_bytes as u64)?;
@@ -607,6 +649,11 @@ impl ServeArgs {
             metastore: self.metastore,
             flight_listen,
             queue_bytes: self.queue_size.map(|b| b.0).unwrap_or(1 << 30),
+            write_quorum: self.write_quorum.unwrap_or(1),
+            write_quorum_timeout: self
+                .write_quorum_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(5)),
             flight_advertise: self
                 .flight_advertise
                 .unwrap_or_else(|| format!("{scheme}://{flight_listen}")),

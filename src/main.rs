@@ -106,12 +106,15 @@ fn main() -> anyhow::Result<()> {
         Command::Store(args) => (Role::Store, args.over(file.store)),
         Command::Query(args) => (Role::Query, args.over(file.query)),
     };
-    // Query nodes have no shards to store spans in.
-    let self_trace = args.self_trace.unwrap_or(false) && role != Role::Query;
+    // Query nodes have no shards to store spans in; a store node's shards take collectors'
+    // deliveries only (their replicas agree on rows by delivery positions).
+    let can_self_trace = matches!(role, Role::All | Role::Collector);
+    let self_trace = args.self_trace.unwrap_or(false) && can_self_trace;
     let spans = init_logging(&cli.log, &cli.log_format, self_trace);
-    if args.self_trace == Some(true) && role == Role::Query {
+    if args.self_trace == Some(true) && !can_self_trace {
         tracing::warn!(
-            "--self-trace is not available on query nodes (no shards to store spans in)"
+            "--self-trace is available on `oxeye serve` and collectors only: query nodes have no \
+             shards, and store nodes' shards take collectors' deliveries only; it is off here"
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -163,9 +166,21 @@ async fn collector_role(
             config.data_dir.join("queue").display()
         )
     })?;
+    let quorum = queue::Quorum {
+        replicas: config.write_quorum,
+        timeout: config.write_quorum_timeout,
+        outcomes: Default::default(),
+    };
+    registry.register(
+        "oxeye_collector_write_quorum",
+        "Writes acknowledged once their write quorum of replicas held them (outcome=met) or on \
+         the queue's copy because too few replicas were reachable in time (outcome=degraded)",
+        quorum.outcomes.clone(),
+    );
     let cluster_router = cluster::ClusterRouter::start(
         meta,
         queues,
+        quorum,
         config.tls.client().clone(),
         stop_cluster.clone(),
     )
@@ -347,8 +362,14 @@ async fn serve_role(
         );
     }
     match role {
-        Role::Query => config.store.shards = 0,
-        Role::Store => config.alert.evaluate = false,
+        Role::Query => {
+            config.store.shards = 0;
+            config.store.shard_list = None;
+        }
+        Role::Store => {
+            config.alert.evaluate = false;
+            config.store.replicated = true;
+        }
         Role::All | Role::Collector => {}
     }
     let authenticated = config.auth.enabled();
@@ -449,6 +470,7 @@ async fn serve_role(
         Role::Query | Role::Store | Role::Collector => None,
     };
     let stop_cluster = CancellationToken::new();
+    let mut leases = None;
     let flight = match (role, &metastore) {
         (Role::Store, Some(meta)) => {
             let service = oxeye_flight::IngestFlightService::new(store.shard_sinks())
@@ -466,16 +488,20 @@ async fn serve_role(
                     config.flight_listen
                 )
             })?;
+            let node_id = format!("store-{}", config.flight_advertise);
             cluster::heartbeat(
                 meta.clone(),
                 oxeye_metastore::Node {
-                    id: format!("store-{}", config.store.first_shard),
+                    id: node_id.clone(),
                     role: "store".into(),
                     flight_addr: config.flight_advertise.clone(),
-                    first_shard: config.store.first_shard,
-                    shards: config.store.shards,
+                    shard_ids: config.store.shard_ids(),
                 },
                 stop_cluster.clone(),
+            );
+            leases = Some(
+                cluster::lead_shards(meta.clone(), store.clone(), node_id, stop_cluster.clone())
+                    .await,
             );
             tracing::info!(flight = %addr, advertised = config.flight_advertise, "store node");
             Some(task)
@@ -603,7 +629,14 @@ async fn serve_role(
         let _ = task.await;
     }
     tenants.shutdown().await;
+    if let Some(leases) = &leases {
+        leases.stop().await;
+    }
     store.shutdown().await;
+    if let Some(leases) = leases {
+        // After the last flush: the replicas take over at once.
+        leases.release().await;
+    }
     drop(engine);
     tracing::info!("oxeye stopped");
     Ok(())

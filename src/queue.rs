@@ -21,9 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use oxeye_flight::FlightShardSink;
-use oxeye_model::SignalBatch;
 use oxeye_model::ingest::{Ingest, IngestError, Marks};
+use oxeye_model::{Signal, SignalBatch};
 use oxeye_store::wal;
+use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
 /// Bytes queued across every shard, against a limit.
@@ -89,6 +90,59 @@ impl Reservation {
     }
 }
 
+/// A queued record, as the queue remembers it without reading it.
+#[derive(Debug, Clone)]
+struct Queued {
+    seq: u64,
+    size: u64,
+    /// The highest delivery position of each signal in the record; `None` until read (records
+    /// found at start), which then counts as not yet flushed.
+    positions: Option<Vec<(Signal, u64)>>,
+}
+
+impl Queued {
+    /// Whether the shard's flush checkpoint (`flushed`, this producer's positions by signal)
+    /// covers every batch of the record: it is in a segment, and no replica needs it.
+    fn flushed(&self, flushed: &BTreeMap<Signal, u64>) -> bool {
+        self.positions.as_ref().is_some_and(|ps| {
+            ps.iter()
+                .all(|(signal, p)| flushed.get(signal).is_some_and(|f| p <= f))
+        })
+    }
+}
+
+/// The highest position of each signal among a record's batches.
+fn record_positions(seq: u64, batches: &[SignalBatch]) -> Vec<(Signal, u64)> {
+    let mut out: Vec<(Signal, u64)> = Vec::new();
+    for (index, b) in batches.iter().enumerate() {
+        let p = position(seq, index);
+        match out.iter_mut().find(|(s, _)| *s == b.signal) {
+            Some(e) => e.1 = e.1.max(p),
+            None => out.push((b.signal, p)),
+        }
+    }
+    out
+}
+
+/// How far one replica of the shard got.
+#[derive(Debug, Clone, Copy)]
+struct Replica {
+    /// Every record up to this sequence number is in the replica's WAL (or was released).
+    delivered: u64,
+    /// Whether its last delivery worked: writes do not wait for a replica that is failing.
+    healthy: bool,
+}
+
+/// How a write's wait for its replicas ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuorumOutcome {
+    /// Enough replicas hold it.
+    Met,
+    /// Acknowledged on the queue's copy: too few replicas were reachable in time; the queue
+    /// delivers it to the others when they are back.
+    Degraded,
+}
+
 /// One shard's queue.
 #[derive(Debug)]
 pub struct ShardQueue {
@@ -98,10 +152,19 @@ pub struct ShardQueue {
     /// This collector's id in the stores' delivery positions.
     producer: Arc<str>,
     reservation: Arc<Reservation>,
-    /// (sequence number, file size) of the files waiting, oldest first.
-    files: parking_lot::Mutex<VecDeque<(u64, u64)>>,
+    /// The records waiting, oldest first. A record leaves once every replica holds it or the
+    /// shard's flush checkpoint covers it.
+    files: parking_lot::Mutex<VecDeque<Queued>>,
     next_seq: AtomicU64,
-    wake: tokio::sync::Notify,
+    /// The newest sequence number queued: wakes the drains.
+    newest: tokio::sync::watch::Sender<u64>,
+    /// The shard's replicas (store nodes' Flight URLs) and how far each got.
+    replicas: parking_lot::Mutex<BTreeMap<String, Replica>>,
+    /// This producer's positions in the shard's flush checkpoint.
+    flushed: parking_lot::Mutex<BTreeMap<Signal, u64>>,
+    /// Bumped whenever a replica gets further or changes health: wakes writes waiting for
+    /// their quorum.
+    progress: tokio::sync::watch::Sender<u64>,
 }
 
 fn io_unavailable(what: &str, path: &Path, e: std::io::Error) -> IngestError {
@@ -180,6 +243,14 @@ impl ShardQueue {
         }
         files.sort_unstable();
         let total: u64 = files.iter().map(|f| f.1).sum();
+        let files: VecDeque<Queued> = files
+            .into_iter()
+            .map(|(seq, size)| Queued {
+                seq,
+                size,
+                positions: None,
+            })
+            .collect();
         // Numbers up to the last reservation may have been used and delivered: start above.
         let reserved_path = dir.join("reserved");
         let reserved_before = match std::fs::read_to_string(&reserved_path) {
@@ -192,7 +263,7 @@ impl ShardQueue {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
             Err(e) => return Err(e),
         };
-        let next = files.last().map_or(1, |f| f.0 + 1).max(reserved_before);
+        let next = files.back().map_or(1, |f| f.seq + 1).max(reserved_before);
         let reserved = next + SEQ_RESERVATION;
         write_durably(&reserved_path, reserved.to_string().as_bytes())?;
         budget.used.fetch_add(total, Ordering::Relaxed);
@@ -213,9 +284,12 @@ impl ShardQueue {
                 path: reserved_path,
                 upto: parking_lot::Mutex::new(reserved),
             }),
-            files: parking_lot::Mutex::new(files.into()),
+            files: parking_lot::Mutex::new(files),
             next_seq: AtomicU64::new(next),
-            wake: tokio::sync::Notify::new(),
+            newest: tokio::sync::watch::Sender::new(next - 1),
+            replicas: parking_lot::Mutex::new(BTreeMap::new()),
+            flushed: parking_lot::Mutex::new(BTreeMap::new()),
+            progress: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -223,14 +297,15 @@ impl ShardQueue {
         self.files.lock().len()
     }
 
-    /// Writes one record durably.
-    async fn push(&self, batches: Vec<SignalBatch>) -> Result<(), IngestError> {
+    /// Writes one record durably; returns its sequence number.
+    async fn push(&self, batches: Vec<SignalBatch>) -> Result<u64, IngestError> {
         let payload = wal::encode_record(&batches).map_err(|e| IngestError::Rejected {
             reason: format!("cannot encode a queued write: {e}"),
         })?;
         let framed = wal::frame(&payload);
         let size = framed.len() as u64;
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let positions = record_positions(seq, &batches);
         if seq >= MAX_SEQ {
             return Err(IngestError::Rejected {
                 reason: format!(
@@ -267,43 +342,65 @@ impl ShardQueue {
             })??;
         {
             let mut files = self.files.lock();
-            files.push_back((seq, size));
+            files.push_back(Queued {
+                seq,
+                size,
+                positions: Some(positions),
+            });
             // Sequence numbers are taken before the (concurrent) writes finish.
-            files.make_contiguous().sort_unstable();
+            files.make_contiguous().sort_unstable_by_key(|q| q.seq);
         }
         self.budget.used.fetch_add(size, Ordering::Relaxed);
-        self.wake.notify_one();
-        Ok(())
+        self.newest.send_modify(|n| *n = (*n).max(seq));
+        Ok(seq)
     }
 
     /// The oldest record, read back.
     #[cfg(test)]
     fn oldest(&self) -> Option<(u64, Result<Vec<SignalBatch>, String>)> {
-        let (seq, _) = *self.files.lock().front()?;
+        let seq = self.files.lock().front()?.seq;
         Some((seq, self.read(seq)))
     }
 
-    /// The oldest records, read back, as many as one delivery takes: at least one, then up to
-    /// [`DELIVERY_MAX_RECORDS`] and [`DELIVERY_MAX_BYTES`].
+    /// The oldest records, read back, as many as one delivery takes.
+    #[cfg(test)]
     fn oldest_records(&self) -> Vec<(u64, Result<Vec<SignalBatch>, String>)> {
+        self.records_after(0)
+    }
+
+    /// The oldest records after sequence number `after`, read back, as many as one delivery
+    /// takes: at least one, then up to [`DELIVERY_MAX_RECORDS`] and [`DELIVERY_MAX_BYTES`].
+    fn records_after(&self, after: u64) -> Vec<(u64, Result<Vec<SignalBatch>, String>)> {
         let wanted: Vec<u64> = {
             let files = self.files.lock();
             let mut bytes = 0;
             files
                 .iter()
+                .filter(|q| q.seq > after)
                 .take(DELIVERY_MAX_RECORDS)
-                .take_while(|(_, size)| {
+                .take_while(|q| {
                     let first = bytes == 0;
-                    bytes += size;
+                    bytes += q.size;
                     first || bytes <= DELIVERY_MAX_BYTES
                 })
-                .map(|(seq, _)| *seq)
+                .map(|q| q.seq)
                 .collect()
         };
-        wanted
+        let read: Vec<_> = wanted
             .into_iter()
             .map(|seq| (seq, self.read(seq)))
-            .collect()
+            .collect();
+        // Records found at start learn their positions here, for the flush checkpoint.
+        let mut files = self.files.lock();
+        for (seq, r) in &read {
+            if let Ok(batches) = r
+                && let Some(q) = files.iter_mut().find(|q| q.seq == *seq)
+                && q.positions.is_none()
+            {
+                q.positions = Some(record_positions(*seq, batches));
+            }
+        }
+        read
     }
 
     fn read(&self, seq: u64) -> Result<Vec<SignalBatch>, String> {
@@ -329,8 +426,8 @@ impl ShardQueue {
         let path = self.dir.join(record_name(seq));
         let size = {
             let mut files = self.files.lock();
-            let pos = files.iter().position(|f| f.0 == seq);
-            pos.and_then(|p| files.remove(p)).map_or(0, |f| f.1)
+            let pos = files.iter().position(|f| f.seq == seq);
+            pos.and_then(|p| files.remove(p)).map_or(0, |f| f.size)
         };
         match keep_as {
             Some(dead) => {
@@ -344,23 +441,154 @@ impl ShardQueue {
         self.budget.used.fetch_sub(size, Ordering::Relaxed);
     }
 
-    /// Delivers records oldest first to the store that serves the shard now, until `stop`.
+    /// Sets the shard's replicas (store nodes' Flight URLs); returns the new ones, whose
+    /// deliveries the caller starts ([`ShardQueue::drain_to`]). A replica that is gone stops
+    /// being waited for, and its delivery ends.
+    pub fn set_replicas(&self, addrs: &[String]) -> Vec<String> {
+        let mut replicas = self.replicas.lock();
+        replicas.retain(|a, _| addrs.contains(a));
+        let added: Vec<String> = addrs
+            .iter()
+            .filter(|a| !replicas.contains_key(*a))
+            .cloned()
+            .collect();
+        for a in &added {
+            replicas.insert(
+                a.clone(),
+                Replica {
+                    delivered: 0,
+                    healthy: true,
+                },
+            );
+        }
+        drop(replicas);
+        self.progress.send_modify(|n| *n += 1);
+        self.release();
+        added
+    }
+
+    /// Takes in the shard's flush checkpoint (delivery positions by `producer/table`): records
+    /// it covers leave the queue, delivered to every replica or not.
+    pub fn set_flushed(&self, checkpoint: &oxeye_store::delivery::Delivered) {
+        let mine: BTreeMap<Signal, u64> = Signal::ALL
+            .into_iter()
+            .filter_map(|signal| {
+                checkpoint
+                    .get(&oxeye_store::delivery::key(&self.producer, signal))
+                    .map(|p| (signal, *p))
+            })
+            .collect();
+        let changed = {
+            let mut flushed = self.flushed.lock();
+            let changed = *flushed != mine;
+            *flushed = mine;
+            changed
+        };
+        if changed {
+            self.release();
+            self.progress.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Deletes the records every replica holds or the flush checkpoint covers.
+    fn release(&self) {
+        let done: Vec<u64> = {
+            let replicas = self.replicas.lock();
+            let flushed = self.flushed.lock();
+            let files = self.files.lock();
+            files
+                .iter()
+                .filter(|q| {
+                    (!replicas.is_empty() && replicas.values().all(|r| r.delivered >= q.seq))
+                        || q.flushed(&flushed)
+                })
+                .map(|q| q.seq)
+                .collect()
+        };
+        for seq in done {
+            self.remove(seq, None);
+        }
+    }
+
+    /// Waits until `want` replicas hold record `seq`, or until that cannot happen soon: the
+    /// replicas not holding it yet are failing, or `timeout` passed. The record is in this
+    /// queue either way, which delivers it once they are back.
+    pub async fn wait_for_replicas(
+        &self,
+        seq: u64,
+        want: usize,
+        timeout: Duration,
+    ) -> QuorumOutcome {
+        let mut changes = self.progress.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            let gone = !self.files.lock().iter().any(|q| q.seq == seq);
+            let (held, reachable) = {
+                let replicas = self.replicas.lock();
+                let held = replicas.values().filter(|r| r.delivered >= seq).count();
+                let reachable = replicas
+                    .values()
+                    .filter(|r| r.delivered < seq && r.healthy)
+                    .count();
+                (held, reachable)
+            };
+            // A record that left the queue is held by every replica or flushed.
+            if held >= want || gone {
+                return QuorumOutcome::Met;
+            }
+            if held + reachable < want {
+                return QuorumOutcome::Degraded;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return QuorumOutcome::Degraded,
+            }
+        }
+    }
+
+    fn note_delivery(&self, addr: &str, delivered: Option<u64>, healthy: bool) {
+        {
+            let mut replicas = self.replicas.lock();
+            let Some(r) = replicas.get_mut(addr) else {
+                return;
+            };
+            if let Some(seq) = delivered {
+                r.delivered = r.delivered.max(seq);
+            }
+            r.healthy = healthy;
+        }
+        if delivered.is_some() {
+            self.release();
+        }
+        self.progress.send_modify(|n| *n += 1);
+    }
+
+    /// Delivers records oldest first to the replica at `addr`, until `stop` or until it is no
+    /// longer one of the shard's replicas.
     ///
     /// Several records go in one delivery, so the store commits what arrives together with one
     /// WAL sync instead of one per record (a store round trip and fsync per record held a
     /// collector to a quarter of the rate it accepts). Batches of one signal, across records,
     /// share one `DoPut`. After a failure the next attempt resumes after the batches the store
     /// already acknowledged, so none is written twice.
-    pub async fn drain(
+    pub async fn drain_to(
         self: Arc<Self>,
-        target: Arc<dyn Fn(u32) -> Option<Arc<FlightShardSink>> + Send + Sync>,
+        addr: String,
+        sink: Arc<dyn Fn(u32, &str) -> Option<Arc<FlightShardSink>> + Send + Sync>,
         stop: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(200);
         let mut progress = Progress::default();
+        let mut newest = self.newest.subscribe();
         loop {
+            newest.borrow_and_update();
+            let Some(cursor) = self.replicas.lock().get(&addr).map(|r| r.delivered) else {
+                return;
+            };
             let me = self.clone();
-            let records = match tokio::task::spawn_blocking(move || me.oldest_records()).await {
+            let records = match tokio::task::spawn_blocking(move || me.records_after(cursor)).await
+            {
                 Ok(records) => records,
                 Err(e) => {
                     tracing::error!(shard = self.shard, error = %e, "reading queued writes failed");
@@ -375,8 +603,11 @@ impl ShardQueue {
                     self.remove(*seq, Some(&dead));
                     None
                 }
-                Some(_) => match target(self.shard) {
-                    None => Some(backoff),
+                Some(_) => match sink(self.shard, &addr) {
+                    None => {
+                        self.note_delivery(&addr, None, false);
+                        Some(backoff)
+                    }
                     Some(sink) => {
                         // Up to the first unreadable record, which is set aside once it is
                         // the oldest.
@@ -386,17 +617,16 @@ impl ShardQueue {
                             .collect();
                         let (failure, settled) =
                             deliver(&sink, &self.producer, &readable, progress).await;
-                        for seq in &settled.delivered {
-                            self.remove(*seq, None);
-                        }
                         progress = settled.progress;
+                        let healthy = failure.is_none();
+                        self.note_delivery(&addr, settled.delivered.last().copied(), healthy);
                         match failure {
                             None => {
                                 backoff = Duration::from_millis(200);
                                 None
                             }
                             Some(e) if e.is_retryable() => {
-                                tracing::warn!(shard = self.shard, error = %e, retry_in_ms = backoff.as_millis() as u64, "the shard's store is not taking queued writes; they wait");
+                                tracing::warn!(shard = self.shard, replica = addr, error = %e, retry_in_ms = backoff.as_millis() as u64, "a replica of the shard is not taking queued writes; they wait");
                                 let wait = backoff;
                                 backoff = (backoff * 2).min(Duration::from_secs(10));
                                 Some(wait)
@@ -405,7 +635,7 @@ impl ShardQueue {
                                 // The record holding the refused batch is the oldest left.
                                 let seq = progress.seq;
                                 let dead = self.dir.join("rejected");
-                                tracing::error!(shard = self.shard, seq, error = %e, dead = %dead.display(), "the store rejects a queued write; set aside");
+                                tracing::error!(shard = self.shard, replica = addr, seq, error = %e, dead = %dead.display(), "the store rejects a queued write; set aside");
                                 self.remove(seq, Some(&dead));
                                 progress = Progress::default();
                                 None
@@ -417,7 +647,7 @@ impl ShardQueue {
             if let Some(wait) = wait {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = self.wake.notified() => {}
+                    _ = newest.changed() => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
             } else if stop.is_cancelled() {
@@ -524,10 +754,49 @@ fn settle(records: &[(u64, usize)], progress: Progress, sent: usize) -> Settled 
     }
 }
 
+/// A shard's queue as the router's sink: a write is acknowledged once it is queued and, with a
+/// write quorum, once enough replicas hold it.
+#[derive(Debug)]
+pub struct QuorumSink {
+    pub queue: Arc<ShardQueue>,
+    pub quorum: Quorum,
+}
+
+/// What a write waits for before it is acknowledged.
+#[derive(Debug, Clone)]
+pub struct Quorum {
+    /// Replicas that must hold it (0: queued is enough).
+    pub replicas: usize,
+    pub timeout: Duration,
+    /// `oxeye_collector_write_quorum_total{outcome}`.
+    pub outcomes: prometheus_client::metrics::family::Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 #[async_trait::async_trait]
-impl Ingest for ShardQueue {
+impl Ingest for QuorumSink {
     async fn ingest(&self, batches: Vec<SignalBatch>) -> Result<(), IngestError> {
-        self.push(batches).await
+        let seq = self.queue.push(batches).await?;
+        if self.quorum.replicas == 0 {
+            return Ok(());
+        }
+        let outcome = self
+            .queue
+            .wait_for_replicas(seq, self.quorum.replicas, self.quorum.timeout)
+            .await;
+        let outcome = match outcome {
+            QuorumOutcome::Met => "met",
+            QuorumOutcome::Degraded => "degraded",
+        };
+        self.quorum
+            .outcomes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        Ok(())
     }
 }
 
@@ -572,11 +841,16 @@ impl Queues {
             .collect()
     }
 
-    /// The queue of `shard`, and whether it was just opened (its drain must be started).
-    pub fn get(&self, shard: u32) -> std::io::Result<(Arc<ShardQueue>, bool)> {
+    /// The queue of `shard`, if it is open.
+    pub fn existing(&self, shard: u32) -> Option<Arc<ShardQueue>> {
+        self.shards.lock().get(&shard).cloned()
+    }
+
+    /// The queue of `shard`, opened on first use.
+    pub fn get(&self, shard: u32) -> std::io::Result<Arc<ShardQueue>> {
         let mut shards = self.shards.lock();
         if let Some(q) = shards.get(&shard) {
-            return Ok((q.clone(), false));
+            return Ok(q.clone());
         }
         let q = Arc::new(ShardQueue::open(
             &self.root,
@@ -585,7 +859,7 @@ impl Queues {
             self.producer.clone(),
         )?);
         shards.insert(shard, q.clone());
-        Ok((q, true))
+        Ok(q)
     }
 
     pub fn queued_records(&self) -> usize {
@@ -744,6 +1018,63 @@ mod tests {
             "oldest first: {seqs:?}"
         );
         assert!(taken.iter().all(|(_, r)| r.is_ok()));
+    }
+
+    #[tokio::test]
+    async fn records_leave_once_every_replica_or_the_flush_checkpoint_has_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let q = Arc::new(
+            ShardQueue::open(dir.path(), 2, QueueBudget::new(1 << 30), "c1".into()).expect("open"),
+        );
+        let replicas = ["http://a".to_string(), "http://b".to_string()];
+        assert_eq!(q.set_replicas(&replicas), replicas.to_vec());
+        let first = q.push(vec![batch(3)]).await.expect("push");
+
+        // Both replicas reachable: a write waits for both, and gets there once both have it.
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(
+                async move { q.wait_for_replicas(first, 2, Duration::from_secs(30)).await },
+            )
+        };
+        q.note_delivery("http://a", Some(first), true);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "acknowledged with one replica of two"
+        );
+        assert_eq!(q.len(), 1, "released before b has it");
+        q.note_delivery("http://b", Some(first), true);
+        assert_eq!(waiter.await.expect("wait"), QuorumOutcome::Met);
+        assert_eq!(q.len(), 0);
+
+        // b fails: a write does not wait for it (its record waits in the queue for b)...
+        let second = q.push(vec![batch(2)]).await.expect("push");
+        q.note_delivery("http://b", None, false);
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                q.wait_for_replicas(second, 2, Duration::from_secs(30))
+                    .await
+            })
+        };
+        q.note_delivery("http://a", Some(second), true);
+        assert_eq!(waiter.await.expect("wait"), QuorumOutcome::Degraded);
+        assert_eq!(q.len(), 1);
+        // ...until the shard's flush covers it: then nobody needs it.
+        let key = oxeye_store::delivery::key("c1", Signal::Spans);
+        q.set_flushed(&BTreeMap::from([(key.clone(), position(second, 0) - 1)]));
+        assert_eq!(q.len(), 1, "a checkpoint below the record released it");
+        q.set_flushed(&BTreeMap::from([(key, position(second, 0))]));
+        assert_eq!(q.len(), 0);
+
+        // With no replica reachable, a write is acknowledged on the queue at once.
+        q.note_delivery("http://a", None, false);
+        let third = q.push(vec![batch(1)]).await.expect("push");
+        assert_eq!(
+            q.wait_for_replicas(third, 1, Duration::from_secs(30)).await,
+            QuorumOutcome::Degraded
+        );
     }
 
     #[test]

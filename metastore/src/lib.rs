@@ -7,6 +7,7 @@
 //! parts keep versioned documents, history and leases here too (see [`Document`]).
 
 mod documents;
+mod leases;
 mod migrations;
 mod nodes;
 mod pg;

@@ -67,6 +67,17 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "delivery positions per shard",
         "ALTER TABLE oxeye_shards ADD COLUMN delivered jsonb NOT NULL DEFAULT '{}'::jsonb;",
     ),
+    (
+        5,
+        "shard replicas and their leases",
+        "CREATE TABLE oxeye_shard_leases (
+             shard integer PRIMARY KEY,
+             holder text NOT NULL,
+             epoch bigint NOT NULL,
+             expires_at timestamptz NOT NULL
+         );
+         ALTER TABLE oxeye_nodes ADD COLUMN shard_ids integer[];",
+    ),
 ];
 
 /// The advisory lock key that serialises migrations across nodes ("oxeye" in ASCII).

@@ -37,6 +37,9 @@ pub struct PgMetastore {
     target: String,
     /// One connection, re-opened when it breaks; commits hold it for their transaction.
     client: Mutex<Option<Client>>,
+    /// Set on a store node with replicated shards: its catalog changes must hold each touched
+    /// shard's lease (see [`crate::leases`]).
+    pub(crate) fences: parking_lot::RwLock<Option<crate::leases::Fences>>,
 }
 
 impl std::fmt::Debug for PgMetastore {
@@ -94,6 +97,7 @@ impl PgMetastore {
             url: url.to_string(),
             target,
             client: Mutex::new(Some(client)),
+            fences: parking_lot::RwLock::new(None),
         })
     }
 
@@ -265,6 +269,7 @@ impl Metastore for PgMetastore {
             .await
             .map_err(|e| catalog_err("locking the catalog", e))?;
         let current = read_state(&tx).await?;
+        self.check_fences(&tx, &current, &change).await?;
         // The same checks as the file catalog, on the state every node shares.
         let next = current.apply(&change)?;
         let (removed, added): (&[String], &[SegmentMeta]) = match &change {
@@ -296,25 +301,18 @@ impl Metastore for PgMetastore {
             .await
             .map_err(|e| catalog_err("adding a segment", e))?;
         }
-        if let CatalogChange::Flush {
-            shard,
-            flushed_wal_seq,
-            ..
-        } = &change
-        {
-            let delivered = next
-                .shards
-                .get(shard)
-                .map(|c| serde_json::to_string(&c.delivered))
-                .transpose()
-                .map_err(|e| StoreError::Catalog(format!("cannot encode delivery positions: {e}")))?
-                .unwrap_or_else(|| "{}".into());
+        if let CatalogChange::Flush { shard, .. } = &change {
+            let checkpoint = next.shards.get(shard).cloned().unwrap_or_default();
+            let flushed_wal_seq = checkpoint.flushed_wal_seq;
+            let delivered = serde_json::to_string(&checkpoint.delivered).map_err(|e| {
+                StoreError::Catalog(format!("cannot encode delivery positions: {e}"))
+            })?;
             tx.execute(
                 "INSERT INTO oxeye_shards (shard, flushed_wal_seq, delivered)
                  VALUES ($1, $2, $3::text::jsonb)
                  ON CONFLICT (shard) DO UPDATE SET flushed_wal_seq = excluded.flushed_wal_seq,
                      delivered = excluded.delivered",
-                &[&(*shard as i32), &(*flushed_wal_seq as i64), &delivered],
+                &[&(*shard as i32), &(flushed_wal_seq as i64), &delivered],
             )
             .await
             .map_err(|e| catalog_err("recording the shard checkpoint", e))?;

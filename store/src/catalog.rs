@@ -92,13 +92,17 @@ impl CatalogState {
             } => {
                 let cp = next.shards.entry(*shard).or_default();
                 delivery::merge(&mut cp.delivered, delivered);
-                if *flushed_wal_seq < cp.flushed_wal_seq {
-                    return Err(StoreError::Catalog(format!(
-                        "shard {shard} flush at WAL {flushed_wal_seq} is behind the catalog's {}",
-                        cp.flushed_wal_seq
-                    )));
+                // 0: a replicated shard, whose WAL numbers are each replica's own; its
+                // delivery positions are its checkpoint.
+                if *flushed_wal_seq != 0 {
+                    if *flushed_wal_seq < cp.flushed_wal_seq {
+                        return Err(StoreError::Catalog(format!(
+                            "shard {shard} flush at WAL {flushed_wal_seq} is behind the catalog's {}",
+                            cp.flushed_wal_seq
+                        )));
+                    }
+                    cp.flushed_wal_seq = *flushed_wal_seq;
                 }
-                cp.flushed_wal_seq = *flushed_wal_seq;
                 next.segments.extend(added.iter().cloned());
             }
             CatalogChange::Replace { removed, added } => {

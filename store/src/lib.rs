@@ -300,7 +300,9 @@ impl Store {
                     .collect()
             })
             .unwrap_or_default();
-        let mut batches = st.memory_batches(signal, start, end);
+        // Only the shards this node leads: a shard changing hands may still have rows here
+        // for a moment, and its new leader serves them.
+        let mut batches = st.memory_batches_of(signal, start, end, |id| shards.contains(&id));
         drop(st);
         if let Some(trace_id) = trace_id {
             batches = batches

@@ -105,8 +105,19 @@ impl ReadState {
         start: Option<i64>,
         end: Option<i64>,
     ) -> Vec<RecordBatch> {
+        self.memory_batches_of(signal, start, end, |_| true)
+    }
+
+    /// [`ReadState::memory_batches`] of the shards `wanted` picks.
+    pub fn memory_batches_of(
+        &self,
+        signal: Signal,
+        start: Option<i64>,
+        end: Option<i64>,
+        wanted: impl Fn(u32) -> bool,
+    ) -> Vec<RecordBatch> {
         let mut out = Vec::new();
-        for shard in self.shards.values() {
+        for (_, shard) in self.shards.iter().filter(|(id, _)| wanted(**id)) {
             let tables = shard
                 .frozen
                 .iter()

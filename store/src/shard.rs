@@ -815,7 +815,11 @@ async fn write_frozen(inner: &Inner, id: u32, frozen: &Arc<Frozen>) -> Result<()
     let committed = catalog
         .commit(CatalogChange::Flush {
             shard: id,
-            flushed_wal_seq: frozen.sealed_wal_seq,
+            flushed_wal_seq: if config.replicated {
+                0
+            } else {
+                frozen.sealed_wal_seq
+            },
             added,
             delivered: frozen.delivered.clone(),
         })

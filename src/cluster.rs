@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use oxeye_flight::FlightShardSink;
 
-use crate::queue::{Queues, Quorum, QuorumSink};
+use crate::queue::{Queues, Quorum, QuorumSink, SinkFactory};
 
 /// How often nodes announce themselves and collectors re-read the shard map.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -273,7 +273,7 @@ impl ClusterRouter {
     }
 
     /// The Flight sink of `shard` on the store node at `addr`, made on first use.
-    fn sink_factory(&self) -> Arc<dyn Fn(u32, &str) -> Option<Arc<FlightShardSink>> + Send + Sync> {
+    fn sink_factory(&self) -> SinkFactory {
         let sinks = self.sinks.clone();
         let tls = self.tls.clone();
         Arc::new(move |shard, addr| {

@@ -90,6 +90,9 @@ impl Reservation {
     }
 }
 
+/// The Flight sink of a shard on the store node at an address (`None`: unreachable now).
+pub type SinkFactory = Arc<dyn Fn(u32, &str) -> Option<Arc<FlightShardSink>> + Send + Sync>;
+
 /// A queued record, as the queue remembers it without reading it.
 #[derive(Debug, Clone)]
 struct Queued {
@@ -575,7 +578,7 @@ impl ShardQueue {
     pub async fn drain_to(
         self: Arc<Self>,
         addr: String,
-        sink: Arc<dyn Fn(u32, &str) -> Option<Arc<FlightShardSink>> + Send + Sync>,
+        sink: SinkFactory,
         stop: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(200);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local oxeye cluster in one command, on 127.0.0.1 only:
 #
-#   PostgreSQL (metastore) + moto (S3) + 3 store nodes (2 shards each) + 2 collectors + 1 query node
+#   PostgreSQL (metastore) + moto (S3) + 3 store nodes (6 shards, 2 replicas of each: 4 shards per
+#   node) + 2 collectors (write quorum 2) + 1 query node
 #
 #   examples/cluster/run.sh            # start, print the endpoints, run until Ctrl-C
 #   examples/cluster/run.sh --smoke    # start, send spans, check them from the query node, stop
@@ -14,8 +15,11 @@
 #                CARGO_TARGET_DIR defaults to ~/.cache/oxeye-target]
 #   FLUSH_AGE    store nodes' --flush-age: how long rows wait before the query node can see them
 #                [10s here; oxeye's default is 30s]
-#   STORE_NODES, STORE_SHARDS, COLLECTOR_NODES   store nodes, shards per store node, collectors
-#                [3, 2, 2; at most 3, 9, 2] (examples/bench/cluster.py compares layouts)
+#   STORE_NODES, STORE_SHARDS, COLLECTOR_NODES   store nodes, shards per store node before
+#                replication, collectors [3, 2, 2; at most 3, 9, 2] (examples/bench/cluster.py
+#                compares layouts)
+#   REPLICATION  replicas of each shard, on that many store nodes [2, or 1 with one store node]
+#   WRITE_QUORUM replicas that hold a write before a collector acknowledges it [REPLICATION]
 #   READY_TIMEOUT, STOP_TIMEOUT, SMOKE_TIMEOUT   seconds [60, 60, 120]
 #
 # Everything it starts is stopped on exit, Ctrl-C or SIGTERM: collectors, the query node, then
@@ -65,11 +69,27 @@ COLLECTOR_NODES="${COLLECTOR_NODES:-2}"
 [[ "$STORE_NODES" =~ ^[1-3]$ ]] || die "STORE_NODES must be 1, 2 or 3"
 [[ "$COLLECTOR_NODES" =~ ^[1-2]$ ]] || die "COLLECTOR_NODES must be 1 or 2"
 [[ "$STORE_SHARDS" =~ ^[1-9]$ ]] || die "STORE_SHARDS must be 1 to 9"
+REPLICATION="${REPLICATION:-$((STORE_NODES < 2 ? 1 : 2))}"
+WRITE_QUORUM="${WRITE_QUORUM:-$REPLICATION}"
+[[ "$REPLICATION" =~ ^[1-9]$ ]] && ((REPLICATION <= STORE_NODES)) ||
+    die "REPLICATION must be 1 to STORE_NODES ($STORE_NODES)"
+[[ "$WRITE_QUORUM" =~ ^[0-9]$ ]] && ((WRITE_QUORUM <= REPLICATION)) ||
+    die "WRITE_QUORUM must be 0 to REPLICATION ($REPLICATION)"
 mapfile -t STORES < <(seq 1 "$STORE_NODES")
 store_http() { echo $((BASE_PORT + 10 * $1)); }        # 17010, 17020, 17030
 store_pg() { echo $((BASE_PORT + 10 * $1 + 1)); }      # 17011, ...
 store_flight() { echo $((BASE_PORT + 10 * $1 + 2)); }  # 17012, ...
-store_first_shard() { echo $((($1 - 1) * STORE_SHARDS)); }  # 0, 2, 4
+TOTAL_SHARDS=$((STORE_NODES * STORE_SHARDS))
+# Store node N serves STORE_SHARDS x REPLICATION shards from (N-1) x STORE_SHARDS on, wrapping
+# around, so every shard is on REPLICATION consecutive nodes: 0,1,2,3 / 2,3,4,5 / 4,5,0,1.
+store_shard_ids() {
+    local j ids=()
+    for ((j = 0; j < STORE_SHARDS * REPLICATION; j++)); do
+        ids+=($((((($1 - 1) * STORE_SHARDS) + j) % TOTAL_SHARDS)))
+    done
+    local IFS=,
+    echo "${ids[*]}"
+}
 mapfile -t COLLECTORS < <(seq 1 "$COLLECTOR_NODES")
 collector_http() { echo $((BASE_PORT + 30 + 10 * $1)); }       # 17040, 17050 (/metrics, /readyz)
 collector_otlp_grpc() { echo $((BASE_PORT + 31 + 10 * $1)); }  # 17041, 17051
@@ -87,15 +107,15 @@ done
 # What it needs: the oxeye binary (with the cluster roles), PostgreSQL's server, moto, curl.
 
 supports_roles() {
-    "$1" store --help 2>/dev/null | grep -q -- '--first-shard' &&
-        "$1" collector --help 2>/dev/null | grep -q -- '--queue-size'
+    "$1" store --help 2>/dev/null | grep -q -- '--shard-ids' &&
+        "$1" collector --help 2>/dev/null | grep -q -- '--write-quorum'
 }
 
 find_oxeye() {
     if [[ -n "${OXEYE_BIN:-}" ]]; then
         [[ -x "$OXEYE_BIN" ]] || die "OXEYE_BIN=$OXEYE_BIN is not an executable file"
         supports_roles "$OXEYE_BIN" ||
-            die "$OXEYE_BIN has no 'store --first-shard' / 'collector --queue-size': it predates the cluster roles; rebuild it"
+            die "$OXEYE_BIN has no 'store --shard-ids' / 'collector --write-quorum': it predates replicated shards; rebuild it"
         return
     fi
     local target="${CARGO_TARGET_DIR:-$HOME/.cache/oxeye-target}" candidate stale=()
@@ -103,14 +123,14 @@ find_oxeye() {
         [[ -x "$candidate" ]] || continue
         if supports_roles "$candidate"; then
             OXEYE_BIN="$candidate"
-            ((${#stale[@]} == 0)) || log "skipping ${stale[*]}: it predates the cluster roles"
+            ((${#stale[@]} == 0)) || log "skipping ${stale[*]}: it predates replicated shards"
             return
         fi
         stale+=("$candidate")
     done
     {
         if ((${#stale[@]})); then
-            echo "[cluster] error: ${stale[*]} predate(s) the cluster roles (oxeye store/collector/query)."
+            echo "[cluster] error: ${stale[*]} predate(s) replicated shards (oxeye store --shard-ids)."
         else
             echo "[cluster] error: no oxeye binary in $target/{release,debug}."
         fi
@@ -365,15 +385,16 @@ pid_of() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Store nodes: shards 0-1, 2-3, 4-5. All three start at once; the collectors start once every
-# store node has announced itself in the metastore, so that they route over all six shards
-# from their first request.
+# Store nodes: shards 0,1,2,3 / 2,3,4,5 / 4,5,0,1 (two replicas of each). All three start at
+# once; the collectors start once every store node has announced itself in the metastore, so
+# that they route over all six shards, to both replicas, from their first request. One replica
+# of each shard leads it (a lease in PostgreSQL): it serves the shard's unflushed rows and
+# flushes them; the other keeps them in its WAL and takes over if the leader dies.
 
 for i in "${STORES[@]}"; do
-    first="$(store_first_shard "$i")"
-    log "store-$i: shards $first-$((first + STORE_SHARDS - 1)), Flight $HOST:$(store_flight "$i")"
+    log "store-$i: shards $(store_shard_ids "$i"), Flight $HOST:$(store_flight "$i")"
     start_oxeye "store-$i" store "${SHARED[@]}" \
-        --first-shard "$first" --shards "$STORE_SHARDS" \
+        --shard-ids "$(store_shard_ids "$i")" \
         --flight-listen "$HOST:$(store_flight "$i")" \
         --http-listen "$HOST:$(store_http "$i")" --pg-listen "$HOST:$(store_pg "$i")" \
         --flush-age "$FLUSH_AGE" --data-dir "$WORK/store-$i"
@@ -399,6 +420,7 @@ for i in "${COLLECTORS[@]}"; do
         --otlp-grpc-listen "$HOST:$(collector_otlp_grpc "$i")" \
         --otlp-http-listen "$HOST:$(collector_otlp_http "$i")" \
         --http-listen "$HOST:$(collector_http "$i")" \
+        --write-quorum "$WRITE_QUORUM" \
         --data-dir "$WORK/collector-$i"
 done
 log "query: HTTP $HOST:$QUERY_HTTP, PostgreSQL protocol $HOST:$QUERY_PG"
@@ -426,8 +448,7 @@ wait_http query "http://$HOST:$QUERY_HTTP/readyz" "$(pid_of query)" "$LOGS/query
     printf '  %-12s %-26s %s\n' "query" "web UI, HTTP API" "http://$HOST:$QUERY_HTTP   (SQL: POST /api/v1/sql)"
     printf '  %-12s %-26s %s\n' "" "PostgreSQL protocol" "psql -h $HOST -p $QUERY_PG -U oxeye oxeye"
     for i in "${STORES[@]}"; do
-        first="$(store_first_shard "$i")"
-        printf '  %-12s %-26s %s\n' "store-$i" "shards $first-$((first + STORE_SHARDS - 1)), HTTP API" "http://$HOST:$(store_http "$i")   (POST /api/v1/admin/flush)"
+        printf '  %-12s %-26s %s\n' "store-$i" "shards $(store_shard_ids "$i"), HTTP API" "http://$HOST:$(store_http "$i")   (POST /api/v1/admin/flush)"
         printf '  %-12s %-26s %s\n' "" "Arrow Flight" "http://$HOST:$(store_flight "$i")"
     done
     printf '  %-12s %-26s %s\n' "metastore" "PostgreSQL" "psql -h $HOST -p $PG_PORT -U postgres oxeye"
@@ -522,16 +543,33 @@ smoke() {
         sleep 1
     done
     log "smoke: where they landed (system.segments on the query node):"
+    local replicas
     while IFS=, read -r shard rows; do
         [[ -n "$shard" ]] || continue
-        store=$((shard / STORE_SHARDS + 1))
-        per_store[$store]=$((${per_store[$store]:-0} + rows))
-        log "    shard $shard (store-$store): $rows spans"
+        replicas=()
+        for store in "${STORES[@]}"; do
+            if [[ ",$(store_shard_ids "$store")," == *",$shard,"* ]]; then
+                per_store[$store]=$((${per_store[$store]:-0} + rows))
+                replicas+=("store-$store")
+            fi
+        done
+        log "    shard $shard (${replicas[*]}): $rows spans"
     done <<<"$per_shard"
     for i in "${STORES[@]}"; do
         [[ -n "${per_store[$i]:-}" ]] || empty+=("store-$i")
     done
     ((${#empty[@]} == 0)) || die "smoke: no spans reached ${empty[*]}: do the collectors route over every store node?"
+    # Every replica took every row of its shards once: REPLICATION copies of each span in the
+    # store nodes' WALs.
+    local written=0 w
+    for i in "${STORES[@]}"; do
+        w="$(curl -fsS -m 10 "http://$HOST:$(store_http "$i")/metrics" |
+            awk '$1 == "oxeye_store_ingested_rows_total" { print int($2) }')"
+        written=$((written + ${w:-0}))
+    done
+    ((written == sent * REPLICATION)) ||
+        die "smoke: the store nodes wrote $written rows for $sent spans and $REPLICATION replicas of each"
+    log "smoke: the store nodes wrote each span $REPLICATION times ($written rows), once per replica"
     local objects
     objects="$(curl -fsS -m 10 "$S3_ENDPOINT/$BUCKET?list-type=2&prefix=$PREFIX/segments/spans/" | grep -o '<Key>' | wc -l)"
     log "smoke: $objects span segment objects (Parquet + index) in $OBJECT_STORE"

@@ -1,4 +1,5 @@
-"""Ingest and query figures of a cluster with 1 shard and with 3 shards, on this machine.
+"""Ingest and query figures of a cluster with 1 shard, with 3 shards, and with 3 shards of 2
+replicas each, on this machine.
 
 Each layout is started with examples/cluster/run.sh (PostgreSQL metastore, moto S3, store
 nodes, one collector, a query node, all on 127.0.0.1), filled by oxeye-loadgen through the
@@ -36,9 +37,11 @@ import requests
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", pathlib.Path.home() / ".cache/oxeye-target"))
 RELEASE = TARGET / "release"
+# (name, store nodes, shards led per node, replicas of each shard)
 LAYOUTS = [
-    ("1 shard (1 store node)", 1, 1),
-    ("3 shards (3 store nodes)", 3, 1),
+    ("1 shard (1 store node)", 1, 1, 1),
+    ("3 shards (3 store nodes)", 3, 1, 1),
+    ("3 shards x 2 replicas (3 store nodes, write quorum 2)", 3, 1, 2),
 ]
 
 
@@ -114,7 +117,7 @@ def median_ms(fn, runs: int) -> float:
 
 
 class Cluster:
-    def __init__(self, stores: int, shards: int, work: pathlib.Path):
+    def __init__(self, stores: int, shards: int, replication: int, work: pathlib.Path):
         self.stores, self.shards, self.work = stores, shards, work
         self.base = free_base_port()
         self.log = open(work.parent / f"{work.name}.log", "w")
@@ -124,6 +127,7 @@ class Cluster:
             "CLUSTER_DIR": str(work),
             "STORE_NODES": str(stores),
             "STORE_SHARDS": str(shards),
+            "REPLICATION": str(replication),
             "COLLECTOR_NODES": "1",
             # Rows reach segments when the bench flushes, not in the middle of the ingest.
             "FLUSH_AGE": "3600s",
@@ -176,10 +180,12 @@ class Cluster:
         self.log.close()
 
 
-def run_layout(name: str, stores: int, shards: int, spans: int, runs: int, work_dir: pathlib.Path) -> dict:
+def run_layout(
+    name: str, stores: int, shards: int, replication: int, spans: int, runs: int, work_dir: pathlib.Path
+) -> dict:
     print(f"\n== {name}", flush=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix="oxeye-cluster-bench-", dir=work_dir)) / "cluster"
-    cluster = Cluster(stores, shards, work)
+    cluster = Cluster(stores, shards, replication, work)
     try:
         nodes = {f"store-{i}": cluster.pid(f"store-{i}") for i in range(1, stores + 1)}
         nodes["collector-1"] = cluster.pid("collector-1")
@@ -194,7 +200,7 @@ def run_layout(name: str, stores: int, shards: int, spans: int, runs: int, work_
             check=True, capture_output=True, text=True,
         )
         load = json.loads(out.stdout.strip().splitlines()[-1])
-        # Delivered: the collector's queues are empty, so every store node has the rows.
+        # Delivered: the collector's queues are empty, so every replica has the rows.
         deadline = time.time() + 1800
         while metric(f"{cluster.collector_http}/metrics", "oxeye_collector_queue_records") > 0:
             if time.time() > deadline:
@@ -248,6 +254,7 @@ def run_layout(name: str, stores: int, shards: int, spans: int, runs: int, work_
             "layout": name,
             "stores": stores,
             "shards": stores * shards,
+            "replication": replication,
             "spans": acked,
             "client_spans_per_second": load["spans_per_second"],
             "delivered_seconds": delivered_s,
@@ -265,7 +272,7 @@ def run_layout(name: str, stores: int, shards: int, spans: int, runs: int, work_
 
 def report(results: list) -> str:
     out = ["### Ingest through the collector (OTLP/gRPC, 4 connections, WAL fsync on every store node)\n",
-           "| layout | spans | client spans/s (acknowledged) | delivered spans/s (in every store WAL) "
+           "| layout | spans | client spans/s (acknowledged) | delivered spans/s (in every replica's WAL) "
            "| per store node: rows ingested (spans + logs + points) | CPU s per 1M spans: collector / each store node |",
            "|---|---|---|---|---|---|"]
     for r in results:
@@ -297,8 +304,8 @@ def main():
     work_dir = pathlib.Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    results = [run_layout(name, stores, shards, parse_count(args.spans), args.runs, work_dir)
-               for name, stores, shards in LAYOUTS]
+    results = [run_layout(name, stores, shards, replication, parse_count(args.spans), args.runs, work_dir)
+               for name, stores, shards, replication in LAYOUTS]
     print("\n" + report(results))
     print(f"\n(cluster bench took {time.time() - started:.0f}s)")
     if args.json:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the release binaries and compares a 1-shard and a 3-shard local cluster (see
+# Builds the release binaries and compares 1-shard, 3-shard and 3-shard-2-replica local clusters (see
 # examples/bench/cluster.py; arguments go to it: --spans 1M, --runs 5, --json FILE).
 # Needs what examples/cluster/run.sh needs: PostgreSQL's server and .venv's moto (scripts/test).
 set -euo pipefail

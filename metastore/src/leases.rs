@@ -15,7 +15,7 @@ use oxeye_store::StoreError;
 use oxeye_store::catalog::{CatalogChange, CatalogState};
 use oxeye_store::delivery::Delivered;
 
-use crate::pg::{PgMetastore, query_err};
+use crate::pg::{PgMetastore, locked_catalog, query_err};
 
 /// The leases this node holds: epoch by shard.
 #[derive(Debug, Default)]
@@ -114,14 +114,8 @@ impl PgMetastore {
         let client = guard
             .as_mut()
             .ok_or_else(|| StoreError::Catalog("no metastore connection".into()))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| query_err("starting a lease takeover", e))?;
         // Ordered with every catalog commit: see the module comment.
-        tx.execute("SELECT generation FROM oxeye_catalog FOR UPDATE", &[])
-            .await
-            .map_err(|e| query_err("locking the catalog", e))?;
+        let tx = locked_catalog(client).await?;
         let taken = tx
             .query_opt(
                 "INSERT INTO oxeye_shard_leases (shard, holder, epoch, expires_at)

@@ -180,6 +180,21 @@ async fn migrate(client: &mut Client) -> Result<(), MetastoreError> {
     Ok(())
 }
 
+/// A transaction holding the catalog row's lock, which orders every catalog commit (and shard
+/// lease takeover) of every node.
+pub(crate) async fn locked_catalog(
+    client: &mut Client,
+) -> Result<tokio_postgres::Transaction<'_>, StoreError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| catalog_err("starting a catalog change", e))?;
+    tx.execute("SELECT generation FROM oxeye_catalog FOR UPDATE", &[])
+        .await
+        .map_err(|e| catalog_err("locking the catalog", e))?;
+    Ok(tx)
+}
+
 /// Reads the whole catalog (inside the caller's transaction, or alone).
 async fn read_state(
     client: &impl tokio_postgres::GenericClient,
@@ -260,14 +275,7 @@ impl Metastore for PgMetastore {
         let client = guard
             .as_mut()
             .ok_or_else(|| StoreError::Catalog("no metastore connection".into()))?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| catalog_err("starting a catalog change", e))?;
-        // Locking the catalog row orders every commit of every node.
-        tx.execute("SELECT generation FROM oxeye_catalog FOR UPDATE", &[])
-            .await
-            .map_err(|e| catalog_err("locking the catalog", e))?;
+        let tx = locked_catalog(client).await?;
         let current = read_state(&tx).await?;
         self.check_fences(&tx, &current, &change).await?;
         // The same checks as the file catalog, on the state every node shares.

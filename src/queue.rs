@@ -562,9 +562,30 @@ impl ShardQueue {
             r.healthy = healthy;
         }
         if delivered.is_some() {
-            self.release();
+            self.release_delivered();
         }
         self.progress.send_modify(|n| *n += 1);
+    }
+
+    /// Deletes the oldest records while every replica holds them: the cheap part of
+    /// [`ShardQueue::release`], run after each delivery (records the checkpoint covers go when
+    /// it changes).
+    fn release_delivered(&self) {
+        let done: Vec<u64> = {
+            let replicas = self.replicas.lock();
+            let Some(floor) = replicas.values().map(|r| r.delivered).min() else {
+                return;
+            };
+            let files = self.files.lock();
+            files
+                .iter()
+                .take_while(|q| q.seq <= floor)
+                .map(|q| q.seq)
+                .collect()
+        };
+        for seq in done {
+            self.remove(seq, None);
+        }
     }
 
     /// Delivers records oldest first to the replica at `addr`, until `stop` or until it is no

@@ -474,7 +474,7 @@ async fn serve_role(
     let flight = match (role, &metastore) {
         (Role::Store, Some(meta)) => {
             let service = oxeye_flight::IngestFlightService::new(store.shard_sinks())
-                .with_snapshots(store.clone());
+                .with_snapshots(store.clone(), Some(engine.snapshot_filters()));
             let (addr, task) = oxeye_flight::serve(
                 config.flight_listen,
                 service,

@@ -40,7 +40,21 @@ struct SnapshotTicket {
     /// Only this trace's unflushed rows (32 hex digits), for trace lookups.
     #[serde(default)]
     trace_id: Option<String>,
+    /// Only these storage columns; all when absent.
+    #[serde(default)]
+    columns: Option<Vec<String>>,
+    /// Row filter stages in their wire form (`RowFilterStage::wire`): rows they reject stay
+    /// home. A stage the store node cannot rebuild is skipped, since the query node applies
+    /// every stage again.
+    #[serde(default)]
+    filters: Vec<String>,
+    /// At most this many rows per node.
+    #[serde(default)]
+    limit: Option<usize>,
 }
+
+/// Most filter stages one snapshot ticket may carry.
+const MAX_SNAPSHOT_FILTERS: usize = 256;
 
 /// The first message of a snapshot: the shards it covers and their committed segments.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

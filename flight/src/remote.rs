@@ -12,8 +12,7 @@ use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightClient, Ticket};
 use futures::StreamExt;
-use oxeye_model::Signal;
-use oxeye_store::{IndexPredicate, RemoteShards, ShardSnapshot, StoreError};
+use oxeye_store::{RemoteShards, ScanRequest, ShardSnapshot, SnapshotRequest, StoreError};
 use tonic::transport::Channel;
 
 use crate::{SnapshotHeader, SnapshotTicket};
@@ -143,19 +142,21 @@ fn rows_bytes(batch: &RecordBatch) -> usize {
 
 #[async_trait::async_trait]
 impl RemoteShards for FlightRemoteShards {
-    async fn snapshots(
-        &self,
-        signal: Signal,
-        start: Option<i64>,
-        end: Option<i64>,
-        index: Option<&IndexPredicate>,
-    ) -> Result<Vec<ShardSnapshot>, StoreError> {
-        let trace_id = index.and_then(oxeye_store::remote::required_trace_id);
+    async fn snapshots(&self, scan: &ScanRequest) -> Result<Vec<ShardSnapshot>, StoreError> {
+        let wanted = SnapshotRequest::for_scan(scan);
         let ticket = SnapshotTicket {
-            table: signal.table_name().to_string(),
-            start,
-            end,
-            trace_id: trace_id.map(hex::encode),
+            table: scan.signal.table_name().to_string(),
+            start: wanted.start,
+            end: wanted.end,
+            trace_id: wanted.trace_id.map(hex::encode),
+            columns: wanted.columns,
+            filters: scan
+                .filter
+                .iter()
+                .filter_map(|stage| stage.wire.clone())
+                .take(crate::MAX_SNAPSHOT_FILTERS)
+                .collect(),
+            limit: wanted.limit,
         };
         let ticket = serde_json::to_vec(&ticket).map_err(|e| StoreError::Invalid {
             reason: format!("cannot encode a snapshot request: {e}"),

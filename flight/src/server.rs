@@ -13,10 +13,14 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use oxeye_model::ingest::{Ingest, Marks};
 use oxeye_model::{Signal, SignalBatch};
+use oxeye_store::{RowFilterCompiler, SnapshotRequest};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{MAX_DELIVERY_POSITIONS, PutCommand, SnapshotHeader, SnapshotTicket, error_to_status};
+use crate::{
+    MAX_DELIVERY_POSITIONS, MAX_SNAPSHOT_FILTERS, PutCommand, SnapshotHeader, SnapshotTicket,
+    error_to_status,
+};
 
 /// The Flight service of a store node: `DoPut` into its shards, `DoGet` of a snapshot of its
 /// shards (for query nodes), and a `ready` action.
@@ -24,6 +28,7 @@ use crate::{MAX_DELIVERY_POSITIONS, PutCommand, SnapshotHeader, SnapshotTicket, 
 pub struct IngestFlightService {
     shards: Arc<BTreeMap<u32, Arc<dyn Ingest>>>,
     store: Option<oxeye_store::Store>,
+    filters: Option<Arc<dyn RowFilterCompiler>>,
 }
 
 impl std::fmt::Debug for IngestFlightService {
@@ -39,12 +44,20 @@ impl IngestFlightService {
         IngestFlightService {
             shards: Arc::new(shards.into_iter().collect()),
             store: None,
+            filters: None,
         }
     }
 
-    /// Serves `DoGet` snapshots of `store`'s shards.
-    pub fn with_snapshots(mut self, store: oxeye_store::Store) -> IngestFlightService {
+    /// Serves `DoGet` snapshots of `store`'s shards, filtered by the query's row filters where
+    /// `filters` can rebuild them (without it, snapshots are cut by time, trace id, columns
+    /// and limit only).
+    pub fn with_snapshots(
+        mut self,
+        store: oxeye_store::Store,
+        filters: Option<Arc<dyn RowFilterCompiler>>,
+    ) -> IngestFlightService {
         self.store = Some(store);
+        self.filters = filters;
         self
     }
 
@@ -320,8 +333,57 @@ impl FlightService for IngestFlightService {
                 Status::invalid_argument(format!("trace_id `{text}` is not 32 hex digits"))
             })?),
         };
+        if ticket.filters.len() > MAX_SNAPSHOT_FILTERS {
+            return Err(Status::invalid_argument(format!(
+                "a snapshot ticket carries {} filters, more than {MAX_SNAPSHOT_FILTERS}",
+                ticket.filters.len()
+            )));
+        }
+        let storage = signal.schema();
+        let schema = match &ticket.columns {
+            None => storage.clone(),
+            Some(names) => {
+                let indices = names
+                    .iter()
+                    .map(|n| {
+                        storage.index_of(n).map_err(|_| {
+                            Status::invalid_argument(format!(
+                                "`{}` has no column `{n}`",
+                                ticket.table
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<usize>, Status>>()?;
+                Arc::new(storage.project(&indices).map_err(|e| {
+                    Status::invalid_argument(format!("cannot project the columns asked for: {e}"))
+                })?)
+            }
+        };
+        let filter = match &self.filters {
+            None => Vec::new(),
+            Some(compiler) => ticket
+                .filters
+                .iter()
+                .filter_map(|wire| {
+                    let stage = compiler.compile(signal, wire);
+                    if stage.is_none() {
+                        tracing::debug!(filter = %wire, "a snapshot filter this node cannot rebuild; sending its rows");
+                    }
+                    stage
+                })
+                .collect(),
+        };
+        let request = SnapshotRequest {
+            signal,
+            start: ticket.start,
+            end: ticket.end,
+            trace_id,
+            filter,
+            columns: ticket.columns,
+            limit: ticket.limit,
+        };
         let snapshot = store
-            .snapshot(signal, ticket.start, ticket.end, trace_id)
+            .snapshot(&request)
             .map_err(|e| Status::internal(format!("cannot take a snapshot: {e}")))?;
         let header = SnapshotHeader {
             shards: snapshot.shards,
@@ -335,7 +397,7 @@ impl FlightService for IngestFlightService {
             .map_err(|e| Status::internal(format!("cannot encode a snapshot: {e}")))?;
         let batches = futures::stream::iter(snapshot.batches.into_iter().map(Ok));
         let data = FlightDataEncoderBuilder::new()
-            .with_schema(signal.schema())
+            .with_schema(schema)
             .with_metadata(bytes::Bytes::from(header))
             .with_dictionary_handling(DictionaryHandling::Resend)
             .build(batches)

@@ -21,7 +21,12 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    // From cargo's environment at run time, not the path the binary was built at: a target
+    // directory may be shared by clones at different paths.
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = crate_dir.join("corpus");
     let spans: SignalBatch = oxeye_model::spans::sample_batch(5, 2).expect("sample spans");
     let traces = oxeye_model::spans::spans_to_otlp(std::slice::from_ref(&spans.batch))
         .expect("spans to OTLP");

@@ -178,6 +178,13 @@ impl QueryEngine {
         &self.inner.store
     }
 
+    /// What a store node needs to filter its snapshots by query nodes' row filters.
+    pub fn snapshot_filters(&self) -> Arc<dyn oxeye_store::RowFilterCompiler> {
+        Arc::new(crate::rowfilter::SnapshotFilters::new(
+            self.inner.ctx.state(),
+        ))
+    }
+
     pub fn config(&self) -> &QueryConfig {
         &self.inner.config
     }

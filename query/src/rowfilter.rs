@@ -9,6 +9,11 @@
 //! hex ids, not the computed `end_time`), or when it is `attributes['k'] = 'v'` on an attribute
 //! map, which is tested here directly on the dictionary-keyed storage map. DataFusion still
 //! applies every filter above the scan, so a stage only has to be exact, never complete.
+//!
+//! In a cluster, stages also travel to the store nodes with a query's snapshot request
+//! ([`WireStage`]), so rows a filter rejects never leave the store node. A compiled conjunct
+//! travels as SQL only when that SQL plans back to the very same expression, which is checked on
+//! the query node before it is sent; a store node that cannot rebuild a stage sends the rows.
 
 use std::sync::Arc;
 
@@ -16,17 +21,42 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Int32Array, MapArray, StringArray,
 };
 use arrow::compute::prep_null_mask_filter;
-use arrow::datatypes::{Int32Type, Schema};
+use arrow::datatypes::{DataType, Int32Type, Schema};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
-use datafusion::common::DFSchema;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema};
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
-use oxeye_store::RowFilterStage;
+use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
+use datafusion::sql::unparser::expr_to_sql;
+use oxeye_model::Signal;
+use oxeye_store::{RowFilterCompiler, RowFilterStage};
 
 use crate::convert::SqlShape;
 use crate::pushdown::{attribute_key, column_name, text};
+
+/// A row filter stage as it travels to a store node ([`RowFilterStage::wire`], JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireStage {
+    /// A conjunct as SQL over the table's SQL columns.
+    Sql(String),
+    /// `column['key'] = 'value'` on an attribute map.
+    MapEquals {
+        column: String,
+        key: String,
+        value: String,
+    },
+}
+
+impl WireStage {
+    fn encode(&self) -> Option<String> {
+        serde_json::to_string(self).ok()
+    }
+}
 
 /// The stages for `filters`, cheapest first.
 pub fn stages(state: &dyn Session, shape: &SqlShape, filters: &[Expr]) -> Vec<RowFilterStage> {
@@ -35,7 +65,9 @@ pub fn stages(state: &dyn Session, shape: &SqlShape, filters: &[Expr]) -> Vec<Ro
     for conjunct in filters.iter().flat_map(split_conjunction) {
         if let Some(stage) = map_equality(shape, conjunct) {
             maps.push(stage);
-        } else if let Some(stage) = compiled(state, shape, conjunct) {
+        } else if let Some(mut stage) = compiled(state, shape, conjunct) {
+            stage.wire =
+                as_sql(state, shape, conjunct).and_then(|sql| WireStage::Sql(sql).encode());
             plain.push(stage);
         }
     }
@@ -73,6 +105,7 @@ fn compiled(state: &dyn Session, shape: &SqlShape, conjunct: &Expr) -> Option<Ro
     Some(RowFilterStage {
         description: conjunct.to_string(),
         columns,
+        wire: None,
         keep: Arc::new(move |batch: &RecordBatch| {
             let value = expr
                 .evaluate(batch)
@@ -106,10 +139,27 @@ fn map_equality(shape: &SqlShape, conjunct: &Expr) -> Option<RowFilterStage> {
     let key = attribute_key(access)?.to_string();
     let value = text(value)?.to_string();
     let map_column = map_column_of(access)?;
-    let column = shape.signal.schema().index_of(map_column).ok()?;
+    map_equals_stage(shape.signal, conjunct.to_string(), map_column, key, value)
+}
+
+fn map_equals_stage(
+    signal: Signal,
+    description: String,
+    map_column: &str,
+    key: String,
+    value: String,
+) -> Option<RowFilterStage> {
+    let column = signal.schema().index_of(map_column).ok()?;
+    let wire = WireStage::MapEquals {
+        column: map_column.to_string(),
+        key: key.clone(),
+        value: value.clone(),
+    }
+    .encode();
     Some(RowFilterStage {
-        description: conjunct.to_string(),
+        description,
         columns: vec![column],
+        wire,
         keep: Arc::new(move |batch: &RecordBatch| {
             let map = batch
                 .column(0)
@@ -118,6 +168,84 @@ fn map_equality(shape: &SqlShape, conjunct: &Expr) -> Option<RowFilterStage> {
             map_entry_equals(map, &key, &value)
         }),
     })
+}
+
+/// `conjunct` as SQL over the table's SQL columns, if that SQL plans back to the same
+/// expression (same columns, functions, literals and types once coerced): only then may a store
+/// node filter with it.
+fn as_sql(state: &dyn Session, shape: &SqlShape, conjunct: &Expr) -> Option<String> {
+    let state = state.as_any().downcast_ref::<SessionState>()?;
+    let unqualified = conjunct
+        .clone()
+        .transform_up(|e| {
+            Ok(match e {
+                Expr::Column(c) if c.relation.is_some() => {
+                    Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
+                }
+                other => Transformed::no(other),
+            })
+        })
+        .ok()?
+        .data;
+    let sql = expr_to_sql(&unqualified).ok()?.to_string();
+    let schema = sql_schema(shape)?;
+    let back = state.create_logical_expr(&sql, &schema).ok()?;
+    let coerce = |e: Expr| {
+        e.rewrite(&mut TypeCoercionRewriter::new(&schema))
+            .ok()
+            .map(|t| t.data)
+    };
+    (coerce(back)? == coerce(unqualified)?).then_some(sql)
+}
+
+fn sql_schema(shape: &SqlShape) -> Option<DFSchema> {
+    DFSchema::try_from(shape.schema.as_ref().clone()).ok()
+}
+
+/// Rebuilds row filter stages on a store node, from what a query node sent with a snapshot
+/// request.
+#[derive(Debug)]
+pub struct SnapshotFilters {
+    state: SessionState,
+}
+
+impl SnapshotFilters {
+    /// `state` must know the functions queries use (`search()`): the query engine's own.
+    pub fn new(state: SessionState) -> SnapshotFilters {
+        SnapshotFilters { state }
+    }
+}
+
+impl RowFilterCompiler for SnapshotFilters {
+    fn compile(&self, signal: Signal, wire: &str) -> Option<RowFilterStage> {
+        let shape = SqlShape::new(signal);
+        let stage = match serde_json::from_str::<WireStage>(wire).ok()? {
+            WireStage::Sql(sql) => {
+                let expr = self
+                    .state
+                    .create_logical_expr(&sql, &sql_schema(&shape)?)
+                    .ok()?;
+                compiled(&self.state, &shape, &expr)?
+            }
+            WireStage::MapEquals { column, key, value } => {
+                let field = signal.schema().field_with_name(&column).ok()?.clone();
+                if !matches!(field.data_type(), DataType::Map(..)) {
+                    return None;
+                }
+                let description = format!("{column}['{key}'] = '{value}'");
+                map_equals_stage(signal, description, &column, key, value)?
+            }
+        };
+        // A stage only narrows what is sent: when it cannot be evaluated here, the rows go to
+        // the query node, which applies the same filter and reports what is wrong with it.
+        let keep = stage.keep.clone();
+        Some(RowFilterStage {
+            keep: Arc::new(move |batch: &RecordBatch| {
+                keep(batch).or_else(|_| Ok(BooleanArray::from(vec![true; batch.num_rows()])))
+            }),
+            ..stage
+        })
+    }
 }
 
 fn map_column_of(access: &Expr) -> Option<&str> {

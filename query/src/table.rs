@@ -73,6 +73,10 @@ impl TableProvider for OxeyeTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let hints = analyze(self.shape.signal, filters);
         let partitions = state.config().target_partitions().max(1);
+        let read = self.shape.read_plan(projection)?;
+        // Without filters the scan may stop early; with them, DataFusion's own limit above
+        // the filter does it.
+        let limit = if filters.is_empty() { limit } else { None };
         let request = ScanRequest {
             signal: self.shape.signal,
             start: hints.start,
@@ -81,6 +85,8 @@ impl TableProvider for OxeyeTable {
             filter: rowfilter::stages(state, &self.shape, filters),
             parallelism: partitions,
             attribute_values_as_dictionary: true,
+            columns: Some(read.storage.clone()),
+            limit,
         };
         let plan = self.store.plan_scan(request).await.map_err(|e| match e {
             // Too much to hold (store nodes' unflushed rows over the memory limit): a
@@ -90,7 +96,6 @@ impl TableProvider for OxeyeTable {
             }
             other => DataFusionError::External(Box::new(other)),
         })?;
-        let read = self.shape.read_plan(projection)?;
         Ok(Arc::new(OxeyeScanExec::new(
             self.store.clone(),
             self.shape.signal,
@@ -98,9 +103,7 @@ impl TableProvider for OxeyeTable {
             hints,
             read,
             state.config().batch_size(),
-            // Without filters the scan may stop early; with them, DataFusion's own limit above
-            // the filter does it.
-            if filters.is_empty() { limit } else { None },
+            limit,
             partitions,
         )))
     }
@@ -218,6 +221,9 @@ impl DisplayAs for OxeyeScanExec {
             s.granules_selected,
             s.memory_batches
         )?;
+        if s.snapshot_rows > 0 {
+            write!(f, ", snapshot_rows={}", s.snapshot_rows)?;
+        }
         if let Some(l) = self.limit {
             write!(f, ", limit={l}")?;
         }

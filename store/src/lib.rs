@@ -48,7 +48,7 @@ pub use catalog::{CatalogState, FileMetastore, Metastore};
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use index::{IndexPredicate, TextQuery};
-pub use remote::{RemoteShards, ShardSnapshot};
+pub use remote::{RemoteShards, RowFilterCompiler, ShardSnapshot, SnapshotRequest};
 pub use scan::{RowFilterStage, RowPredicate, ScanPart, ScanPlan, ScanRequest, ScanStats};
 pub use segment::{SegmentMeta, SegmentRef};
 pub use storage::{S3Options, Storage};
@@ -278,16 +278,11 @@ impl Store {
         }
     }
 
-    /// This node's shards at one instant: committed segments of `signal` and unflushed rows in
-    /// the time range (of `trace_id` only, when given), taken under one lock so each row is in
-    /// exactly one of them.
-    pub fn snapshot(
-        &self,
-        signal: Signal,
-        start: Option<i64>,
-        end: Option<i64>,
-        trace_id: Option<[u8; 16]>,
-    ) -> Result<ShardSnapshot, StoreError> {
+    /// This node's shards at one instant: committed segments of the request's signal and the
+    /// unflushed rows it keeps (see [`SnapshotRequest::apply`]), taken under one lock so each
+    /// row is in exactly one of them.
+    pub fn snapshot(&self, request: &SnapshotRequest) -> Result<ShardSnapshot, StoreError> {
+        let (signal, start, end) = (request.signal, request.start, request.end);
         let shards: Vec<u32> = self.inner.leading.read().iter().copied().collect();
         let st = self.inner.state.read();
         let segments = st
@@ -302,16 +297,9 @@ impl Store {
             .unwrap_or_default();
         // Only the shards this node leads: a shard changing hands may still have rows here
         // for a moment, and its new leader serves them.
-        let mut batches = st.memory_batches_of(signal, start, end, |id| shards.contains(&id));
+        let batches = st.memory_batches_of(signal, start, end, |id| shards.contains(&id));
         drop(st);
-        if let Some(trace_id) = trace_id {
-            batches = batches
-                .iter()
-                .map(|b| remote::rows_of_trace(b, &trace_id))
-                .filter(|b| b.as_ref().map_or(true, |b| b.num_rows() > 0))
-                .collect::<Result<_, _>>()
-                .map_err(|e| StoreError::arrow("keeping one trace's unflushed rows", e))?;
-        }
+        let batches = request.apply(batches)?;
         self.inner.metrics.snapshots.inc();
         self.inner
             .metrics
@@ -411,15 +399,14 @@ impl Store {
 
     /// What a read of `signal` sees: committed segments and unflushed batches in the time
     /// range, this node's own and, on a query node, the store nodes' snapshots of theirs.
+    /// Also returns how many of those unflushed rows came from store nodes.
     async fn visible(
         &self,
-        signal: Signal,
-        start: Option<i64>,
-        end: Option<i64>,
-        index: Option<&IndexPredicate>,
-    ) -> Result<(Vec<SegmentRef>, Vec<RecordBatch>), StoreError> {
+        request: &ScanRequest,
+    ) -> Result<(Vec<SegmentRef>, Vec<RecordBatch>, u64), StoreError> {
+        let (signal, start, end) = (request.signal, request.start, request.end);
         let snapshots = match self.inner.remote.get() {
-            Some(remote) => Some(remote.snapshots(signal, start, end, index).await?),
+            Some(remote) => Some(remote.snapshots(request).await?),
             None => None,
         };
         let (segments, mut memory) = {
@@ -430,26 +417,20 @@ impl Store {
             )
         };
         Ok(match snapshots {
-            None => (segments, memory),
+            None => (segments, memory, 0),
             Some(snapshots) => {
                 let (merged, remote_rows) = remote::merge_snapshots(signal, segments, snapshots);
+                let moved = remote_rows.iter().map(|b| b.num_rows() as u64).sum();
                 memory.extend(remote_rows);
-                (merged, memory)
+                (merged, memory, moved)
             }
         })
     }
 
     /// Plans a scan: which segments (and which granules of them) and which memory batches.
     pub async fn plan_scan(&self, request: ScanRequest) -> Result<ScanPlan, StoreError> {
-        let (segments, memory) = self
-            .visible(
-                request.signal,
-                request.start,
-                request.end,
-                request.index.as_ref(),
-            )
-            .await?;
-        let plan = scan::plan(
+        let (segments, memory, snapshot_rows) = self.visible(&request).await?;
+        let mut plan = scan::plan(
             request,
             segments,
             memory,
@@ -457,6 +438,7 @@ impl Store {
             &self.inner.caches,
         )
         .await?;
+        plan.stats.snapshot_rows = snapshot_rows;
         let m = &self.inner.metrics;
         m.scan_segments_pruned.inc_by(
             (plan.stats.segments_pruned_by_time + plan.stats.segments_pruned_by_index) as u64,
@@ -525,7 +507,19 @@ impl Store {
         start: Option<i64>,
         end: Option<i64>,
     ) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let (segments, memory) = self.visible(signal, start, end, None).await?;
+        let storage = signal.schema();
+        // Only what a series term is made of travels from store nodes.
+        let columns = ["service_name", "kind", "name"]
+            .into_iter()
+            .filter_map(|n| storage.index_of(n).ok())
+            .collect();
+        let request = ScanRequest {
+            start,
+            end,
+            columns: Some(columns),
+            ..ScanRequest::all(signal)
+        };
+        let (segments, memory, _) = self.visible(&request).await?;
         let mut out = std::collections::BTreeSet::new();
         for seg in segments.iter().filter(|s| s.overlaps(start, end)) {
             let index = self.inner.caches.index(&self.inner.storage, seg).await?;

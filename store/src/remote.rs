@@ -18,6 +18,7 @@ use oxeye_model::Signal;
 
 use crate::error::StoreError;
 use crate::index::IndexPredicate;
+use crate::scan::{RowFilterStage, ScanRequest};
 use crate::segment::SegmentRef;
 
 /// One store node's shards at one instant.
@@ -37,18 +38,107 @@ pub struct ShardSnapshot {
 /// Where a query node gets store nodes' snapshots (Arrow Flight, in a cluster).
 #[async_trait::async_trait]
 pub trait RemoteShards: Send + Sync + std::fmt::Debug {
-    /// Snapshots of every reachable store node; nodes that fail to answer are left out.
-    /// `index` is the query's index predicate: what of it every matching row satisfies
-    /// ([`required_trace_id`]) may be applied to the unflushed rows before they travel.
-    /// Fails ([`StoreError::Overloaded`]) when the unflushed rows a query needs are more than
-    /// the query may hold in memory.
-    async fn snapshots(
-        &self,
-        signal: Signal,
-        start: Option<i64>,
-        end: Option<i64>,
-        index: Option<&IndexPredicate>,
-    ) -> Result<Vec<ShardSnapshot>, StoreError>;
+    /// Snapshots of every reachable store node for a scan; nodes that fail to answer are left
+    /// out. What of the request every row read must satisfy travels with it (see
+    /// [`SnapshotRequest::for_scan`]), so store nodes send only those unflushed rows, and only
+    /// the columns the scan reads. Fails ([`StoreError::Overloaded`]) when the unflushed rows a
+    /// query needs are more than the query may hold in memory.
+    async fn snapshots(&self, request: &ScanRequest) -> Result<Vec<ShardSnapshot>, StoreError>;
+}
+
+/// Rebuilds row filter stages from their wire form ([`RowFilterStage::wire`]) on a store node.
+/// The query layer owns both ends, since the stages are its compiled filters.
+pub trait RowFilterCompiler: Send + Sync + std::fmt::Debug {
+    /// The stage `wire` describes, or `None` when this node cannot rebuild it (the snapshot is
+    /// then not filtered by it; the query node still applies it).
+    fn compile(&self, signal: Signal, wire: &str) -> Option<RowFilterStage>;
+}
+
+/// What a store node's snapshot should hold of its unflushed rows.
+#[derive(Debug, Clone)]
+pub struct SnapshotRequest {
+    pub signal: Signal,
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    /// Only this trace's rows.
+    pub trace_id: Option<[u8; 16]>,
+    /// Only rows that pass these stages.
+    pub filter: Vec<RowFilterStage>,
+    /// Only these storage columns (by name); all when `None`.
+    pub columns: Option<Vec<String>>,
+    /// At most this many rows.
+    pub limit: Option<usize>,
+}
+
+impl SnapshotRequest {
+    /// Everything of `signal` in the time range.
+    pub fn all(signal: Signal, start: Option<i64>, end: Option<i64>) -> SnapshotRequest {
+        SnapshotRequest {
+            signal,
+            start,
+            end,
+            trace_id: None,
+            filter: Vec::new(),
+            columns: None,
+            limit: None,
+        }
+    }
+
+    /// What a snapshot for `scan` needs: its time range, trace id, columns and row limit. The
+    /// filter stages travel separately, as text ([`RowFilterStage::wire`]).
+    pub fn for_scan(scan: &ScanRequest) -> SnapshotRequest {
+        SnapshotRequest {
+            trace_id: scan.index.as_ref().and_then(required_trace_id),
+            columns: scan.column_names(),
+            limit: scan.limit.filter(|_| scan.filter.is_empty()),
+            ..SnapshotRequest::all(scan.signal, scan.start, scan.end)
+        }
+    }
+
+    /// The rows of `batches` (unflushed, full storage rows) this request keeps.
+    pub fn apply(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, StoreError> {
+        let storage = self.signal.schema();
+        let projection = match &self.columns {
+            None => None,
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|n| {
+                        storage.index_of(n).map_err(|_| StoreError::Invalid {
+                            reason: format!("{} has no column `{n}`", self.signal.table_name()),
+                        })
+                    })
+                    .collect::<Result<Vec<usize>, StoreError>>()?,
+            ),
+        };
+        let mut left = self.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        for batch in batches {
+            if left == 0 {
+                break;
+            }
+            let mut kept = match &self.trace_id {
+                Some(id) => rows_of_trace(&batch, id)
+                    .map_err(|e| StoreError::arrow("keeping one trace's unflushed rows", e))?,
+                None => batch,
+            };
+            kept = crate::scan::filter_memory_rows(self.signal, &kept, &self.filter)?;
+            if kept.num_rows() == 0 {
+                continue;
+            }
+            if kept.num_rows() > left {
+                kept = kept.slice(0, left);
+            }
+            left -= kept.num_rows();
+            if let Some(p) = &projection {
+                kept = kept
+                    .project(p)
+                    .map_err(|e| StoreError::arrow("projecting unflushed rows", e))?;
+            }
+            out.push(kept);
+        }
+        Ok(out)
+    }
 }
 
 /// The trace id every row matching `predicate` has, if the predicate requires one (a trace
@@ -122,6 +212,44 @@ mod tests {
         let mut v: Vec<&str> = segments.iter().map(|s| s.id.as_str()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_snapshot_request_keeps_its_columns_and_limit() {
+        let batches = vec![
+            crate::test_support::spans_batch(0, 40).batch,
+            crate::test_support::spans_batch(40, 40).batch,
+        ];
+        let request = SnapshotRequest {
+            columns: Some(vec!["trace_id".into(), "name".into()]),
+            limit: Some(50),
+            ..SnapshotRequest::all(Signal::Spans, None, None)
+        };
+        let kept = request.apply(batches.clone()).expect("apply");
+        assert_eq!(kept.iter().map(|b| b.num_rows()).sum::<usize>(), 50);
+        for b in &kept {
+            let names: Vec<&str> = b
+                .schema_ref()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            assert_eq!(names, ["trace_id", "name"]);
+        }
+        // The query node reads such a batch by storage column index, whatever it holds.
+        let storage = Signal::Spans.schema();
+        let name = storage.index_of("name").expect("name");
+        let read = crate::scan::project_storage_columns(Signal::Spans, &kept[0], &[name])
+            .expect("by name");
+        assert_eq!(read.schema_ref().field(0).name(), "name");
+        let missing = storage.index_of("span_id").expect("span_id");
+        assert!(crate::scan::project_storage_columns(Signal::Spans, &kept[0], &[missing]).is_err());
+
+        let unknown = SnapshotRequest {
+            columns: Some(vec!["no_such_column".into()]),
+            ..SnapshotRequest::all(Signal::Spans, None, None)
+        };
+        assert!(unknown.apply(batches).is_err());
     }
 
     #[test]

@@ -47,6 +47,12 @@ pub struct ScanRequest {
     /// ([`oxeye_model::schema::attributes_read_type`]), as SQL shows them. Row filters see
     /// segment rows this way and memory rows as stored, so they must accept both.
     pub attribute_values_as_dictionary: bool,
+    /// The storage columns the reader projects, when it says: store nodes' snapshots then carry
+    /// only these and the filter stages' columns instead of whole rows.
+    pub columns: Option<Vec<usize>>,
+    /// At most this many rows are wanted, whatever they are (a `LIMIT` with no filter): each
+    /// store node's snapshot sends no more unflushed rows than that.
+    pub limit: Option<usize>,
 }
 
 impl ScanRequest {
@@ -59,7 +65,30 @@ impl ScanRequest {
             filter: Vec::new(),
             parallelism: 1,
             attribute_values_as_dictionary: false,
+            columns: None,
+            limit: None,
         }
+    }
+
+    /// Names of the storage columns a read of this request touches (the projection and every
+    /// filter stage's columns), or `None` for all of them.
+    pub fn column_names(&self) -> Option<Vec<String>> {
+        let projected = self.columns.as_ref()?;
+        let storage = self.signal.schema();
+        let mut wanted: Vec<usize> = projected
+            .iter()
+            .chain(self.filter.iter().flat_map(|stage| stage.columns.iter()))
+            .copied()
+            .filter(|i| *i < storage.fields().len())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        Some(
+            wanted
+                .into_iter()
+                .map(|i| storage.field(i).name().clone())
+                .collect(),
+        )
     }
 }
 
@@ -74,6 +103,10 @@ pub struct RowFilterStage {
     /// Storage-schema columns the stage reads, ascending: its batches hold exactly these.
     pub columns: Vec<usize>,
     pub keep: RowPredicate,
+    /// The stage as text that the store nodes can rebuild it from (see
+    /// [`crate::remote::RowFilterCompiler`]), so their snapshots leave out rows it rejects;
+    /// `None` when the stage cannot travel.
+    pub wire: Option<String>,
 }
 
 impl std::fmt::Debug for RowFilterStage {
@@ -124,6 +157,9 @@ pub struct ScanStats {
     pub segments_pruned_by_index: usize,
     pub granules_selected: u64,
     pub memory_batches: usize,
+    /// Unflushed rows that came from store nodes' snapshots (on a query node), after the
+    /// filters, trace id and limit they applied.
+    pub snapshot_rows: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -326,8 +362,10 @@ fn plan_row_groups(
     (groups, selectors.into())
 }
 
-/// The rows of an in-memory batch that pass every stage.
-fn filter_memory_rows(
+/// The rows of an in-memory batch that pass every stage. The batch holds the signal's storage
+/// columns, all of them or (from a store node's snapshot) those the read needs.
+pub(crate) fn filter_memory_rows(
+    signal: Signal,
     batch: &RecordBatch,
     stages: &[RowFilterStage],
 ) -> Result<RecordBatch, StoreError> {
@@ -336,9 +374,7 @@ fn filter_memory_rows(
         if kept.num_rows() == 0 {
             break;
         }
-        let columns = kept
-            .project(&stage.columns)
-            .map_err(|e| StoreError::arrow("projecting memory rows for a filter", e))?;
+        let columns = project_storage_columns(signal, &kept, &stage.columns)?;
         let mask = (stage.keep)(&columns)
             .map_err(|e| StoreError::arrow("evaluating a row filter on memory rows", e))?;
         kept = arrow::compute::filter_record_batch(&kept, &mask)
@@ -348,13 +384,48 @@ fn filter_memory_rows(
 }
 
 /// Applies a projection (storage-schema column indices) to an in-memory batch.
-fn project(batch: &RecordBatch, projection: Option<&[usize]>) -> Result<RecordBatch, StoreError> {
+fn project(
+    signal: Signal,
+    batch: &RecordBatch,
+    projection: Option<&[usize]>,
+) -> Result<RecordBatch, StoreError> {
     match projection {
-        Some(p) => batch
-            .project(p)
-            .map_err(|e| StoreError::arrow("projecting memory rows", e)),
+        Some(p) => project_storage_columns(signal, batch, p),
         None => Ok(batch.clone()),
     }
+}
+
+/// The columns `wanted` (storage-schema indices) of an in-memory batch, found by name: a
+/// store node's snapshot carries only some of the storage columns.
+pub(crate) fn project_storage_columns(
+    signal: Signal,
+    batch: &RecordBatch,
+    wanted: &[usize],
+) -> Result<RecordBatch, StoreError> {
+    let storage = signal.schema();
+    let schema = batch.schema_ref();
+    if schema.fields().len() == storage.fields().len() {
+        return batch
+            .project(wanted)
+            .map_err(|e| StoreError::arrow("projecting memory rows", e));
+    }
+    let indices = wanted
+        .iter()
+        .map(|i| {
+            let name = storage.fields().get(*i).map(|f| f.name().as_str());
+            name.and_then(|n| schema.index_of(n).ok())
+                .ok_or_else(|| StoreError::Invalid {
+                    reason: format!(
+                        "unflushed {signal} rows lack the column `{}` a read needs (a store node \
+                         sent fewer columns than asked for)",
+                        name.unwrap_or("?")
+                    ),
+                })
+        })
+        .collect::<Result<Vec<usize>, StoreError>>()?;
+    batch
+        .project(&indices)
+        .map_err(|e| StoreError::arrow("projecting memory rows", e))
 }
 
 /// An in-memory batch with its attribute maps as queries read them.
@@ -502,8 +573,8 @@ pub(crate) async fn read_part(
             let out: Vec<Result<RecordBatch, StoreError>> = batches
                 .iter()
                 .map(|b| {
-                    let kept = filter_memory_rows(b, &request.filter)?;
-                    let projected = project(&kept, projection.as_deref())?;
+                    let kept = filter_memory_rows(request.signal, b, &request.filter)?;
+                    let projected = project(request.signal, &kept, projection.as_deref())?;
                     if request.attribute_values_as_dictionary {
                         to_read_batch(&projected)
                     } else {

@@ -13,7 +13,7 @@ use oxeye_model::otlp::resource::v1::Resource;
 use oxeye_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use oxeye_model::spans::{spans_from_otlp, spans_to_otlp};
 use oxeye_model::{Signal, SignalBatch};
-use oxeye_store::{IndexPredicate, Metastore, ScanRequest, Store, StoreConfig};
+use oxeye_store::{IndexPredicate, Metastore, ScanRequest, SnapshotRequest, Store, StoreConfig};
 use prometheus_client::registry::Registry;
 use proptest::prelude::*;
 use prost::Message;
@@ -510,9 +510,14 @@ async fn replicas_take_over_a_shard_and_store_each_row_once() {
             .await
             .is_empty()
     );
-    assert!(a.snapshot(Signal::Spans, None, None, None).unwrap().shards == vec![0]);
     assert!(
-        b.snapshot(Signal::Spans, None, None, None)
+        a.snapshot(&SnapshotRequest::all(Signal::Spans, None, None))
+            .unwrap()
+            .shards
+            == vec![0]
+    );
+    assert!(
+        b.snapshot(&SnapshotRequest::all(Signal::Spans, None, None))
             .unwrap()
             .shards
             .is_empty()

@@ -1,6 +1,6 @@
 //! Loading certificates, and real handshakes against an HTTP listener over TLS.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -14,10 +14,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
+/// A file of `tests/data`. The crate's directory comes from the environment cargo runs the
+/// test in: one compiled into the binary would point at wherever the binary was first built,
+/// and a target directory is shared by clones at different paths.
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name)
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    crate_dir.join("tests/data").join(name)
 }
 
 fn server_files() -> TlsFiles {

@@ -28,9 +28,11 @@ use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema};
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::sql::unparser::expr_to_sql;
 use oxeye_model::Signal;
 use oxeye_store::{RowFilterCompiler, RowFilterStage};
@@ -190,12 +192,22 @@ fn as_sql(state: &dyn Session, shape: &SqlShape, conjunct: &Expr) -> Option<Stri
     let sql = expr_to_sql(&unqualified).ok()?.to_string();
     let schema = sql_schema(shape)?;
     let back = state.create_logical_expr(&sql, &schema).ok()?;
-    let coerce = |e: Expr| {
-        e.rewrite(&mut TypeCoercionRewriter::new(&schema))
-            .ok()
-            .map(|t| t.data)
+    // Coerced and folded, as planning leaves the original: a literal the optimizer already
+    // cast to the column's type comes back from SQL as a cast of a literal.
+    let simplifier = ExprSimplifier::new(
+        SimplifyContext::builder()
+            .with_schema(Arc::new(schema.clone()))
+            .with_config_options(Arc::clone(state.config_options()))
+            .build(),
+    );
+    let normal = |e: Expr| {
+        let coerced = e
+            .rewrite(&mut TypeCoercionRewriter::new(&schema))
+            .ok()?
+            .data;
+        simplifier.simplify(coerced).ok()
     };
-    (coerce(back)? == coerce(unqualified)?).then_some(sql)
+    (normal(back)? == normal(unqualified)?).then_some(sql)
 }
 
 fn sql_schema(shape: &SqlShape) -> Option<DFSchema> {

@@ -160,15 +160,22 @@ async fn store_nodes_send_only_what_a_query_reads() {
                 .into(),
             Some(SPANS / 20),
         ),
-        // Lists and patterns.
+        // Text: equality, lists, patterns.
+        ("SELECT count(*) AS n FROM spans WHERE name = 'POST'".into(), Some(SPANS / 2)),
         (
-            "SELECT count(*) AS n FROM spans WHERE name IN ('POST') AND duration_ns > 98000"
-                .into(),
-            Some(SPANS / 100),
+            "SELECT count(*) AS n FROM spans WHERE name IN ('POST', 'PUT')".into(),
+            Some(SPANS / 2),
         ),
         (
-            "SELECT count(*) AS n FROM spans WHERE name LIKE 'PO%' AND duration_ns > 98000".into(),
-            Some(SPANS / 100),
+            "SELECT count(*) AS n FROM spans WHERE name LIKE 'G%'".into(),
+            Some(SPANS / 2),
+        ),
+        // Time: an hour-long range and a bound on a timestamp column.
+        (
+            "SELECT count(*) AS n FROM spans WHERE start_time >= TIMESTAMP '2023-11-14 22:13:20.600' \
+             AND start_time < TIMESTAMP '2023-11-14 23:13:20'"
+                .into(),
+            Some(SPANS / 2),
         ),
         // A trace lookup.
         (

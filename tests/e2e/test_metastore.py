@@ -1135,6 +1135,12 @@ def test_a_query_node_sees_unflushed_rows_of_store_nodes_exactly_once(metastore,
     assert {r["span_id"] for r in rows} == its_spans
     sent = sum(n.metric("oxeye_store_snapshot_rows_total") for n in (a, b)) - sent_before
     assert sent == len(its_spans), f"{sent} unflushed rows moved for a {len(its_spans)}-span trace"
+    # Other filters travel too: the store nodes send only the rows they keep.
+    sent_before = sum(n.metric("oxeye_store_snapshot_rows_total") for n in (a, b))
+    rows = q.sql_dicts(f"SELECT count(*) AS n FROM spans WHERE service_name = '{service}' AND name = 'step 0'")
+    assert int(rows[0]["n"]) == len(traces)
+    sent = sum(n.metric("oxeye_store_snapshot_rows_total") for n in (a, b)) - sent_before
+    assert sent == len(traces), f"{sent} unflushed rows moved for {len(traces)} matching spans"
     # The service list (from the index terms of segments and of unflushed rows) has it too.
     assert service in q.get_json("/api/v1/services")["services"]
 
@@ -1288,6 +1294,71 @@ def test_nodes_talk_over_mutual_tls(metastore, s3, oxeye_factory, tmp_path):
     more = _send_traces(collector, service, 2)
     total += sum(len(v) for v in more.values())
     wait_until(lambda: count() == total or None, timeout=30, what="the query node seeing the later spans")
+
+
+def test_a_store_node_joining_with_new_shards_takes_new_traces_and_loses_or_doubles_none(
+    metastore, s3, oxeye_factory
+):
+    """Adding shards: a store node that joins with shards 2-3 enters the collector's shard map,
+    and rendezvous hashing hands it its share of the traces that arrive after; spans sent
+    before, while and after it joins are each stored exactly once, before and after flushes."""
+    fa, fb = free_ports(2)
+    store = {"flush_age": "1h", "maintenance_interval": "1h", "shards": 2}
+    a = oxeye_factory(
+        **s3.flags(metastore=metastore.url, role="store", first_shard=0, flight_listen=f"127.0.0.1:{fa}", **store)
+    )
+    c = oxeye_factory(metastore=metastore.url, role="collector")
+    q = oxeye_factory(**s3.flags(metastore=metastore.url, role="query"))
+    wait_until(lambda: f"127.0.0.1:{fa}" in c.log() or None, timeout=20, what="the collector seeing store a")
+    service = unique("grow")
+    traces = _send_traces(c, service, 20)
+
+    # Keep sending while store b joins.
+    during: list[dict[str, set[str]]] = []
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        while not stop.is_set():
+            during.append(_send_traces(c, service, 4))
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    try:
+        b = oxeye_factory(
+            **s3.flags(metastore=metastore.url, role="store", first_shard=2, flight_listen=f"127.0.0.1:{fb}", **store)
+        )
+        wait_until(lambda: f"127.0.0.1:{fb}" in c.log() or None, timeout=20, what="the collector seeing store b")
+        time.sleep(1)
+    finally:
+        stop.set()
+        sender.join(timeout=60)
+    assert during, "nothing was sent while store b joined"
+    after = _send_traces(c, service, 40)
+    for batch in [*during, after]:
+        traces.update(batch)
+    total = sum(len(v) for v in traces.values())
+
+    def count(node: Oxeye, where: str = "") -> int:
+        return int(node.sql_dicts(f"SELECT count(*) AS n FROM spans WHERE service_name = '{service}'{where}")[0]["n"])
+
+    def per_trace() -> dict[str, int]:
+        rows = q.sql_dicts(f"SELECT trace_id, count(*) AS n FROM spans WHERE service_name = '{service}' GROUP BY 1")
+        return {r["trace_id"]: int(r["n"]) for r in rows}
+
+    want = {t: len(s) for t, s in traces.items()}
+    wait_until(lambda: count(q) == total or None, timeout=30, what="the query node seeing every span")
+    assert per_trace() == want
+    # The new shards took part of the traces sent after the join, each trace whole.
+    on_b = [t for t in after if count(b, f" AND trace_id = '{t}'") > 0]
+    assert 0 < len(on_b) < len(after), f"{len(on_b)} of {len(after)} new traces went to the new shards"
+    for t in on_b:
+        assert count(b, f" AND trace_id = '{t}'") == len(after[t]), f"trace {t} split across store nodes"
+    assert count(a) + count(b) == total
+
+    flush(a)
+    flush(b)
+    wait_until(lambda: count(q) == total or None, timeout=30, what="the query node after the flushes")
+    assert per_trace() == want
 
 
 def _flight_cluster(metastore, s3, oxeye_factory) -> tuple[Oxeye, Oxeye, Oxeye, Oxeye]:

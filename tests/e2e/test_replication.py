@@ -571,3 +571,44 @@ def test_rows_held_by_two_replicas_are_read_once_from_the_leader(metastore, s3, 
 
     assert q.span_count(where) == (len(want), len(want))
     assert segments(q, "spans") == [], "the spans were flushed: the unflushed path was not tested"
+
+
+def test_leadership_spreads_to_a_replica_that_joins_and_no_row_is_lost_or_doubled(metastore, s3, oxeye_factory):
+    """One store node of shards 0-3 leads all four; a second replica of them joins mid-ingest.
+    The first hands shards over (flush, step down, give the lease up) until each leads two, and
+    the query node counts every acknowledged span exactly once through the hand-offs, before and
+    after the flushes of both leaders."""
+    ports = free_ports(2)
+    a = _store(oxeye_factory, metastore, s3, "0,1,2,3", ports[0])
+    c = _collector(oxeye_factory, metastore, ports[:1])
+    q = oxeye_factory(**s3.flags(metastore=metastore.url, role="query"))
+    _wait_leaders({a: {0, 1, 2, 3}}, "store a leading its four shards", timeout=30)
+
+    prefix = unique("balance")
+    with SdkSender([c], prefix) as sender:
+        b = _store(oxeye_factory, metastore, s3, "0,1,2,3", ports[1])
+
+        def balanced() -> dict[int, Oxeye] | None:
+            leaders = _leaders({a: {0, 1, 2, 3}, b: {0, 1, 2, 3}})
+            if leaders is None:
+                return None
+            on_b = sum(1 for node in leaders.values() if node is b)
+            return leaders if on_b == 2 else None
+
+        # a hands a shard over once it has led it for 10 s, one per 2-s round.
+        wait_until(balanced, timeout=60, interval=0.5, what="two shards led by each store node")
+        time.sleep(1)
+    sender.check()
+    traces = sender.traces()
+    want = set().union(*traces.values())
+    assert want, "nothing was acknowledged"
+    where = f"service_name LIKE '{prefix}-%'"
+    _wait_each_span_once(q, where, want, "every acknowledged span once after the hand-offs", timeout=60)
+    assert b.metric(TAKEOVERS) >= 2, "store b took no shard over"
+    assert "handed the shard to a replica" in a.log()
+
+    _wait_queues_empty([c])
+    for node in (a, b):
+        flush(node)
+    _wait_each_span_once(q, where, want, "every acknowledged span once after both leaders flushed", timeout=60)
+    _assert_per_trace(q, where, traces)

@@ -4,74 +4,26 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod common;
+
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, Int64Array};
 use arrow::datatypes::DataType;
+use common::ROUTES;
 use oxeye_model::SignalBatch;
-use oxeye_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use oxeye_model::otlp::common::v1::{AnyValue, KeyValue, any_value::Value};
-use oxeye_model::otlp::resource::v1::Resource;
-use oxeye_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use oxeye_query::{QueryConfig, QueryEngine, QueryResult};
 use oxeye_store::{Store, StoreConfig};
 use prometheus_client::registry::Registry;
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(v.into())),
-        }),
-        key_strindex: 0,
-    }
-}
-
-const ROUTES: [&str; 3] = ["/a", "/b", "/c"];
-
-/// `n` spans from `first`; span i has route ROUTES[i % 3], and every fourth span no route.
+/// `n` spans from `first`, 1 µs apart, named GET and 500 ns long (see `common::numbered_spans`).
 fn spans(first: u64, n: u64) -> SignalBatch {
-    let spans = (first..first + n)
-        .map(|i| {
-            let mut attributes = vec![kv("user.id", &format!("user-{}", i % 7))];
-            if i % 4 != 0 {
-                attributes.push(kv("http.route", ROUTES[(i % 3) as usize]));
-            }
-            Span {
-                trace_id: (i / 4 + 1).to_be_bytes().repeat(2),
-                span_id: (i + 1).to_be_bytes().to_vec(),
-                name: "GET".into(),
-                start_time_unix_nano: 1_700_000_000_000_000_000 + i * 1_000,
-                end_time_unix_nano: 1_700_000_000_000_000_000 + i * 1_000 + 500,
-                attributes,
-                ..Default::default()
-            }
-        })
-        .collect();
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "api")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    oxeye_model::spans::spans_from_otlp(&request)
-        .unwrap()
-        .batches
-        .remove(0)
+    common::numbered_spans(first, n, 1_000, |_| ("GET", 500))
 }
 
 /// How many of spans 0..n carry `route`.
 fn expected(route: &str, n: u64) -> i64 {
-    (0..n)
-        .filter(|i| i % 4 != 0 && ROUTES[(i % 3) as usize] == route)
-        .count() as i64
+    common::spans_with_route(route, n) as i64
 }
 
 async fn engine(dir: &std::path::Path) -> (Store, QueryEngine) {

@@ -4,70 +4,25 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+mod common;
+
 use std::time::Duration;
 
 use arrow::array::AsArray;
 use oxeye_model::SignalBatch;
-use oxeye_model::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use oxeye_model::otlp::common::v1::{AnyValue, KeyValue, any_value::Value};
-use oxeye_model::otlp::resource::v1::Resource;
-use oxeye_model::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use oxeye_query::{QueryConfig, QueryEngine};
 use oxeye_store::{Store, StoreConfig};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(v.into())),
-        }),
-        key_strindex: 0,
-    }
-}
-
-const ROUTES: [&str; 3] = ["/a", "/b", "/c"];
 const SPANS: u64 = 1200;
 
-/// Span i: trace i/4, name GET (even) or POST (odd), duration (i % 100) µs, route
-/// ROUTES[i % 3] except every fourth span.
+/// Span i: 1 ms after span i-1, named GET (even) or POST (odd), (i % 100) µs long; traces and
+/// routes as `common::numbered_spans` makes them.
 fn spans(n: u64) -> SignalBatch {
-    let spans = (0..n)
-        .map(|i| {
-            let mut attributes = vec![kv("user.id", &format!("user-{}", i % 7))];
-            if i % 4 != 0 {
-                attributes.push(kv("http.route", ROUTES[(i % 3) as usize]));
-            }
-            let start = 1_700_000_000_000_000_000 + i * 1_000_000;
-            Span {
-                trace_id: (i / 4 + 1).to_be_bytes().repeat(2),
-                span_id: (i + 1).to_be_bytes().to_vec(),
-                name: if i % 2 == 0 { "GET" } else { "POST" }.into(),
-                start_time_unix_nano: start,
-                end_time_unix_nano: start + (i % 100) * 1_000,
-                attributes,
-                ..Default::default()
-            }
-        })
-        .collect();
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", "api")],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    oxeye_model::spans::spans_from_otlp(&request)
-        .unwrap()
-        .batches
-        .remove(0)
+    common::numbered_spans(0, n, 1_000_000, |i| {
+        (if i % 2 == 0 { "GET" } else { "POST" }, (i % 100) * 1_000)
+    })
 }
 
 async fn node(dir: &std::path::Path) -> (Store, QueryEngine) {
@@ -136,9 +91,7 @@ async fn store_nodes_send_only_what_a_query_reads() {
     remote.set_nodes(&[format!("http://{addr}")]);
     query_store.set_remote_shards(remote);
 
-    let routed_a = (0..SPANS)
-        .filter(|i| i % 4 != 0 && ROUTES[(i % 3) as usize] == "/a")
-        .count() as u64;
+    let routed_a = common::spans_with_route("/a", SPANS) as u64;
     let trace = hex::encode(8u64.to_be_bytes().repeat(2));
     // (query, unflushed rows that should travel)
     let cases: Vec<(String, Option<u64>)> = vec![

@@ -60,16 +60,25 @@ impl WireStage {
     }
 }
 
-/// The stages for `filters`, cheapest first.
-pub fn stages(state: &dyn Session, shape: &SqlShape, filters: &[Expr]) -> Vec<RowFilterStage> {
+/// The stages for `filters`, cheapest first. With `for_store_nodes`, compiled stages also get
+/// their wire form (checking it costs a parse and a coercion per conjunct, so only reads that
+/// ask store nodes for snapshots pay it).
+pub fn stages(
+    state: &dyn Session,
+    shape: &SqlShape,
+    filters: &[Expr],
+    for_store_nodes: bool,
+) -> Vec<RowFilterStage> {
     let mut plain = Vec::new();
     let mut maps = Vec::new();
     for conjunct in filters.iter().flat_map(split_conjunction) {
         if let Some(stage) = map_equality(shape, conjunct) {
             maps.push(stage);
         } else if let Some(mut stage) = compiled(state, shape, conjunct) {
-            stage.wire =
-                as_sql(state, shape, conjunct).and_then(|sql| WireStage::Sql(sql).encode());
+            if for_store_nodes {
+                stage.wire =
+                    as_sql(state, shape, conjunct).and_then(|sql| WireStage::Sql(sql).encode());
+            }
             plain.push(stage);
         }
     }

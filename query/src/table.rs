@@ -82,7 +82,7 @@ impl TableProvider for OxeyeTable {
             start: hints.start,
             end: hints.end,
             index: hints.index.clone(),
-            filter: rowfilter::stages(state, &self.shape, filters),
+            filter: rowfilter::stages(state, &self.shape, filters, self.store.has_remote_shards()),
             parallelism: partitions,
             attribute_values_as_dictionary: true,
             columns: Some(read.storage.clone()),

@@ -278,6 +278,11 @@ impl Store {
         }
     }
 
+    /// Whether reads take in other nodes' snapshots (a query node in a cluster).
+    pub fn has_remote_shards(&self) -> bool {
+        self.inner.remote.get().is_some()
+    }
+
     /// This node's shards at one instant: committed segments of the request's signal and the
     /// unflushed rows it keeps (see [`SnapshotRequest::apply`]), taken under one lock so each
     /// row is in exactly one of them.

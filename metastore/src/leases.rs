@@ -219,23 +219,6 @@ impl PgMetastore {
         }
     }
 
-    /// The holder of every shard lease that has not expired: who leads what now.
-    pub async fn shard_leaders(&self) -> Result<BTreeMap<u32, String>, StoreError> {
-        let guard = self.client().await?;
-        let client = self.connected(&guard)?;
-        let rows = client
-            .query(
-                "SELECT shard, holder FROM oxeye_shard_leases WHERE expires_at > now()",
-                &[],
-            )
-            .await
-            .map_err(|e| query_err("reading the shard leases", e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get::<_, i32>(0) as u32, r.get(1)))
-            .collect())
-    }
-
     /// The flush checkpoint (delivery positions) of every shard that has one.
     pub async fn shard_checkpoints(&self) -> Result<BTreeMap<u32, Delivered>, StoreError> {
         let guard = self.client().await?;

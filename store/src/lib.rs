@@ -547,13 +547,6 @@ impl Store {
         Ok(())
     }
 
-    /// Flushes one shard's unflushed rows into a segment now (before handing the shard to
-    /// another replica, so its checkpoint covers what this node held).
-    pub async fn flush_shard(&self, shard: u32) -> Result<(), StoreError> {
-        self.handle(shard)?;
-        maintenance::flush_shard(&self.inner, shard, true).await
-    }
-
     /// Runs compaction until nothing is left to merge; returns the number of merges.
     pub async fn compact(&self) -> Result<usize, StoreError> {
         let mut merges = 0;

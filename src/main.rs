@@ -52,15 +52,17 @@ enum Command {
     /// Run every role in one process: OTLP receivers, store, SQL and HTTP API, PostgreSQL
     /// protocol, web UI and alerting, on a local data directory
     Serve(ServeArgs),
-    /// Run an edge collector: OTLP receivers that route each row by shard key to the live
-    /// store nodes of the --metastore over Arrow Flight (scale-out)
+    /// Run an edge collector: OTLP receivers that route each row by shard key, through a
+    /// persistent queue per shard, to every replica of its shard in the --metastore's shard map
+    /// over Arrow Flight (scale-out)
     Collector(ServeArgs),
-    /// Run a store node: shards --first-shard.. with their WAL, taking writes over Arrow Flight
-    /// (--flight-listen), segments in --object-store, catalog in --metastore (scale-out)
+    /// Run a store node: one replica of shards --shard-ids (or --first-shard..) with their WAL,
+    /// taking writes over Arrow Flight (--flight-listen), segments in --object-store, catalog
+    /// and shard leases in --metastore (scale-out)
     Store(ServeArgs),
-    /// Run a query node: SQL, APIs, UI and alerting over what store nodes committed to the
-    /// shared --metastore and --object-store (segments only: rows not yet flushed by a store
-    /// node are not visible from here yet)
+    /// Run a query node: SQL, APIs, UI and alerting over the segments committed to the shared
+    /// --metastore and --object-store, plus the unflushed rows of live store nodes, read over
+    /// Arrow Flight (scale-out)
     Query(ServeArgs),
 }
 

@@ -476,7 +476,11 @@ async fn serve_role(
     let flight = match (role, &metastore) {
         (Role::Store, Some(meta)) => {
             let service = oxeye_flight::IngestFlightService::new(store.shard_sinks())
-                .with_snapshots(store.clone(), Some(engine.snapshot_filters()));
+                .with_snapshots(
+                    store.clone(),
+                    Some(engine.snapshot_filters()),
+                    engine.partial_aggregates(),
+                );
             let (addr, task) = oxeye_flight::serve(
                 config.flight_listen,
                 service,
@@ -511,9 +515,11 @@ async fn serve_role(
         (Role::Query, Some(meta)) => {
             // Queries read each store node's shards from its own snapshot (committed segments
             // and unflushed rows), so rows show up before they are flushed.
+            // Rows store nodes set aside for a query are kept a little longer than it may run.
             let remote = oxeye_flight::FlightRemoteShards::new(
                 config.query.memory_limit_bytes,
                 config.tls.client().clone(),
+                config.query.timeout + std::time::Duration::from_secs(30),
             );
             store.set_remote_shards(remote.clone());
             cluster::follow_store_nodes(meta.clone(), remote, stop_cluster.clone());

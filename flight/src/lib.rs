@@ -6,7 +6,9 @@
 //! what a store holds. Store refusals keep their meaning across the wire: overload and
 //! unavailability come back as retryable gRPC codes with the store's advice on when to retry.
 //! For query nodes a store node serves `DoGet` snapshots of its shards (committed segments and
-//! unflushed rows, taken at one instant), so queries see rows before they are flushed.
+//! unflushed rows, taken at one instant), so queries see rows before they are flushed. A big
+//! snapshot's rows are set aside on the store node and read by a second `DoGet` when the query's
+//! scan runs, filtered there or reduced to partial aggregate states there.
 
 mod client;
 mod remote;
@@ -51,6 +53,25 @@ struct SnapshotTicket {
     /// At most this many rows per node.
     #[serde(default)]
     limit: Option<usize>,
+    /// Set the unflushed rows of a big snapshot aside, to be read when the query's scan runs,
+    /// instead of sending them now.
+    #[serde(default)]
+    pin: Option<PinTicket>,
+    /// Read the rows set aside under this id (by an earlier snapshot of the same query) instead
+    /// of taking a snapshot: the answer is the rows, without a header.
+    #[serde(default)]
+    read_pinned: Option<u64>,
+    /// With `read_pinned`: a partial aggregate (encoded by the query layer, base64) to run
+    /// over those rows; the answer is then its states.
+    #[serde(default)]
+    partial: Option<String>,
+}
+
+/// [`oxeye_store::PinRequest`] on the wire.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct PinTicket {
+    inline_rows: usize,
+    ttl_ms: u64,
 }
 
 /// Most filter stages one snapshot ticket may carry.
@@ -61,7 +82,22 @@ const MAX_SNAPSHOT_FILTERS: usize = 256;
 struct SnapshotHeader {
     shards: Vec<u32>,
     segments: Vec<oxeye_store::SegmentMeta>,
+    /// The unflushed rows were set aside rather than sent.
+    #[serde(default)]
+    pinned: Option<PinnedHeader>,
 }
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct PinnedHeader {
+    id: u64,
+    rows: u64,
+}
+
+/// The `DoAction` that drops rows a store node set aside for a query (body: their id).
+const RELEASE_PINNED: &str = "release_pinned";
+
+/// Largest encoded partial aggregate a ticket may carry.
+const MAX_PARTIAL_PLAN_BYTES: usize = 4 * 1024 * 1024;
 
 use std::panic::AssertUnwindSafe;
 use std::task::Poll;

@@ -12,10 +12,14 @@ use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightClient, Ticket};
 use futures::StreamExt;
-use oxeye_store::{RemoteShards, ScanRequest, ShardSnapshot, SnapshotRequest, StoreError};
+use futures::stream::BoxStream;
+use oxeye_store::{
+    PinRelease, PinRequest, PinnedRows, RemoteShards, ScanRequest, ShardSnapshot, SnapshotRequest,
+    StoreError,
+};
 use tonic::transport::Channel;
 
-use crate::{SnapshotHeader, SnapshotTicket};
+use crate::{PinTicket, SnapshotHeader, SnapshotTicket};
 
 /// How long a query waits for a store node's snapshot before reading that node's shards from
 /// the catalog alone.
@@ -36,7 +40,13 @@ pub struct FlightRemoteShards {
     max_bytes: usize,
     /// CA and client certificate for `https://` nodes.
     tls: oxeye_tls::ClientTls,
+    /// How big snapshots are answered: their rows set aside until the scan reads them.
+    pins: PinRequest,
 }
+
+/// Unflushed rows (before filters) a snapshot carries at once; a node with more sets them aside
+/// for the scan, which then reads them filtered, or aggregated on the node.
+pub const DEFAULT_INLINE_ROWS: usize = 8192;
 
 /// Why one node's snapshot is missing.
 enum SnapshotFailure {
@@ -47,11 +57,31 @@ enum SnapshotFailure {
 }
 
 impl FlightRemoteShards {
-    pub fn new(max_bytes: usize, tls: oxeye_tls::ClientTls) -> Arc<FlightRemoteShards> {
+    /// `pin_ttl` is how long store nodes keep rows set aside for a query: longer than the
+    /// query may run.
+    pub fn new(
+        max_bytes: usize,
+        tls: oxeye_tls::ClientTls,
+        pin_ttl: Duration,
+    ) -> Arc<FlightRemoteShards> {
+        Self::with_inline_rows(max_bytes, tls, pin_ttl, DEFAULT_INLINE_ROWS)
+    }
+
+    /// [`FlightRemoteShards::new`] with another bound of the rows a snapshot carries at once.
+    pub fn with_inline_rows(
+        max_bytes: usize,
+        tls: oxeye_tls::ClientTls,
+        pin_ttl: Duration,
+        inline_rows: usize,
+    ) -> Arc<FlightRemoteShards> {
         Arc::new(FlightRemoteShards {
             nodes: parking_lot::RwLock::new(BTreeMap::new()),
             max_bytes,
             tls,
+            pins: PinRequest {
+                inline_rows,
+                ttl: pin_ttl,
+            },
         })
     }
 
@@ -85,13 +115,9 @@ impl FlightRemoteShards {
         budget: Arc<AtomicUsize>,
     ) -> Result<ShardSnapshot, SnapshotFailure> {
         use SnapshotFailure::Unavailable;
-        let inner = FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let mut client = FlightClient::new_from_inner(inner);
-        let stream = client
-            .do_get(Ticket::new(ticket))
+        let mut decoder = do_get(channel.clone(), ticket)
             .await
             .map_err(|e| Unavailable(e.to_string()))?;
-        let mut decoder: FlightDataDecoder = stream.into_inner();
         let mut header: Option<SnapshotHeader> = None;
         let mut batches: Vec<RecordBatch> = Vec::new();
         while let Some(message) = decoder.next().await {
@@ -103,12 +129,7 @@ impl FlightRemoteShards {
                     )?);
                 }
                 DecodedPayload::RecordBatch(b) => {
-                    // Taken from the query's budget, shared by every node's snapshot.
-                    let size = rows_bytes(&b);
-                    let left = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-                        left.checked_sub(size)
-                    });
-                    if left.is_err() {
+                    if !take_from(&budget, &b) {
                         return Err(SnapshotFailure::TooLarge);
                     }
                     batches.push(b);
@@ -118,12 +139,99 @@ impl FlightRemoteShards {
         }
         let header = header.ok_or_else(|| Unavailable("the snapshot has no header".into()))?;
         Ok(ShardSnapshot {
+            pinned: header.pinned.map(|p| PinnedRows {
+                node: url.clone(),
+                id: p.id,
+                rows: p.rows,
+                budget: budget.clone(),
+                release: PinRelease::new(release_later(channel.clone(), p.id)),
+            }),
             node: url,
             shards: header.shards,
             segments: header.segments.into_iter().map(Arc::new).collect(),
             batches,
         })
     }
+
+    fn too_large(&self, url: &str) -> StoreError {
+        StoreError::Overloaded(format!(
+            "the store nodes' unflushed rows this query needs (from {url} and others) are more \
+             than the query memory limit of {} bytes; narrow the time range, look up one trace, \
+             or raise --query-memory",
+            self.max_bytes
+        ))
+    }
+}
+
+/// Asks a store node to drop rows it set aside under `id`, in the background: best effort, as
+/// the node drops them anyway when their time is up.
+fn release_later(channel: Channel, id: u64) -> impl FnOnce() + Send + 'static {
+    move || {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let mut client = FlightServiceClient::new(channel);
+            let action = arrow_flight::Action::new(crate::RELEASE_PINNED, id.to_string());
+            let released = tokio::time::timeout(SNAPSHOT_TIMEOUT, client.do_action(action)).await;
+            if !matches!(released, Ok(Ok(_))) {
+                tracing::debug!(
+                    id,
+                    "a store node did not take back rows set aside; they expire"
+                );
+            }
+        });
+    }
+}
+
+/// Opens a `DoGet` on a store node.
+async fn do_get(channel: Channel, ticket: Vec<u8>) -> Result<FlightDataDecoder, String> {
+    let inner = FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = FlightClient::new_from_inner(inner);
+    let stream = client
+        .do_get(Ticket::new(ticket))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(stream.into_inner())
+}
+
+/// Takes `batch`'s bytes from a query's budget (shared by everything it reads from store
+/// nodes); false when they do not fit.
+fn take_from(budget: &AtomicUsize, batch: &RecordBatch) -> bool {
+    let size = rows_bytes(batch);
+    budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            left.checked_sub(size)
+        })
+        .is_ok()
+}
+
+/// A snapshot ticket for `scan` (what its reads of store nodes keep).
+fn ticket_for(scan: &ScanRequest) -> SnapshotTicket {
+    let wanted = SnapshotRequest::for_scan(scan);
+    SnapshotTicket {
+        table: scan.signal.table_name().to_string(),
+        start: wanted.start,
+        end: wanted.end,
+        trace_id: wanted.trace_id.map(hex::encode),
+        columns: wanted.columns,
+        filters: scan
+            .filter
+            .iter()
+            .filter_map(|stage| stage.wire.clone())
+            .take(crate::MAX_SNAPSHOT_FILTERS)
+            .collect(),
+        limit: wanted.limit,
+        pin: None,
+        read_pinned: None,
+        partial: None,
+    }
+}
+
+fn encode_ticket(ticket: &SnapshotTicket) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(ticket).map_err(|e| StoreError::Invalid {
+        reason: format!("cannot encode a snapshot request: {e}"),
+    })
 }
 
 /// Bytes of the rows of `batch`. Decoded Flight arrays are slices of one message buffer, whose
@@ -142,25 +250,19 @@ fn rows_bytes(batch: &RecordBatch) -> usize {
 
 #[async_trait::async_trait]
 impl RemoteShards for FlightRemoteShards {
-    async fn snapshots(&self, scan: &ScanRequest) -> Result<Vec<ShardSnapshot>, StoreError> {
-        let wanted = SnapshotRequest::for_scan(scan);
+    async fn snapshots(
+        &self,
+        scan: &ScanRequest,
+        pin: bool,
+    ) -> Result<Vec<ShardSnapshot>, StoreError> {
         let ticket = SnapshotTicket {
-            table: scan.signal.table_name().to_string(),
-            start: wanted.start,
-            end: wanted.end,
-            trace_id: wanted.trace_id.map(hex::encode),
-            columns: wanted.columns,
-            filters: scan
-                .filter
-                .iter()
-                .filter_map(|stage| stage.wire.clone())
-                .take(crate::MAX_SNAPSHOT_FILTERS)
-                .collect(),
-            limit: wanted.limit,
+            pin: pin.then(|| PinTicket {
+                inline_rows: self.pins.inline_rows,
+                ttl_ms: u64::try_from(self.pins.ttl.as_millis()).unwrap_or(u64::MAX),
+            }),
+            ..ticket_for(scan)
         };
-        let ticket = serde_json::to_vec(&ticket).map_err(|e| StoreError::Invalid {
-            reason: format!("cannot encode a snapshot request: {e}"),
-        })?;
+        let ticket = encode_ticket(&ticket)?;
         let nodes: Vec<(String, Channel)> = self
             .nodes
             .read()
@@ -196,16 +298,67 @@ impl RemoteShards for FlightRemoteShards {
             match answer {
                 Ok(Some(s)) => snapshots.push(s),
                 Ok(None) => {}
-                Err(url) => {
-                    return Err(StoreError::Overloaded(format!(
-                        "the store nodes' unflushed rows this query needs (from {url} and others) \
-                         are more than the query memory limit of {} bytes; narrow the time range, \
-                         look up one trace, or raise --query-memory",
-                        self.max_bytes
-                    )));
-                }
+                Err(url) => return Err(self.too_large(&url)),
             }
         }
         Ok(snapshots)
+    }
+
+    async fn fetch(
+        &self,
+        pinned: &PinnedRows,
+        scan: &ScanRequest,
+        partial: Option<Arc<Vec<u8>>>,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, StoreError>>, StoreError> {
+        use base64::Engine;
+
+        let node = pinned.node.clone();
+        let unavailable = move |reason: String| StoreError::Remote {
+            node: node.clone(),
+            reason,
+        };
+        // The node drops the rows as it sends them: nothing to give back any more.
+        pinned.release.mark_read();
+        let channel = self
+            .nodes
+            .read()
+            .get(&pinned.node)
+            .cloned()
+            .ok_or_else(|| {
+                unavailable("it left the cluster while the query ran; run the query again".into())
+            })?;
+        let ticket = SnapshotTicket {
+            read_pinned: Some(pinned.id),
+            partial: partial
+                .map(|plan| base64::engine::general_purpose::STANDARD.encode(plan.as_slice())),
+            ..ticket_for(scan)
+        };
+        let ticket = encode_ticket(&ticket)?;
+        let decoder = tokio::time::timeout(SNAPSHOT_TIMEOUT, do_get(channel, ticket))
+            .await
+            .map_err(|_| unavailable("it did not answer in time; run the query again".into()))?
+            .map_err(|e| {
+                unavailable(format!("reading the rows it set aside for the query: {e}"))
+            })?;
+        let budget = pinned.budget.clone();
+        let too_large = self.too_large(&pinned.node).to_string();
+        let node = pinned.node.clone();
+        let batches = decoder.filter_map(move |message| {
+            let out = match message {
+                Err(e) => Some(Err(StoreError::Remote {
+                    node: node.clone(),
+                    reason: format!("reading the rows it set aside for the query: {e}"),
+                })),
+                Ok(m) => match m.payload {
+                    DecodedPayload::RecordBatch(b) if take_from(&budget, &b) => Some(Ok(b)),
+                    DecodedPayload::RecordBatch(_) => {
+                        Some(Err(StoreError::Overloaded(too_large.clone())))
+                    }
+                    DecodedPayload::Schema(_) | DecodedPayload::None => None,
+                },
+            };
+            futures::future::ready(out)
+        });
+        Ok(batches.boxed())
     }
 }

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
@@ -13,13 +14,13 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use oxeye_model::ingest::{Ingest, Marks};
 use oxeye_model::{Signal, SignalBatch};
-use oxeye_store::{RowFilterCompiler, SnapshotRequest};
+use oxeye_store::{PartialAggregator, PinRequest, RowFilterCompiler, SnapshotRequest};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    MAX_DELIVERY_POSITIONS, MAX_SNAPSHOT_FILTERS, PutCommand, SnapshotHeader, SnapshotTicket,
-    error_to_status,
+    MAX_DELIVERY_POSITIONS, MAX_PARTIAL_PLAN_BYTES, MAX_SNAPSHOT_FILTERS, PinnedHeader, PutCommand,
+    RELEASE_PINNED, SnapshotHeader, SnapshotTicket, error_to_status,
 };
 
 /// The Flight service of a store node: `DoPut` into its shards, `DoGet` of a snapshot of its
@@ -29,6 +30,7 @@ pub struct IngestFlightService {
     shards: Arc<BTreeMap<u32, Arc<dyn Ingest>>>,
     store: Option<oxeye_store::Store>,
     filters: Option<Arc<dyn RowFilterCompiler>>,
+    partials: Option<Arc<dyn PartialAggregator>>,
 }
 
 impl std::fmt::Debug for IngestFlightService {
@@ -45,19 +47,23 @@ impl IngestFlightService {
             shards: Arc::new(shards.into_iter().collect()),
             store: None,
             filters: None,
+            partials: None,
         }
     }
 
     /// Serves `DoGet` snapshots of `store`'s shards, filtered by the query's row filters where
     /// `filters` can rebuild them (without it, snapshots are cut by time, trace id, columns
-    /// and limit only).
+    /// and limit only), and runs query nodes' partial aggregates over rows set aside for them
+    /// where `partials` is given.
     pub fn with_snapshots(
         mut self,
         store: oxeye_store::Store,
         filters: Option<Arc<dyn RowFilterCompiler>>,
+        partials: Option<Arc<dyn PartialAggregator>>,
     ) -> IngestFlightService {
         self.store = Some(store);
         self.filters = filters;
+        self.partials = partials;
         self
     }
 
@@ -239,7 +245,24 @@ impl FlightService for IngestFlightService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        match request.into_inner().r#type.as_str() {
+        let action = request.into_inner();
+        match action.r#type.as_str() {
+            RELEASE_PINNED => {
+                let store = self
+                    .store
+                    .as_ref()
+                    .ok_or_else(|| Status::unimplemented("this node serves no snapshots"))?;
+                let id: u64 = std::str::from_utf8(&action.body)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .ok_or_else(|| {
+                        Status::invalid_argument(
+                            "`release_pinned` takes the id of rows set aside, as decimal text",
+                        )
+                    })?;
+                store.release_pinned(id);
+                Ok(Response::new(futures::stream::empty().boxed()))
+            }
             "ready" => {
                 let body = format!(
                     "{{\"shards\": {:?}}}",
@@ -253,7 +276,7 @@ impl FlightService for IngestFlightService {
                 ))
             }
             other => Err(Status::invalid_argument(format!(
-                "unknown action `{other}`; oxeye store nodes know `ready`"
+                "unknown action `{other}`; oxeye store nodes know `ready` and `{RELEASE_PINNED}`"
             ))),
         }
     }
@@ -262,12 +285,20 @@ impl FlightService for IngestFlightService {
         &self,
         _request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
-        let a = ActionType {
-            r#type: "ready".into(),
-            description: "the shards this node serves, once it accepts writes".into(),
-        };
+        let actions = [
+            ActionType {
+                r#type: "ready".into(),
+                description: "the shards this node serves, once it accepts writes".into(),
+            },
+            ActionType {
+                r#type: RELEASE_PINNED.into(),
+                description: "drops unflushed rows set aside for a query that is done without \
+                              them (body: their id)"
+                    .into(),
+            },
+        ];
         Ok(Response::new(
-            futures::stream::once(async { Ok(a) }).boxed(),
+            futures::stream::iter(actions.into_iter().map(Ok)).boxed(),
         ))
     }
 
@@ -382,8 +413,15 @@ impl FlightService for IngestFlightService {
             columns: ticket.columns,
             limit: ticket.limit,
         };
+        if let Some(id) = ticket.read_pinned {
+            return self.read_pinned(store, id, &request, schema, ticket.partial);
+        }
+        let pin = ticket.pin.map(|p| PinRequest {
+            inline_rows: p.inline_rows,
+            ttl: Duration::from_millis(p.ttl_ms),
+        });
         let snapshot = store
-            .snapshot(&request)
+            .snapshot(&request, pin)
             .map_err(|e| Status::internal(format!("cannot take a snapshot: {e}")))?;
         let header = SnapshotHeader {
             shards: snapshot.shards,
@@ -392,6 +430,10 @@ impl FlightService for IngestFlightService {
                 .iter()
                 .map(|s| s.as_ref().clone())
                 .collect(),
+            pinned: snapshot.pinned.map(|p| PinnedHeader {
+                id: p.id,
+                rows: p.rows,
+            }),
         };
         let header = serde_json::to_vec(&header)
             .map_err(|e| Status::internal(format!("cannot encode a snapshot: {e}")))?;
@@ -410,6 +452,79 @@ impl FlightService for IngestFlightService {
         _request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         unimplemented("DoExchange")
+    }
+}
+
+impl IngestFlightService {
+    /// The answer to a ticket that reads rows set aside for a query: those rows, cut by the
+    /// ticket's filters, columns and limit, or the states of the ticket's partial aggregate
+    /// over them.
+    fn read_pinned(
+        &self,
+        store: &oxeye_store::Store,
+        id: u64,
+        request: &SnapshotRequest,
+        schema: arrow::datatypes::SchemaRef,
+        partial: Option<String>,
+    ) -> Result<Response<BoxStream<'static, Result<FlightData, Status>>>, Status> {
+        use base64::Engine;
+
+        // The plan is checked before the rows are taken, which happens once.
+        let plan = match partial {
+            None => None,
+            Some(text) => {
+                if text.len() > MAX_PARTIAL_PLAN_BYTES * 4 / 3 + 4 {
+                    return Err(Status::invalid_argument(format!(
+                        "a partial aggregate of more than {MAX_PARTIAL_PLAN_BYTES} bytes"
+                    )));
+                }
+                let aggregator = self.partials.clone().ok_or_else(|| {
+                    Status::unimplemented("this store node does not run partial aggregates")
+                })?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text.as_bytes())
+                    .map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "the partial aggregate is not base64: {e}"
+                        ))
+                    })?;
+                Some((aggregator, bytes))
+            }
+        };
+        let rows = store
+            .read_pinned(id, request, plan.is_some())
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let (schema, batches): (
+            _,
+            BoxStream<'static, Result<arrow::record_batch::RecordBatch, FlightError>>,
+        ) = match plan {
+            None => (
+                schema,
+                futures::stream::iter(rows.into_iter().map(Ok)).boxed(),
+            ),
+            Some((aggregator, bytes)) => {
+                let (schema, states) =
+                    aggregator
+                        .aggregate(request.signal, &bytes, rows)
+                        .map_err(|e| {
+                            Status::invalid_argument(format!(
+                                "cannot run the query's partial aggregate here: {e}"
+                            ))
+                        })?;
+                (
+                    schema,
+                    states
+                        .map_err(|e| FlightError::ExternalError(Box::new(e)))
+                        .boxed(),
+                )
+            }
+        };
+        let data = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .with_dictionary_handling(DictionaryHandling::Resend)
+            .build(batches)
+            .map_err(|e| Status::internal(format!("cannot send rows set aside: {e}")));
+        Ok(Response::new(data.boxed()))
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -134,7 +135,22 @@ impl QueryEngine {
             .options_mut()
             .execution
             .use_row_number_estimates_to_optimize_partitioning = true;
-        let ctx = SessionContext::new_with_config_rt(session_config, rt_env);
+        // Partial aggregates move to store nodes before the other rules run (see `partial`).
+        let functions = Arc::new(std::sync::OnceLock::new());
+        let mut physical_rules: Vec<
+            Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync>,
+        > = vec![Arc::new(crate::partial::PushPartialAggregates::new(
+            functions.clone(),
+        ))];
+        physical_rules
+            .extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
+        let state = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_runtime_env(rt_env)
+            .with_default_features()
+            .with_physical_optimizer_rules(physical_rules)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         for signal in Signal::ALL {
             ctx.register_table(
                 signal.table_name(),
@@ -157,6 +173,8 @@ impl QueryEngine {
         crate::pg::catalog::register_information_schema(&ctx)
             .await
             .map_err(|e| QueryError::Internal(format!("cannot create information_schema: {e}")))?;
+        // Every function is registered now: decoded plans may call any of them.
+        let _ = functions.set(ctx.task_ctx());
         let metrics = QueryMetrics::register(registry);
         Ok(QueryEngine {
             inner: Arc::new(EngineInner {
@@ -183,6 +201,16 @@ impl QueryEngine {
         Arc::new(crate::rowfilter::SnapshotFilters::new(
             self.inner.ctx.state(),
         ))
+    }
+
+    /// What a store node needs to run query nodes' partial aggregates over its rows.
+    pub fn partial_aggregates(&self) -> Option<Arc<dyn oxeye_store::PartialAggregator>> {
+        let runtime = self.inner.runtime.0.as_ref()?.handle().clone();
+        Some(Arc::new(crate::partial::StoreNodePartials::new(
+            self.inner.store.clone(),
+            self.inner.ctx.clone(),
+            runtime,
+        )))
     }
 
     pub fn config(&self) -> &QueryConfig {

@@ -25,6 +25,9 @@ pub enum QueryError {
     Memory { limit: usize, message: String },
     #[error("too many queries are running; try again shortly")]
     Busy,
+    /// A node the query reads from failed while it ran; the same query may well work at once.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error while running the query: {0}")]
     Internal(String),
 }
@@ -32,6 +35,12 @@ pub enum QueryError {
 impl QueryError {
     pub fn from_datafusion(e: DataFusionError, memory_limit: usize) -> QueryError {
         let root = e.find_root();
+        if let DataFusionError::External(inner) = root
+            && let Some(remote @ oxeye_store::StoreError::Remote { .. }) =
+                inner.downcast_ref::<oxeye_store::StoreError>()
+        {
+            return QueryError::Unavailable(remote.to_string());
+        }
         match root {
             DataFusionError::ResourcesExhausted(m) => QueryError::Memory {
                 limit: memory_limit,
@@ -83,6 +92,7 @@ impl QueryError {
             QueryError::Timeout(_) => "timeout",
             QueryError::Memory { .. } => "memory",
             QueryError::Busy => "busy",
+            QueryError::Unavailable(_) => "unavailable",
             QueryError::Internal(_) => "internal",
         }
     }

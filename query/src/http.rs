@@ -29,7 +29,7 @@ pub fn error_response(err: &QueryError) -> Response {
             StatusCode::BAD_REQUEST
         }
         QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-        QueryError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        QueryError::Busy | QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let position = match err {
@@ -43,7 +43,7 @@ pub fn error_response(err: &QueryError) -> Response {
         "error": {"kind": err.kind(), "message": err.to_string(), "position": position}
     });
     let mut response = (status, axum::Json(body)).into_response();
-    if matches!(err, QueryError::Busy) {
+    if matches!(err, QueryError::Busy | QueryError::Unavailable(_)) {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));

@@ -88,25 +88,28 @@ impl TableProvider for OxeyeTable {
             columns: Some(read.storage.clone()),
             limit,
         };
-        let plan = self.store.plan_scan(request).await.map_err(|e| match e {
-            // Too much to hold (store nodes' unflushed rows over the memory limit): a
-            // resource error the user can act on, like DataFusion's own.
-            oxeye_store::StoreError::Overloaded(reason) => {
-                DataFusionError::ResourcesExhausted(reason)
-            }
-            other => DataFusionError::External(Box::new(other)),
-        })?;
+        let plan = self.store.plan_scan(request).await.map_err(store_error)?;
         Ok(Arc::new(OxeyeScanExec::new(
             self.store.clone(),
             self.shape.signal,
             plan,
             hints,
-            read,
+            ScanColumns {
+                projection: projection.cloned(),
+                read,
+            },
             state.config().batch_size(),
             limit,
             partitions,
         )))
     }
+}
+
+/// The SQL columns a scan yields: the table's projection and how it is read from storage.
+#[derive(Debug, Clone)]
+pub(crate) struct ScanColumns {
+    pub projection: Option<Vec<usize>>,
+    pub read: ReadPlan,
 }
 
 /// Reads a store scan plan, part by part, spread over partitions.
@@ -116,10 +119,13 @@ pub struct OxeyeScanExec {
     plan: Arc<ScanPlan>,
     hints: ScanHints,
     read: Arc<ReadPlan>,
+    /// The table's columns the scan yields (`None`: all), as SQL numbers them.
+    projection: Option<Vec<usize>>,
     batch_size: usize,
     limit: Option<usize>,
     /// Parts of the plan each partition reads.
     assignment: Vec<Vec<usize>>,
+    max_partitions: usize,
     properties: Arc<PlanProperties>,
 }
 
@@ -138,11 +144,12 @@ impl OxeyeScanExec {
         signal: Signal,
         plan: ScanPlan,
         hints: ScanHints,
-        read: ReadPlan,
+        columns: ScanColumns,
         batch_size: usize,
         limit: Option<usize>,
         max_partitions: usize,
     ) -> OxeyeScanExec {
+        let ScanColumns { projection, read } = columns;
         // A read of at most one batch is not worth spreading over threads (see
         // `statistics_from_inputs`).
         let max_rows: u64 = plan.parts.iter().map(ScanPart::max_rows).sum();
@@ -167,15 +174,102 @@ impl OxeyeScanExec {
             plan: Arc::new(plan),
             hints,
             read: Arc::new(read),
+            projection,
             batch_size,
             limit,
             assignment,
+            max_partitions,
             properties,
         }
     }
 
+    /// A scan of rows in hand (unflushed rows a store node set aside for a query node, already
+    /// cut by the query's filters), yielding `projection` of `signal`'s table as the query
+    /// node's scan would.
+    pub(crate) fn over_rows(
+        store: Store,
+        signal: Signal,
+        projection: Option<Vec<usize>>,
+        rows: Vec<arrow::record_batch::RecordBatch>,
+        batch_size: usize,
+    ) -> Result<OxeyeScanExec> {
+        let read = SqlShape::new(signal).read_plan(projection.as_ref())?;
+        let request = ScanRequest {
+            attribute_values_as_dictionary: true,
+            columns: Some(read.storage.clone()),
+            ..ScanRequest::all(signal)
+        };
+        let plan = ScanPlan {
+            request,
+            parts: vec![ScanPart::Memory { batches: rows }],
+            stats: Default::default(),
+        };
+        Ok(OxeyeScanExec::new(
+            store,
+            signal,
+            plan,
+            ScanHints::default(),
+            ScanColumns { projection, read },
+            batch_size,
+            None,
+            1,
+        ))
+    }
+
     pub fn stats(&self) -> &oxeye_store::ScanStats {
         &self.plan.stats
+    }
+
+    pub(crate) fn signal(&self) -> Signal {
+        self.signal
+    }
+
+    pub(crate) fn projection(&self) -> Option<&Vec<usize>> {
+        self.projection.as_ref()
+    }
+
+    pub(crate) fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn request(&self) -> &ScanRequest {
+        &self.plan.request
+    }
+
+    /// The rows store nodes set aside for this scan.
+    pub(crate) fn remote_parts(&self) -> Vec<oxeye_store::PinnedRows> {
+        self.plan
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                ScanPart::Remote(pinned) => Some(pinned.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// This scan without the rows store nodes set aside for it (read elsewhere instead).
+    pub(crate) fn without_remote_parts(&self) -> OxeyeScanExec {
+        let mut plan = ScanPlan::clone(&self.plan);
+        plan.parts.retain(|p| !matches!(p, ScanPart::Remote(_)));
+        plan.stats.pinned_rows = 0;
+        OxeyeScanExec::new(
+            self.store.clone(),
+            self.signal,
+            plan,
+            self.hints.clone(),
+            ScanColumns {
+                projection: self.projection.clone(),
+                read: ReadPlan::clone(&self.read),
+            },
+            self.batch_size,
+            self.limit,
+            self.max_partitions,
+        )
     }
 
     /// Most rows `partition` (or every partition) reads.
@@ -223,6 +317,9 @@ impl DisplayAs for OxeyeScanExec {
         )?;
         if s.snapshot_rows > 0 {
             write!(f, ", snapshot_rows={}", s.snapshot_rows)?;
+        }
+        if s.pinned_rows > 0 {
+            write!(f, ", pinned_rows={}", s.pinned_rows)?;
         }
         if let Some(l) = self.limit {
             write!(f, ", limit={l}")?;
@@ -300,8 +397,8 @@ impl ExecutionPlan for OxeyeScanExec {
                     store
                         .read_part(&plan, &part, Some(projection), batch_size)
                         .await
-                        .map(|s| s.map_err(|e| DataFusionError::External(Box::new(e))))
-                        .map_err(|e| DataFusionError::External(Box::new(e)))
+                        .map(|s| s.map_err(store_error))
+                        .map_err(store_error)
                 }
             })
             .try_flatten()
@@ -323,5 +420,14 @@ impl ExecutionPlan for OxeyeScanExec {
                 None => stream.boxed(),
             };
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+    }
+}
+
+/// A store failure as DataFusion's error: too much to hold (store nodes' unflushed rows over
+/// the memory limit) is a resource error the user can act on, like DataFusion's own.
+pub(crate) fn store_error(e: oxeye_store::StoreError) -> DataFusionError {
+    match e {
+        oxeye_store::StoreError::Overloaded(reason) => DataFusionError::ResourcesExhausted(reason),
+        other => DataFusionError::External(Box::new(other)),
     }
 }

@@ -1,6 +1,8 @@
 //! A query node reading a store node's unflushed rows over Arrow Flight: the store node sends
 //! only the rows the query's filters keep, only the columns it reads, and no more rows than an
-//! unfiltered `LIMIT` needs, and every answer is the one the store node gives itself.
+//! unfiltered `LIMIT` needs; with more rows than travel at once, it sets them aside and sends
+//! them when the scan runs, or runs the partial stage of an aggregate over them and sends the
+//! states; and every answer is the one the store node gives itself.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
@@ -25,7 +27,7 @@ fn spans(n: u64) -> SignalBatch {
     })
 }
 
-async fn node(dir: &std::path::Path) -> (Store, QueryEngine) {
+async fn node(dir: &std::path::Path) -> (Store, QueryEngine, Registry) {
     let mut config = StoreConfig::new(dir);
     config.flush_age = Duration::from_secs(3600);
     config.maintenance_interval = Duration::from_secs(3600);
@@ -35,21 +37,108 @@ async fn node(dir: &std::path::Path) -> (Store, QueryEngine) {
     let engine = QueryEngine::new(store.clone(), QueryConfig::default(), &mut registry)
         .await
         .unwrap();
-    (store, engine)
+    (store, engine, registry)
 }
 
-/// The `snapshot_rows` EXPLAIN shows for `sql`'s scan: unflushed rows that came from store
-/// nodes (0 when none did).
-async fn snapshot_rows(engine: &QueryEngine, sql: &str) -> u64 {
+/// A store node holding `SPANS` unflushed spans behind Flight, and a query node with nothing
+/// of its own that reads it, letting at most `inline_rows` unflushed rows travel with a
+/// snapshot.
+struct Cluster {
+    node_store: Store,
+    node_engine: QueryEngine,
+    node_registry: Registry,
+    query_store: Store,
+    query_engine: QueryEngine,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Cluster {
+    async fn start(inline_rows: usize) -> Cluster {
+        let node_dir = tempfile::tempdir().unwrap();
+        let (node_store, node_engine, node_registry) = node(node_dir.path()).await;
+        let sink = node_store.shard_sinks()[0].1.clone();
+        sink.ingest(vec![spans(SPANS)]).await.unwrap();
+        let service = oxeye_flight::IngestFlightService::new(node_store.shard_sinks())
+            .with_snapshots(
+                node_store.clone(),
+                Some(node_engine.snapshot_filters()),
+                node_engine.partial_aggregates(),
+            );
+        let stop = CancellationToken::new();
+        let (addr, server) =
+            oxeye_flight::serve("127.0.0.1:0".parse().unwrap(), service, None, stop.clone())
+                .await
+                .unwrap();
+        let query_dir = tempfile::tempdir().unwrap();
+        let (query_store, query_engine, _) = node(query_dir.path()).await;
+        let remote = oxeye_flight::FlightRemoteShards::with_inline_rows(
+            1 << 30,
+            oxeye_tls::ClientTls::default(),
+            Duration::from_secs(60),
+            inline_rows,
+        );
+        remote.set_nodes(&[format!("http://{addr}")]);
+        query_store.set_remote_shards(remote);
+        Cluster {
+            node_store,
+            node_engine,
+            node_registry,
+            query_store,
+            query_engine,
+            stop,
+            server,
+            _dirs: (node_dir, query_dir),
+        }
+    }
+
+    /// A counter of the store node's (`oxeye_store_<name>_total`).
+    fn node_counter(&self, name: &str) -> u64 {
+        self.node_metric(&format!("{name}_total"))
+    }
+
+    /// A figure of the store node's (`oxeye_store_<name>`).
+    fn node_metric(&self, name: &str) -> u64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.node_registry).unwrap();
+        let metric = format!("oxeye_store_{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&metric))
+            .unwrap_or_else(|| panic!("no {metric} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.server.await.unwrap();
+        self.node_store.shutdown().await;
+        self.query_store.shutdown().await;
+    }
+}
+
+/// `sql`'s plan as EXPLAIN shows it.
+async fn explain(engine: &QueryEngine, sql: &str) -> String {
     let explained = engine.sql(&format!("EXPLAIN {sql}")).await.unwrap();
     let mut plan = String::new();
     for batch in &explained.batches {
         let plans = batch.column(1).as_string::<i32>();
         for row in 0..batch.num_rows() {
             plan.push_str(plans.value(row));
+            plan.push('\n');
         }
     }
-    plan.split("snapshot_rows=")
+    plan
+}
+
+/// The `snapshot_rows` EXPLAIN shows for `sql`'s scan: unflushed rows that came from store
+/// nodes (0 when none did).
+async fn snapshot_rows(engine: &QueryEngine, sql: &str) -> u64 {
+    explain(engine, sql)
+        .await
+        .split("snapshot_rows=")
         .nth(1)
         .map(|rest| {
             rest.chars()
@@ -72,24 +161,9 @@ async fn answer(engine: &QueryEngine, sql: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_nodes_send_only_what_a_query_reads() {
-    let node_dir = tempfile::tempdir().unwrap();
-    let (node_store, node_engine) = node(node_dir.path()).await;
-    let sink = node_store.shard_sinks()[0].1.clone();
-    sink.ingest(vec![spans(SPANS)]).await.unwrap();
-    let service = oxeye_flight::IngestFlightService::new(node_store.shard_sinks())
-        .with_snapshots(node_store.clone(), Some(node_engine.snapshot_filters()));
-    let stop = CancellationToken::new();
-    let (addr, server) =
-        oxeye_flight::serve("127.0.0.1:0".parse().unwrap(), service, None, stop.clone())
-            .await
-            .unwrap();
-
-    // A query node with nothing of its own: every row comes from the store node's snapshot.
-    let query_dir = tempfile::tempdir().unwrap();
-    let (query_store, query_engine) = node(query_dir.path()).await;
-    let remote = oxeye_flight::FlightRemoteShards::new(1 << 30, oxeye_tls::ClientTls::default());
-    remote.set_nodes(&[format!("http://{addr}")]);
-    query_store.set_remote_shards(remote);
+    // Every unflushed row travels with the snapshot.
+    let cluster = Cluster::start(usize::MAX).await;
+    let (node_engine, query_engine) = (&cluster.node_engine, &cluster.query_engine);
 
     let routed_a = common::spans_with_route("/a", SPANS) as u64;
     let trace = hex::encode(8u64.to_be_bytes().repeat(2));
@@ -146,18 +220,108 @@ async fn store_nodes_send_only_what_a_query_reads() {
     ];
     for (sql, moved) in &cases {
         assert_eq!(
-            answer(&query_engine, sql).await,
-            answer(&node_engine, sql).await,
+            answer(query_engine, sql).await,
+            answer(node_engine, sql).await,
             "{sql}"
         );
-        let got = snapshot_rows(&query_engine, sql).await;
+        let got = snapshot_rows(query_engine, sql).await;
         match moved {
             Some(want) => assert_eq!(got, *want, "rows sent for {sql}"),
             None => assert!(got > 0 && got <= 5, "rows sent for {sql}: {got}"),
         }
     }
-    stop.cancel();
-    server.await.unwrap();
-    node_store.shutdown().await;
-    query_store.shutdown().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_snapshots_are_read_when_the_scan_runs_and_aggregates_run_on_the_store_node() {
+    // More unflushed rows than travel with a snapshot: the store node sets them aside.
+    let cluster = Cluster::start(100).await;
+    let (node_engine, query_engine) = (&cluster.node_engine, &cluster.query_engine);
+    let trace = hex::encode(8u64.to_be_bytes().repeat(2));
+
+    // Aggregates: the store node runs the partial stage; only states travel.
+    let aggregates = [
+        "SELECT name, count(*) AS n FROM spans GROUP BY 1 ORDER BY 1".to_string(),
+        "SELECT count(*) AS n, sum(duration_ns) AS d, min(start_time) AS s, max(name) AS m \
+         FROM spans WHERE duration_ns >= 50000"
+            .into(),
+        "SELECT attributes['http.route'] AS route, count(DISTINCT attributes['user.id']) AS users, \
+         avg(duration_ns) AS mean FROM spans GROUP BY 1 ORDER BY 1"
+            .into(),
+        // The traces view: first_value(... ORDER BY ...) merges partial states too.
+        "SELECT trace_id, root_name, span_count, duration_ns FROM traces ORDER BY trace_id LIMIT 7"
+            .into(),
+        "SELECT count(*) AS n FROM spans WHERE attributes['http.route'] = '/b' AND name = 'GET'"
+            .into(),
+    ];
+    for sql in &aggregates {
+        let plan = explain(query_engine, sql).await;
+        assert!(
+            plan.contains("OxeyeRemotePartialAggregate") && plan.contains("pinned_rows=1200"),
+            "{sql}:\n{plan}"
+        );
+        let (sent, aggregated) = (
+            cluster.node_counter("snapshot_rows"),
+            cluster.node_counter("partial_aggregate_rows"),
+        );
+        assert_eq!(
+            answer(query_engine, sql).await,
+            answer(node_engine, sql).await,
+            "{sql}"
+        );
+        assert_eq!(
+            cluster.node_counter("snapshot_rows"),
+            sent,
+            "no row travels for {sql}"
+        );
+        assert!(
+            cluster.node_counter("partial_aggregate_rows") > aggregated,
+            "{sql} was aggregated on the store node"
+        );
+    }
+
+    // Reads of rows: the rows set aside travel when the scan runs, cut by its filters.
+    let reads: [(String, u64); 3] = [
+        (
+            "SELECT span_id FROM spans WHERE duration_ns >= 90000 ORDER BY span_id".into(),
+            SPANS / 10,
+        ),
+        (
+            "SELECT count(*) AS n FROM (SELECT span_id FROM spans WHERE name = 'POST' \
+             ORDER BY span_id LIMIT 10000)"
+                .into(),
+            SPANS / 2,
+        ),
+        // A trace lookup travels with the snapshot whatever its size.
+        (
+            format!("SELECT span_id FROM spans WHERE trace_id = '{trace}' ORDER BY span_id"),
+            4,
+        ),
+    ];
+    for (sql, moved) in &reads {
+        let sent = cluster.node_counter("snapshot_rows");
+        assert_eq!(
+            answer(query_engine, sql).await,
+            answer(node_engine, sql).await,
+            "{sql}"
+        );
+        assert_eq!(
+            cluster.node_counter("snapshot_rows") - sent,
+            *moved,
+            "rows sent for {sql}"
+        );
+    }
+
+    // Rows set aside for a plan that never runs go back to the node when the plan is dropped.
+    explain(query_engine, &aggregates[0]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster.node_metric("snapshot_pins") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rows set aside for an EXPLAIN were not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.stop().await;
 }

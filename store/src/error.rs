@@ -52,6 +52,9 @@ pub enum StoreError {
     Overloaded(String),
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// A store node did not give a query the rows it had set aside for it.
+    #[error("store node {node}: {reason}")]
+    Remote { node: String, reason: String },
     #[error(transparent)]
     Model(#[from] oxeye_model::ModelError),
 }

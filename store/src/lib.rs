@@ -48,7 +48,10 @@ pub use catalog::{CatalogState, FileMetastore, Metastore};
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use index::{IndexPredicate, TextQuery};
-pub use remote::{RemoteShards, RowFilterCompiler, ShardSnapshot, SnapshotRequest};
+pub use remote::{
+    PartialAggregator, PinRelease, PinRequest, PinnedRows, RemoteShards, RowFilterCompiler,
+    ShardSnapshot, SnapshotRequest,
+};
 pub use scan::{RowFilterStage, RowPredicate, ScanPart, ScanPlan, ScanRequest, ScanStats};
 pub use segment::{SegmentMeta, SegmentRef};
 pub use storage::{S3Options, Storage};
@@ -96,6 +99,8 @@ pub(crate) struct Inner {
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Store nodes' snapshots, on a query node in a cluster (see [`remote`]).
     pub remote: std::sync::OnceLock<Arc<dyn RemoteShards>>,
+    /// Unflushed rows set aside for query nodes' scans (see [`remote::PinnedRows`]).
+    pub pins: Mutex<remote::Pins>,
     /// The shards whose rows this node holds in memory, serves in snapshots, flushes, compacts
     /// and expires: all of its shards, unless they are replicated ([`StoreConfig::replicated`]),
     /// in which case those it leads.
@@ -137,6 +142,16 @@ fn memory_series(
         }
     }
     out
+}
+
+/// What a read sees (see [`Store::visible`]).
+struct Visible {
+    segments: Vec<SegmentRef>,
+    memory: Vec<RecordBatch>,
+    /// Rows store nodes set aside for the read.
+    pinned: Vec<PinnedRows>,
+    /// Unflushed rows that came from store nodes with their snapshots.
+    snapshot_rows: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -227,6 +242,7 @@ impl Store {
                 shutdown: CancellationToken::new(),
                 tasks: Mutex::new(Vec::new()),
                 remote: std::sync::OnceLock::new(),
+                pins: Mutex::new(remote::Pins::default()),
                 leading: RwLock::new(leading),
             }),
         };
@@ -285,8 +301,14 @@ impl Store {
 
     /// This node's shards at one instant: committed segments of the request's signal and the
     /// unflushed rows it keeps (see [`SnapshotRequest::apply`]), taken under one lock so each
-    /// row is in exactly one of them.
-    pub fn snapshot(&self, request: &SnapshotRequest) -> Result<ShardSnapshot, StoreError> {
+    /// row is in exactly one of them. With `pin`, more unflushed rows than it lets travel now
+    /// are set aside for the query instead ([`ShardSnapshot::pinned`], read with
+    /// [`Store::read_pinned`]); a trace lookup or a `LIMIT` always travels now, being small.
+    pub fn snapshot(
+        &self,
+        request: &SnapshotRequest,
+        pin: Option<PinRequest>,
+    ) -> Result<ShardSnapshot, StoreError> {
         let (signal, start, end) = (request.signal, request.start, request.end);
         let shards: Vec<u32> = self.inner.leading.read().iter().copied().collect();
         let st = self.inner.state.read();
@@ -304,18 +326,105 @@ impl Store {
         // for a moment, and its new leader serves them.
         let batches = st.memory_batches_of(signal, start, end, |id| shards.contains(&id));
         drop(st);
-        let batches = request.apply(batches)?;
         self.inner.metrics.snapshots.inc();
+        let node = self.inner.config.data_dir.display().to_string();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let pin = pin.filter(|p| {
+            request.trace_id.is_none() && request.limit.is_none() && rows > p.inline_rows
+        });
+        let batches = match pin {
+            None => batches,
+            Some(p) => {
+                let mut pins = self.inner.pins.lock();
+                match pins.pin(
+                    signal,
+                    batches,
+                    p.ttl,
+                    self.inner.config.max_unflushed_bytes,
+                ) {
+                    Ok(id) => {
+                        self.update_pin_gauges(&pins);
+                        return Ok(ShardSnapshot {
+                            pinned: Some(PinnedRows {
+                                node: node.clone(),
+                                id,
+                                rows: rows as u64,
+                                budget: Default::default(),
+                                release: remote::PinRelease::none(),
+                            }),
+                            node,
+                            shards,
+                            segments,
+                            batches: Vec::new(),
+                        });
+                    }
+                    Err(batches) => {
+                        tracing::debug!("too many snapshots set aside; this one travels whole");
+                        batches
+                    }
+                }
+            }
+        };
+        let batches = request.apply(batches)?;
         self.inner
             .metrics
             .snapshot_rows
             .inc_by(batches.iter().map(|b| b.num_rows() as u64).sum());
         Ok(ShardSnapshot {
-            node: self.inner.config.data_dir.display().to_string(),
+            node,
             shards,
             segments,
             batches,
+            pinned: None,
         })
+    }
+
+    /// The rows set aside under `id` (by [`Store::snapshot`]) that `request` keeps; given once,
+    /// to be sent to the query node, or aggregated here (`to_aggregate`).
+    pub fn read_pinned(
+        &self,
+        id: u64,
+        request: &SnapshotRequest,
+        to_aggregate: bool,
+    ) -> Result<Vec<RecordBatch>, StoreError> {
+        let taken = {
+            let mut pins = self.inner.pins.lock();
+            let taken = pins.take(id, request.signal);
+            self.update_pin_gauges(&pins);
+            taken
+        };
+        let batches = taken.ok_or_else(|| StoreError::Invalid {
+            reason: format!(
+                "no unflushed {} rows are set aside under {id}: they were read already, waited \
+                 longer than the query's timeout, or this node restarted; run the query again",
+                request.signal
+            ),
+        })?;
+        let batches = request.apply(batches)?;
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if to_aggregate {
+            self.inner.metrics.partial_aggregate_rows.inc_by(rows);
+        } else {
+            self.inner.metrics.snapshot_rows.inc_by(rows);
+        }
+        Ok(batches)
+    }
+
+    /// Drops the rows set aside under `id`: the query is done without them.
+    pub fn release_pinned(&self, id: u64) {
+        let mut pins = self.inner.pins.lock();
+        if pins.remove(id).is_some() {
+            self.update_pin_gauges(&pins);
+        }
+    }
+
+    fn update_pin_gauges(&self, pins: &remote::Pins) {
+        let (entries, rows) = pins.usage();
+        self.inner.metrics.snapshot_pins.set(entries as i64);
+        self.inner
+            .metrics
+            .snapshot_pinned_rows
+            .set(i64::try_from(rows).unwrap_or(i64::MAX));
     }
 
     /// Starts leading `shard` (a replicated one): its WAL past `flushed`, the checkpoint read
@@ -403,15 +512,12 @@ impl Store {
     }
 
     /// What a read of `signal` sees: committed segments and unflushed batches in the time
-    /// range, this node's own and, on a query node, the store nodes' snapshots of theirs.
-    /// Also returns how many of those unflushed rows came from store nodes.
-    async fn visible(
-        &self,
-        request: &ScanRequest,
-    ) -> Result<(Vec<SegmentRef>, Vec<RecordBatch>, u64), StoreError> {
+    /// range, this node's own and, on a query node, the store nodes' snapshots of theirs (with
+    /// `pin`, big ones stay on their nodes until the scan reads them).
+    async fn visible(&self, request: &ScanRequest, pin: bool) -> Result<Visible, StoreError> {
         let (signal, start, end) = (request.signal, request.start, request.end);
         let snapshots = match self.inner.remote.get() {
-            Some(remote) => Some(remote.snapshots(request).await?),
+            Some(remote) => Some(remote.snapshots(request, pin).await?),
             None => None,
         };
         let (segments, mut memory) = {
@@ -422,28 +528,41 @@ impl Store {
             )
         };
         Ok(match snapshots {
-            None => (segments, memory, 0),
+            None => Visible {
+                segments,
+                memory,
+                pinned: Vec::new(),
+                snapshot_rows: 0,
+            },
             Some(snapshots) => {
-                let (merged, remote_rows) = remote::merge_snapshots(signal, segments, snapshots);
-                let moved = remote_rows.iter().map(|b| b.num_rows() as u64).sum();
+                let (segments, remote_rows, pinned) =
+                    remote::merge_snapshots(signal, segments, snapshots);
+                let snapshot_rows = remote_rows.iter().map(|b| b.num_rows() as u64).sum();
                 memory.extend(remote_rows);
-                (merged, memory, moved)
+                Visible {
+                    segments,
+                    memory,
+                    pinned,
+                    snapshot_rows,
+                }
             }
         })
     }
 
-    /// Plans a scan: which segments (and which granules of them) and which memory batches.
+    /// Plans a scan: which segments (and which granules of them), which memory batches, and
+    /// which rows store nodes set aside for it.
     pub async fn plan_scan(&self, request: ScanRequest) -> Result<ScanPlan, StoreError> {
-        let (segments, memory, snapshot_rows) = self.visible(&request).await?;
+        let visible = self.visible(&request, true).await?;
         let mut plan = scan::plan(
             request,
-            segments,
-            memory,
+            visible.segments,
+            visible.memory,
+            visible.pinned,
             &self.inner.storage,
             &self.inner.caches,
         )
         .await?;
-        plan.stats.snapshot_rows = snapshot_rows;
+        plan.stats.snapshot_rows = visible.snapshot_rows;
         let m = &self.inner.metrics;
         m.scan_segments_pruned.inc_by(
             (plan.stats.segments_pruned_by_time + plan.stats.segments_pruned_by_index) as u64,
@@ -464,6 +583,15 @@ impl Store {
         projection: Option<Vec<usize>>,
         batch_size: usize,
     ) -> Result<BoxStream<'static, Result<RecordBatch, StoreError>>, StoreError> {
+        if let ScanPart::Remote(pinned) = part {
+            let rows = self.remote()?.fetch(pinned, &plan.request, None).await?;
+            let request = plan.request.clone();
+            return Ok(rows
+                .map(move |b| {
+                    b.and_then(|b| scan::read_memory_batch(&request, &b, projection.as_deref()))
+                })
+                .boxed());
+        }
         if matches!(part, ScanPart::Segment { .. }) {
             self.inner.metrics.scan_segments_read.inc();
         }
@@ -476,6 +604,23 @@ impl Store {
             &self.inner.caches,
         )
         .await
+    }
+
+    /// The states of a partial aggregate (encoded by the query layer) that the store node which
+    /// set `pinned` aside computes over those of its rows `request` keeps.
+    pub async fn aggregate_remote(
+        &self,
+        pinned: &PinnedRows,
+        request: &ScanRequest,
+        plan: Arc<Vec<u8>>,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, StoreError>>, StoreError> {
+        self.remote()?.fetch(pinned, request, Some(plan)).await
+    }
+
+    fn remote(&self) -> Result<&Arc<dyn RemoteShards>, StoreError> {
+        self.inner.remote.get().ok_or_else(|| StoreError::Invalid {
+            reason: "rows set aside on a store node, read on a node that reads none".into(),
+        })
     }
 
     /// Plans and reads everything, part after part.
@@ -524,7 +669,9 @@ impl Store {
             columns: Some(columns),
             ..ScanRequest::all(signal)
         };
-        let (segments, memory, _) = self.visible(&request).await?;
+        let Visible {
+            segments, memory, ..
+        } = self.visible(&request, false).await?;
         let mut out = std::collections::BTreeSet::new();
         for seg in segments.iter().filter(|s| s.overlaps(start, end)) {
             let index = self.inner.caches.index(&self.inner.storage, seg).await?;

@@ -46,6 +46,9 @@ pub struct StoreMetrics {
     pub scan_segments_read: Counter,
     pub snapshots: Counter,
     pub snapshot_rows: Counter,
+    pub snapshot_pins: Gauge,
+    pub partial_aggregate_rows: Counter,
+    pub snapshot_pinned_rows: Gauge,
     pub shard_leader: Family<ShardLabels, Gauge>,
     pub lease_takeovers: Counter,
     pub wal_files_trimmed: Counter,
@@ -84,6 +87,9 @@ impl Default for StoreMetrics {
             lease_takeovers: Counter::default(),
             wal_files_trimmed: Counter::default(),
             snapshot_rows: Counter::default(),
+            snapshot_pins: Gauge::default(),
+            partial_aggregate_rows: Counter::default(),
+            snapshot_pinned_rows: Gauge::default(),
         }
     }
 }
@@ -223,6 +229,21 @@ impl StoreMetrics {
             "snapshot_rows",
             "Unflushed rows sent to query nodes in snapshots",
             m.snapshot_rows.clone(),
+        );
+        r.register(
+            "snapshot_pins",
+            "Snapshots whose unflushed rows are set aside for a query that has not read them yet",
+            m.snapshot_pins.clone(),
+        );
+        r.register(
+            "partial_aggregate_rows",
+            "Unflushed rows aggregated here for query nodes, which got partial states instead",
+            m.partial_aggregate_rows.clone(),
+        );
+        r.register(
+            "snapshot_pinned_rows",
+            "Unflushed rows set aside for queries (shared with memtables until flushed)",
+            m.snapshot_pinned_rows.clone(),
         );
         r.register(
             "shard_leader",

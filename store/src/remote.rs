@@ -7,13 +7,26 @@
 //! same read lock on the store node, so each row is in exactly one of them. Shards whose node does
 //! not answer fall back to the catalog's segments (their unflushed rows are then not visible, and
 //! the query still answers).
+//!
+//! A snapshot with few unflushed rows carries them at once. A bigger one leaves them on the store
+//! node, set aside for the query ([`PinnedRows`]): they are read when the scan runs, still cut by
+//! the query's filters and columns, or aggregated on the store node so that only partial
+//! aggregate states travel ([`PartialAggregator`]). Setting them aside (cheap: the batches are
+//! shared, not copied) keeps them consistent with the segment list whatever is flushed in
+//! between.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array, BooleanArray, FixedSizeBinaryArray};
 use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
+use futures::stream::BoxStream;
 use oxeye_model::Signal;
 
 use crate::error::StoreError;
@@ -33,6 +46,82 @@ pub struct ShardSnapshot {
     pub segments: Vec<SegmentRef>,
     /// Unflushed rows of the signal overlapping the time range (storage schema).
     pub batches: Vec<RecordBatch>,
+    /// Unflushed rows the node set aside for the query instead of sending them now.
+    pub pinned: Option<PinnedRows>,
+}
+
+/// Unflushed rows a store node set aside for one query when it answered the query's snapshot
+/// request; the query reads them once, when its scan runs ([`RemoteShards::fetch`]).
+#[derive(Debug, Clone)]
+pub struct PinnedRows {
+    /// The store node (its Flight address).
+    pub node: String,
+    pub id: u64,
+    /// Rows set aside, before any filter: the most a read of them yields.
+    pub rows: u64,
+    /// Bytes the query may still take in from store nodes, shared by all its reads of them.
+    pub budget: Arc<AtomicUsize>,
+    /// Gives the rows back to their node if the query never reads them.
+    pub release: Arc<PinRelease>,
+}
+
+/// Gives rows set aside back to their store node when a query is done with them unread (a
+/// `LIMIT` met before the scan got to them, an `EXPLAIN`, a failed query), so the node need not
+/// keep them until their time runs out. Runs once the last copy of the scan plan is dropped.
+pub struct PinRelease {
+    read: AtomicBool,
+    release: parking_lot::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl PinRelease {
+    pub fn new(release: impl FnOnce() + Send + 'static) -> Arc<PinRelease> {
+        Arc::new(PinRelease {
+            read: AtomicBool::new(false),
+            release: parking_lot::Mutex::new(Some(Box::new(release))),
+        })
+    }
+
+    /// Nothing to give back (the rows were not set aside by a remote node).
+    pub fn none() -> Arc<PinRelease> {
+        Arc::new(PinRelease {
+            read: AtomicBool::new(true),
+            release: parking_lot::Mutex::new(None),
+        })
+    }
+
+    /// The query is reading the rows: the node drops them as it sends them.
+    pub fn mark_read(&self) {
+        self.read.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for PinRelease {
+    fn drop(&mut self) {
+        if !self.read.load(Ordering::Relaxed)
+            && let Some(release) = self.release.lock().take()
+        {
+            release();
+        }
+    }
+}
+
+impl std::fmt::Debug for PinRelease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinRelease")
+            .field("read", &self.read.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// How a query node wants big snapshots answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinRequest {
+    /// Up to this many unflushed rows (before filters) travel with the snapshot; more are set
+    /// aside for the query.
+    pub inline_rows: usize,
+    /// How long the node keeps rows set aside that are never read (a query that failed or was
+    /// only explained).
+    pub ttl: Duration,
 }
 
 /// Where a query node gets store nodes' snapshots (Arrow Flight, in a cluster).
@@ -42,8 +131,154 @@ pub trait RemoteShards: Send + Sync + std::fmt::Debug {
     /// out. What of the request every row read must satisfy travels with it (see
     /// [`SnapshotRequest::for_scan`]), so store nodes send only those unflushed rows, and only
     /// the columns the scan reads. Fails ([`StoreError::Overloaded`]) when the unflushed rows a
-    /// query needs are more than the query may hold in memory.
-    async fn snapshots(&self, request: &ScanRequest) -> Result<Vec<ShardSnapshot>, StoreError>;
+    /// query needs are more than the query may hold in memory. With `pin`, nodes may set big
+    /// sets of unflushed rows aside for the scan to read when it runs ([`PinnedRows`]);
+    /// without, every row travels now.
+    async fn snapshots(
+        &self,
+        request: &ScanRequest,
+        pin: bool,
+    ) -> Result<Vec<ShardSnapshot>, StoreError>;
+
+    /// Reads rows a store node set aside for this query: those that pass `scan`'s filters,
+    /// time range, trace id and limit, in the storage columns it reads. With `partial`, an
+    /// encoded partial aggregate the node runs over those rows ([`PartialAggregator`]), the
+    /// stream carries its states instead. Rows set aside are given once.
+    async fn fetch(
+        &self,
+        pinned: &PinnedRows,
+        scan: &ScanRequest,
+        partial: Option<Arc<Vec<u8>>>,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, StoreError>>, StoreError>;
+}
+
+/// Runs a query node's partial aggregate over a store node's rows. The query layer owns both
+/// ends (it encodes the plan on the query node and decodes and runs it here); the store only
+/// carries the bytes.
+pub trait PartialAggregator: Send + Sync + std::fmt::Debug {
+    /// The states of `plan` over `rows` (storage columns of `signal`, already cut by the
+    /// query's filters), and their schema.
+    fn aggregate(
+        &self,
+        signal: Signal,
+        plan: &[u8],
+        rows: Vec<RecordBatch>,
+    ) -> Result<
+        (
+            SchemaRef,
+            BoxStream<'static, Result<RecordBatch, StoreError>>,
+        ),
+        StoreError,
+    >;
+}
+
+/// Most rows a store node keeps set aside for queries at once; past it, snapshots carry their
+/// rows as small ones do.
+const MAX_PINS: usize = 256;
+/// Longest a query may ask rows to be kept for.
+pub const MAX_PIN_TTL: Duration = Duration::from_secs(3600);
+
+/// Rows set aside on a store node for queries, until read or expired. The batches are shared
+/// with the memtables (not copied); after a flush they are the only holders.
+#[derive(Debug)]
+pub(crate) struct Pins {
+    entries: HashMap<u64, Pin>,
+    /// Ids start at a random point, so an id from before a restart finds nothing.
+    next: u64,
+    /// Bytes of the rows set aside, counted once per entry (entries share batches, so this is
+    /// the most they can hold once the memtables are flushed).
+    bytes: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Pin {
+    signal: Signal,
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+    expires: Instant,
+}
+
+impl Default for Pins {
+    fn default() -> Self {
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Pins {
+            entries: HashMap::new(),
+            next: seed,
+            bytes: 0,
+        }
+    }
+}
+
+impl Pins {
+    /// Sets `batches` aside for `ttl` and names them; gives them back when too many rows are
+    /// set aside already (more than [`MAX_PINS`] entries or `max_bytes`).
+    pub fn pin(
+        &mut self,
+        signal: Signal,
+        batches: Vec<RecordBatch>,
+        ttl: Duration,
+        max_bytes: usize,
+    ) -> Result<u64, Vec<RecordBatch>> {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, p)| p.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.remove(id);
+        }
+        let bytes: usize = batches.iter().map(oxeye_model::used_bytes).sum();
+        if self.entries.len() >= MAX_PINS || self.bytes + bytes > max_bytes {
+            return Err(batches);
+        }
+        self.next = self.next.wrapping_add(1);
+        let id = self.next;
+        self.bytes += bytes;
+        self.entries.insert(
+            id,
+            Pin {
+                signal,
+                batches,
+                bytes,
+                expires: now + ttl.min(MAX_PIN_TTL),
+            },
+        );
+        Ok(id)
+    }
+
+    /// The rows set aside under `id` for `signal`, handed over once.
+    pub fn take(&mut self, id: u64, signal: Signal) -> Option<Vec<RecordBatch>> {
+        let now = Instant::now();
+        let pin = self.entries.get(&id)?;
+        if pin.signal != signal {
+            return None;
+        }
+        let live = pin.expires > now;
+        let pin = self.remove(id)?;
+        live.then_some(pin.batches)
+    }
+
+    /// Drops the rows set aside under `id`, if any.
+    pub fn remove(&mut self, id: u64) -> Option<Pin> {
+        let pin = self.entries.remove(&id)?;
+        self.bytes -= pin.bytes;
+        Some(pin)
+    }
+
+    /// `(entries, rows)` set aside now.
+    pub fn usage(&self) -> (usize, u64) {
+        let rows = self
+            .entries
+            .values()
+            .flat_map(|p| p.batches.iter())
+            .map(|b| b.num_rows() as u64)
+            .sum();
+        (self.entries.len(), rows)
+    }
 }
 
 /// Rebuilds row filter stages from their wire form ([`RowFilterStage::wire`]) on a store node.
@@ -175,7 +410,7 @@ pub fn merge_snapshots(
     signal: Signal,
     catalog_segments: Vec<SegmentRef>,
     snapshots: Vec<ShardSnapshot>,
-) -> (Vec<SegmentRef>, Vec<RecordBatch>) {
+) -> (Vec<SegmentRef>, Vec<RecordBatch>, Vec<PinnedRows>) {
     let mut covered = BTreeSet::new();
     let mut taken = Vec::new();
     for snap in snapshots {
@@ -191,11 +426,13 @@ pub fn merge_snapshots(
         .filter(|s| !covered.contains(&s.shard))
         .collect();
     let mut batches = Vec::new();
+    let mut pinned = Vec::new();
     for snap in taken {
         segments.extend(snap.segments.into_iter().filter(|s| s.signal == signal));
         batches.extend(snap.batches);
+        pinned.extend(snap.pinned);
     }
-    (segments, batches)
+    (segments, batches, pinned)
 }
 
 #[cfg(test)]
@@ -279,6 +516,79 @@ mod tests {
     }
 
     #[test]
+    fn rows_set_aside_are_given_once_and_not_past_their_time() {
+        let batch = crate::test_support::spans_batch(0, 10).batch;
+        let mut pins = Pins::default();
+        let minute = Duration::from_secs(60);
+        let id = pins
+            .pin(Signal::Spans, vec![batch.clone()], minute, usize::MAX)
+            .expect("room");
+        assert_eq!(pins.usage(), (1, 10));
+        assert!(
+            pins.take(id, Signal::Logs).is_none(),
+            "a read of another table"
+        );
+        assert_eq!(pins.take(id, Signal::Spans).expect("set aside").len(), 1);
+        assert!(pins.take(id, Signal::Spans).is_none(), "given once");
+        assert_eq!(pins.usage(), (0, 0));
+
+        let expired = pins
+            .pin(
+                Signal::Spans,
+                vec![batch.clone()],
+                Duration::ZERO,
+                usize::MAX,
+            )
+            .expect("room");
+        assert!(pins.take(expired, Signal::Spans).is_none());
+        assert_eq!(pins.usage(), (0, 0));
+
+        let bytes = oxeye_model::used_bytes(&batch);
+        let released = pins
+            .pin(Signal::Spans, vec![batch.clone()], minute, bytes)
+            .expect("room");
+        let refused = pins
+            .pin(Signal::Spans, vec![batch.clone()], minute, bytes)
+            .expect_err("over the bytes");
+        assert_eq!(refused.len(), 1, "the rows come back to travel at once");
+        assert!(pins.remove(released).is_some());
+        for _ in 0..MAX_PINS {
+            pins.pin(Signal::Spans, vec![batch.clone()], minute, usize::MAX)
+                .expect("room");
+        }
+        let refused = pins
+            .pin(Signal::Spans, vec![batch], minute, usize::MAX)
+            .expect_err("full");
+        assert_eq!(refused.len(), 1);
+    }
+
+    #[test]
+    fn rows_set_aside_are_given_back_unless_read() {
+        let released = Arc::new(AtomicUsize::new(0));
+        let counter = released.clone();
+        let unread = PinRelease::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let copy = unread.clone();
+        drop(unread);
+        assert_eq!(released.load(Ordering::Relaxed), 0, "a copy is still held");
+        drop(copy);
+        assert_eq!(released.load(Ordering::Relaxed), 1);
+
+        let counter = released.clone();
+        let read = PinRelease::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        read.mark_read();
+        drop(read);
+        assert_eq!(
+            released.load(Ordering::Relaxed),
+            1,
+            "read rows are gone already"
+        );
+    }
+
+    #[test]
     fn a_snapshot_replaces_the_catalog_for_its_shards_only() {
         // The catalog lags: it has shard 0's old segment and not yet the one shard 0 just flushed.
         let catalog = vec![seg("old-0", 0), seg("a-1", 1), seg("b-2", 2)];
@@ -287,8 +597,9 @@ mod tests {
             shards: vec![0, 1],
             segments: vec![seg("new-0", 0), seg("a-1", 1)],
             batches: vec![],
+            pinned: None,
         };
-        let (segments, batches) = merge_snapshots(Signal::Spans, catalog, vec![node]);
+        let (segments, batches, _) = merge_snapshots(Signal::Spans, catalog, vec![node]);
         assert_eq!(ids(&segments), vec!["a-1", "b-2", "new-0"]);
         assert!(batches.is_empty());
     }
@@ -300,14 +611,16 @@ mod tests {
             shards: vec![0],
             segments: vec![seg("x-0", 0)],
             batches: vec![],
+            pinned: None,
         };
         let second = ShardSnapshot {
             node: "n1".into(),
             shards: vec![0, 1],
             segments: vec![seg("y-0", 0), seg("y-1", 1)],
             batches: vec![],
+            pinned: None,
         };
-        let (segments, _) =
+        let (segments, _, _) =
             merge_snapshots(Signal::Spans, vec![seg("c-1", 1)], vec![first, second]);
         // n1 is dropped whole, so shard 1 comes from the catalog.
         assert_eq!(ids(&segments), vec!["c-1", "x-0"]);

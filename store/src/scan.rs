@@ -131,6 +131,8 @@ pub enum ScanPart {
     },
     /// Unflushed rows.
     Memory { batches: Vec<RecordBatch> },
+    /// Unflushed rows a store node set aside for this scan (on a query node).
+    Remote(crate::remote::PinnedRows),
 }
 
 impl ScanPart {
@@ -140,6 +142,7 @@ impl ScanPart {
     pub fn max_rows(&self) -> u64 {
         match self {
             ScanPart::Memory { batches } => batches.iter().map(|b| b.num_rows() as u64).sum(),
+            ScanPart::Remote(pinned) => pinned.rows,
             ScanPart::Segment { meta, granules, .. } => match granules {
                 Some(g) => (g.len() as u64 * u64::from(meta.granule_rows)).min(meta.rows),
                 // A range of row groups: their sizes are in the footer, not here.
@@ -160,6 +163,8 @@ pub struct ScanStats {
     /// Unflushed rows that came from store nodes' snapshots (on a query node), after the
     /// filters, trace id and limit they applied.
     pub snapshot_rows: u64,
+    /// Unflushed rows store nodes set aside for the scan to read when it runs, before filters.
+    pub pinned_rows: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -446,6 +451,22 @@ fn to_read_batch(batch: &RecordBatch) -> Result<RecordBatch, StoreError> {
     .map_err(|e| StoreError::arrow("dictionary-encoding attribute values", e))
 }
 
+/// An unflushed batch as a read of `request` yields it: the rows its filter stages keep, in
+/// `projection`'s columns (storage-schema indices), attribute values as the request wants them.
+pub(crate) fn read_memory_batch(
+    request: &ScanRequest,
+    batch: &RecordBatch,
+    projection: Option<&[usize]>,
+) -> Result<RecordBatch, StoreError> {
+    let kept = filter_memory_rows(request.signal, batch, &request.filter)?;
+    let projected = project(request.signal, &kept, projection)?;
+    if request.attribute_values_as_dictionary {
+        to_read_batch(&projected)
+    } else {
+        Ok(projected)
+    }
+}
+
 /// Segments whose index and footer are looked up at once while planning.
 const PLAN_CONCURRENCY: usize = 8;
 
@@ -453,15 +474,19 @@ pub(crate) async fn plan(
     request: ScanRequest,
     segments: Vec<SegmentRef>,
     memory: Vec<RecordBatch>,
+    pinned: Vec<crate::remote::PinnedRows>,
     storage: &Storage,
     caches: &Caches,
 ) -> Result<ScanPlan, StoreError> {
     let mut stats = ScanStats {
         segments_total: segments.len(),
         memory_batches: memory.len(),
+        pinned_rows: pinned.iter().map(|p| p.rows).sum(),
         ..Default::default()
     };
-    let mut parts = Vec::new();
+    // Rows set aside on store nodes first: each partition fetches its share before it reads
+    // segments, well within the time the nodes keep them.
+    let mut parts: Vec<ScanPart> = pinned.into_iter().map(ScanPart::Remote).collect();
     let in_range: Vec<SegmentRef> = segments
         .into_iter()
         .filter(|meta| meta.overlaps(request.start, request.end))
@@ -572,18 +597,16 @@ pub(crate) async fn read_part(
         ScanPart::Memory { batches } => {
             let out: Vec<Result<RecordBatch, StoreError>> = batches
                 .iter()
-                .map(|b| {
-                    let kept = filter_memory_rows(request.signal, b, &request.filter)?;
-                    let projected = project(request.signal, &kept, projection.as_deref())?;
-                    if request.attribute_values_as_dictionary {
-                        to_read_batch(&projected)
-                    } else {
-                        Ok(projected)
-                    }
-                })
+                .map(|b| read_memory_batch(request, b, projection.as_deref()))
                 .collect();
             Ok(stream::iter(out).boxed())
         }
+        ScanPart::Remote(pinned) => Err(StoreError::Invalid {
+            reason: format!(
+                "rows set aside on store node {} are read through the store",
+                pinned.node
+            ),
+        }),
         ScanPart::Segment {
             meta,
             granules,

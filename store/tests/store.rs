@@ -511,13 +511,13 @@ async fn replicas_take_over_a_shard_and_store_each_row_once() {
             .is_empty()
     );
     assert!(
-        a.snapshot(&SnapshotRequest::all(Signal::Spans, None, None))
+        a.snapshot(&SnapshotRequest::all(Signal::Spans, None, None), None)
             .unwrap()
             .shards
             == vec![0]
     );
     assert!(
-        b.snapshot(&SnapshotRequest::all(Signal::Spans, None, None))
+        b.snapshot(&SnapshotRequest::all(Signal::Spans, None, None), None)
             .unwrap()
             .shards
             .is_empty()

@@ -1184,6 +1184,82 @@ def test_a_query_node_sees_unflushed_rows_of_store_nodes_exactly_once(metastore,
     wait_until(lambda: count() == total or None, timeout=30, what="the query node answering without store b")
 
 
+def test_aggregates_over_many_unflushed_rows_run_their_partial_stage_on_the_store_nodes(
+    metastore, s3, oxeye_factory
+):
+    """A store node with more unflushed rows than travel with a snapshot (8192) sets them aside
+    for the query until its scan runs; an aggregate over them runs its partial stage on the
+    store node, so only partial states travel, not the rows. Answers stay exact while both
+    store nodes flush and compact under the queries (the rows set aside are those of the
+    snapshot's instant, whatever is flushed before the scan reads them), and nothing stays set
+    aside once the queries are done."""
+    a, b, c, q = _flight_cluster(metastore, s3, oxeye_factory)
+    service = unique("many-hot")
+    # 6,000 traces of a root and three steps, as OTLP/HTTP protobuf requests of 2,000 spans
+    # (the SDK's span queue would drop some of so many spans made at once).
+    start = time.time_ns() - 60 * 1_000_000_000
+    spans = []
+    for t in range(6000):
+        trace_id = random_trace_id()
+        spans.append(span(trace_id, name=f"GET /q/{t}", start_ns=start + t * 1_000_000, duration_ns=20_000_000))
+        spans.extend(span(trace_id, name=f"step {i}", start_ns=start + t * 1_000_000 + i) for i in range(3))
+    total = len(spans)
+    for i in range(0, total, 2000):
+        r = c.post_otlp("traces", trace_request(spans[i : i + 2000], service=service).SerializeToString())
+        assert r.status_code == 200, (r.status_code, r.content[:300])
+    by_step = (
+        "SELECT CASE WHEN name LIKE 'step %' THEN name ELSE 'root' END AS step, count(*) AS n, "
+        f"count(DISTINCT trace_id) AS traces FROM spans WHERE service_name = '{service}' GROUP BY 1 ORDER BY 1"
+    )
+    expected = [{"step": s, "n": 6000, "traces": 6000} for s in ("root", "step 0", "step 1", "step 2")]
+
+    def answer() -> list[dict]:
+        return [{k: (int(v) if k != "step" else v) for k, v in r.items()} for r in q.sql_dicts(by_step)]
+
+    wait_until(lambda: answer() == expected or None, timeout=60, what="the query node seeing 24,000 unflushed spans")
+    assert segments(a, "spans") == [] and segments(b, "spans") == [], "the spans were flushed already"
+    plan = "\n".join(r["plan"] for r in q.sql_dicts(f"EXPLAIN {by_step}"))
+    assert "OxeyeRemotePartialAggregate" in plan and "nodes=2" in plan, plan
+
+    def moved() -> tuple[float, float]:
+        return (
+            sum(n.metric("oxeye_store_snapshot_rows_total") for n in (a, b)),
+            sum(n.metric("oxeye_store_partial_aggregate_rows_total") for n in (a, b)),
+        )
+
+    sent_before, aggregated_before = moved()
+    assert answer() == expected
+    sent, aggregated = moved()
+    assert sent == sent_before, f"{sent - sent_before} unflushed rows travelled for an aggregate"
+    assert aggregated - aggregated_before == total, "every unflushed row was aggregated on its store node"
+
+    # Flushes and compactions between the snapshots and the scans reading the rows set aside.
+    seen: list[list[dict]] = []
+    done = threading.Event()
+
+    def keep_asking() -> None:
+        while not done.is_set():
+            seen.append(answer())
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        for node in (a, b):
+            flush(node)
+            assert admin(node, "compact").status_code == 200
+    finally:
+        done.set()
+        asker.join(timeout=60)
+    assert seen and all(s == expected for s in seen), [s for s in seen if s != expected][:3]
+    assert answer() == expected, "from segments alone"
+    for node in (a, b):
+        wait_until(
+            lambda node=node: node.metric("oxeye_store_snapshot_pins") == 0 or None,
+            timeout=30,
+            what="no unflushed rows left set aside",
+        )
+
+
 def test_unflushed_rows_beyond_the_query_memory_limit_fail_the_query_clearly(metastore, s3, oxeye_factory):
     """A query node takes store nodes' unflushed rows into memory: when a query needs more of
     them than its memory limit (`--query-memory`), it fails with a 400 that says what to do,

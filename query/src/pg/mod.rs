@@ -103,6 +103,8 @@ fn error_info(e: &QueryError) -> ErrorInfo {
         QueryError::Timeout(_) => "57014",
         QueryError::Memory { .. } => "53200",
         QueryError::Busy => "53300",
+        // cannot_connect_now: a store node failed mid-query; retrying may work.
+        QueryError::Unavailable(_) => "57P03",
         QueryError::Internal(_) => "XX000",
     };
     ErrorInfo::new("ERROR".to_owned(), code.to_owned(), e.to_string())

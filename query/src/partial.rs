@@ -185,6 +185,10 @@ struct ScanLeaf {
     table: String,
     projection: Option<Vec<usize>>,
     batch_size: usize,
+    /// Row filters the plan relies on the scan for (no filter above applies them again), in
+    /// their wire form: the store node must apply each of them.
+    #[serde(default)]
+    filters: Vec<String>,
 }
 
 /// What [`OxeyeCodec`] decodes our scan into.
@@ -193,9 +197,11 @@ enum LeafRows {
     None,
     /// No rows, the right columns: for checking an encoding.
     Empty,
-    /// The store node's rows, taken by the one scan of the plan.
+    /// The store node's rows, taken by the one scan of the plan, and the session that
+    /// rebuilds the scan's filters.
     Rows {
         store: Store,
+        state: Box<datafusion::execution::SessionState>,
         signal: Signal,
         rows: parking_lot::Mutex<Option<Vec<RecordBatch>>>,
     },
@@ -226,10 +232,16 @@ impl OxeyeCodec {
         }
     }
 
-    fn over_rows(store: Store, signal: Signal, rows: Vec<RecordBatch>) -> OxeyeCodec {
+    fn over_rows(
+        store: Store,
+        state: datafusion::execution::SessionState,
+        signal: Signal,
+        rows: Vec<RecordBatch>,
+    ) -> OxeyeCodec {
         OxeyeCodec {
             leaf: LeafRows::Rows {
                 store,
+                state: Box::new(state),
                 signal,
                 rows: parking_lot::Mutex::new(Some(rows)),
             },
@@ -264,6 +276,7 @@ impl PhysicalExtensionCodec for OxeyeCodec {
             }
             LeafRows::Rows {
                 store,
+                state,
                 signal: rows_of,
                 rows,
             } => {
@@ -272,6 +285,17 @@ impl PhysicalExtensionCodec for OxeyeCodec {
                         "the plan scans {signal}, the rows set aside are {rows_of}"
                     )));
                 }
+                let filter = leaf
+                    .filters
+                    .iter()
+                    .map(|wire| {
+                        crate::rowfilter::compile_wire(state, signal, wire).ok_or_else(|| {
+                            DataFusionError::Plan(format!(
+                                "this node cannot apply the scan filter {wire}"
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 let rows = rows.lock().take().ok_or_else(|| {
                     DataFusionError::Plan("a partial aggregate with more than one scan".into())
                 })?;
@@ -280,6 +304,7 @@ impl PhysicalExtensionCodec for OxeyeCodec {
                     signal,
                     leaf.projection,
                     rows,
+                    filter,
                     leaf.batch_size.clamp(1, 1 << 20),
                 )?;
                 Ok(Arc::new(scan))
@@ -296,10 +321,24 @@ impl PhysicalExtensionCodec for OxeyeCodec {
         let scan = node.downcast_ref::<OxeyeScanExec>().ok_or_else(|| {
             DataFusionError::NotImplemented(format!("{} does not travel", node.name()))
         })?;
+        let filters = scan
+            .request()
+            .filter
+            .iter()
+            .filter(|stage| stage.relied_on)
+            .map(|stage| {
+                stage.wire.clone().ok_or_else(|| {
+                    DataFusionError::NotImplemented(format!(
+                        "the scan filter {stage:?} does not travel"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<String>>>()?;
         let leaf = ScanLeaf {
             table: scan.signal().table_name().to_string(),
             projection: scan.projection().cloned(),
             batch_size: scan.batch_size(),
+            filters,
         };
         serde_json::to_writer(buf, &leaf)
             .map_err(|e| DataFusionError::Internal(format!("cannot encode a scan: {e}")))
@@ -510,7 +549,7 @@ impl PartialAggregator for StoreNodePartials {
     > {
         let invalid = |reason: String| StoreError::Invalid { reason };
         let task = self.ctx.task_ctx();
-        let codec = OxeyeCodec::over_rows(self.store.clone(), signal, rows);
+        let codec = OxeyeCodec::over_rows(self.store.clone(), self.ctx.state(), signal, rows);
         let plan = datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
             plan, &task, &codec,
         )

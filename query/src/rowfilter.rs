@@ -39,6 +39,8 @@ use oxeye_store::{RowFilterCompiler, RowFilterStage};
 
 use crate::convert::SqlShape;
 use crate::pushdown::{attribute_key, column_name, text};
+use datafusion::common::DataFusionError;
+use oxeye_store::{IndexPredicate, TextQuery};
 
 /// A row filter stage as it travels to a store node ([`RowFilterStage::wire`], JSON).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -63,15 +65,19 @@ impl WireStage {
 /// The stages for `filters`, cheapest first. With `for_store_nodes`, compiled stages also get
 /// their wire form (checking it costs a parse and a coercion per conjunct, so only reads that
 /// ask store nodes for snapshots pay it).
+///
+/// Fails when a filter the scan answers exactly ([`applied_exactly`]) cannot be compiled, since
+/// nothing above the scan would apply it.
 pub fn stages(
     state: &dyn Session,
     shape: &SqlShape,
     filters: &[Expr],
     for_store_nodes: bool,
-) -> Vec<RowFilterStage> {
+) -> Result<Vec<RowFilterStage>, DataFusionError> {
     let mut plain = Vec::new();
     let mut maps = Vec::new();
     for conjunct in filters.iter().flat_map(split_conjunction) {
+        let exact = applied_exactly(shape.signal, conjunct);
         if let Some(stage) = map_equality(shape, conjunct) {
             maps.push(stage);
         } else if let Some(mut stage) = compiled(state, shape, conjunct) {
@@ -79,12 +85,57 @@ pub fn stages(
                 stage.wire =
                     as_sql(state, shape, conjunct).and_then(|sql| WireStage::Sql(sql).encode());
             }
+            if let Some(search) = exact {
+                stage.relied_on = true;
+                stage.exact_index = search
+                    .index_exact
+                    .then_some(IndexPredicate::Text(search.query));
+            }
             plain.push(stage);
+        } else if exact.is_some() {
+            return Err(DataFusionError::Plan(format!(
+                "cannot evaluate `{conjunct}` while scanning {}",
+                shape.signal
+            )));
         }
     }
     // Attribute maps are the most expensive columns to decode: test them on the fewest rows.
     plain.extend(maps);
-    plain
+    Ok(plain)
+}
+
+/// A full-text search the scan answers exactly.
+#[derive(Debug)]
+pub struct ExactSearch {
+    pub query: TextQuery,
+    /// The column is all a segment index's text field holds (log bodies; a span's text field
+    /// also has its event names), so a row-level index finds exactly the matching rows.
+    pub index_exact: bool,
+}
+
+/// `conjunct` if the scan filters by it exactly, so DataFusion need not apply it again: a
+/// full-text search (`search(column, 'constant query')`) of an indexed text column. The scan
+/// evaluates it as a row filter on every row it reads, or selects exactly the matching rows
+/// through a row-level index, and then the column need not be read at all (a count of matching
+/// log lines comes from the index alone).
+pub fn applied_exactly(signal: Signal, conjunct: &Expr) -> Option<ExactSearch> {
+    let Expr::ScalarFunction(f) = conjunct else {
+        return None;
+    };
+    let [column, query] = f.args.as_slice() else {
+        return None;
+    };
+    if f.name() != "search" {
+        return None;
+    }
+    let column = column_name(column)?;
+    let index_exact = match (signal, column) {
+        (Signal::Logs, "body") => true,
+        (Signal::Spans, "status_message") => false,
+        _ => return None,
+    };
+    let query = TextQuery::parse(text(query)?).ok()?;
+    Some(ExactSearch { query, index_exact })
 }
 
 /// `conjunct` compiled against the storage columns it reads, if SQL shows them as stored.
@@ -117,6 +168,8 @@ fn compiled(state: &dyn Session, shape: &SqlShape, conjunct: &Expr) -> Option<Ro
         description: conjunct.to_string(),
         columns,
         wire: None,
+        exact_index: None,
+        relied_on: false,
         keep: Arc::new(move |batch: &RecordBatch| {
             let value = expr
                 .evaluate(batch)
@@ -171,6 +224,8 @@ fn map_equals_stage(
         description,
         columns: vec![column],
         wire,
+        exact_index: None,
+        relied_on: false,
         keep: Arc::new(move |batch: &RecordBatch| {
             let map = batch
                 .column(0)
@@ -237,26 +292,33 @@ impl SnapshotFilters {
     }
 }
 
+/// The stage `wire` describes, rebuilt with `state`'s functions; it fails on rows as the
+/// query node's own would.
+pub(crate) fn compile_wire(
+    state: &SessionState,
+    signal: Signal,
+    wire: &str,
+) -> Option<RowFilterStage> {
+    let shape = SqlShape::new(signal);
+    match serde_json::from_str::<WireStage>(wire).ok()? {
+        WireStage::Sql(sql) => {
+            let expr = state.create_logical_expr(&sql, &sql_schema(&shape)?).ok()?;
+            compiled(state, &shape, &expr)
+        }
+        WireStage::MapEquals { column, key, value } => {
+            let field = signal.schema().field_with_name(&column).ok()?.clone();
+            if !matches!(field.data_type(), DataType::Map(..)) {
+                return None;
+            }
+            let description = format!("{column}['{key}'] = '{value}'");
+            map_equals_stage(signal, description, &column, key, value)
+        }
+    }
+}
+
 impl RowFilterCompiler for SnapshotFilters {
     fn compile(&self, signal: Signal, wire: &str) -> Option<RowFilterStage> {
-        let shape = SqlShape::new(signal);
-        let stage = match serde_json::from_str::<WireStage>(wire).ok()? {
-            WireStage::Sql(sql) => {
-                let expr = self
-                    .state
-                    .create_logical_expr(&sql, &sql_schema(&shape)?)
-                    .ok()?;
-                compiled(&self.state, &shape, &expr)?
-            }
-            WireStage::MapEquals { column, key, value } => {
-                let field = signal.schema().field_with_name(&column).ok()?.clone();
-                if !matches!(field.data_type(), DataType::Map(..)) {
-                    return None;
-                }
-                let description = format!("{column}['{key}'] = '{value}'");
-                map_equals_stage(signal, description, &column, key, value)?
-            }
-        };
+        let stage = compile_wire(&self.state, signal, wire)?;
         // A stage only narrows what is sent: when it cannot be evaluated here, the rows go to
         // the query node, which applies the same filter and reports what is wrong with it.
         let keep = stage.keep.clone();

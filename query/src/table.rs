@@ -56,12 +56,21 @@ impl TableProvider for OxeyeTable {
 
     /// Every filter is offered to the scan: time and index predicates prune what is read,
     /// and those answerable from storage columns filter rows while they are read (see
-    /// `rowfilter`). All stay inexact, so DataFusion still applies each one exactly.
+    /// `rowfilter`). Full-text searches of indexed text columns are applied exactly by the
+    /// scan (`rowfilter::applied_exactly`), so a count of matching log lines needs neither the
+    /// column nor a filter above the scan; every other filter stays inexact and DataFusion
+    /// applies it again.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        Ok(filters
+            .iter()
+            .map(|f| match rowfilter::applied_exactly(self.shape.signal, f) {
+                Some(_) => TableProviderFilterPushDown::Exact,
+                None => TableProviderFilterPushDown::Inexact,
+            })
+            .collect())
     }
 
     async fn scan(
@@ -82,7 +91,7 @@ impl TableProvider for OxeyeTable {
             start: hints.start,
             end: hints.end,
             index: hints.index.clone(),
-            filter: rowfilter::stages(state, &self.shape, filters, self.store.has_remote_shards()),
+            filter: rowfilter::stages(state, &self.shape, filters, self.store.has_remote_shards())?,
             parallelism: partitions,
             attribute_values_as_dictionary: true,
             columns: Some(read.storage.clone()),
@@ -183,20 +192,22 @@ impl OxeyeScanExec {
         }
     }
 
-    /// A scan of rows in hand (unflushed rows a store node set aside for a query node, already
-    /// cut by the query's filters), yielding `projection` of `signal`'s table as the query
-    /// node's scan would.
+    /// A scan of rows in hand (unflushed rows a store node set aside for a query node, cut by
+    /// the query's filters as far as the node could rebuild them), filtered by `filter` and
+    /// yielding `projection` of `signal`'s table as the query node's scan would.
     pub(crate) fn over_rows(
         store: Store,
         signal: Signal,
         projection: Option<Vec<usize>>,
         rows: Vec<arrow::record_batch::RecordBatch>,
+        filter: Vec<oxeye_store::RowFilterStage>,
         batch_size: usize,
     ) -> Result<OxeyeScanExec> {
         let read = SqlShape::new(signal).read_plan(projection.as_ref())?;
         let request = ScanRequest {
             attribute_values_as_dictionary: true,
             columns: Some(read.storage.clone()),
+            filter,
             ..ScanRequest::all(signal)
         };
         let plan = ScanPlan {

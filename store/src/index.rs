@@ -24,7 +24,7 @@ use arrow::array::{
 use arrow::datatypes::Int32Type;
 use arrow::record_batch::RecordBatch;
 use oxeye_model::Signal;
-use tantivy::collector::DocSetCollector;
+use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::directory::error::{DeleteError, LockError, OpenReadError, OpenWriteError};
 use tantivy::directory::{
     Directory, DirectoryLock, FileHandle, Lock, OwnedBytes, WatchCallback, WatchHandle, WritePtr,
@@ -33,7 +33,10 @@ use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery
 use tantivy::query_grammar::{Delimiter, Occur as UserOccur, UserInputAst, UserInputLeaf};
 use tantivy::schema::{FAST, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions};
 use tantivy::tokenizer::TextAnalyzer;
-use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    DocId, Index, IndexReader, ReloadPolicy, Score, SegmentOrdinal, SegmentReader, TantivyDocument,
+    Term,
+};
 
 use crate::StoreError;
 
@@ -463,6 +466,31 @@ pub enum IndexPredicate {
     Or(Vec<IndexPredicate>),
 }
 
+impl IndexPredicate {
+    /// Whether, in an index with one row per granule, the granules this predicate finds are
+    /// exactly the rows that match it, not a superset. Full-text words and prefixes are: the
+    /// index and [`TextQuery::matches`] split text into words alike. Phrases are not (the index
+    /// keeps no positions), nor negations or match-all (a granule with no text matches them in
+    /// the index, a row with no text does not match in SQL), nor the other predicates (long
+    /// values are indexed by a prefix; attribute terms of resources count too).
+    pub fn exact_per_row(&self) -> bool {
+        match self {
+            IndexPredicate::Text(q) => q.ast.exact_per_row(),
+            _ => false,
+        }
+    }
+
+    /// Whether every granule this predicate finds also matches `part` (it is `part`, or a
+    /// conjunction that has it).
+    pub fn requires(&self, part: &IndexPredicate) -> bool {
+        self == part
+            || match self {
+                IndexPredicate::And(parts) => parts.iter().any(|p| p.requires(part)),
+                _ => false,
+            }
+    }
+}
+
 /// An opened segment index.
 pub struct SegmentIndex {
     index: Index,
@@ -561,29 +589,9 @@ impl SegmentIndex {
     pub fn search(&self, predicate: &IndexPredicate) -> Result<Vec<u32>, StoreError> {
         let searcher = self.reader.searcher();
         let query = self.to_query(predicate);
-        let hits = searcher
-            .search(&*query, &DocSetCollector)
-            .map_err(|e| StoreError::index("searching a segment index", e))?;
-        let mut granules = Vec::with_capacity(hits.len());
-        let mut columns = HashMap::new();
-        for addr in hits {
-            let column = match columns.entry(addr.segment_ord) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                    searcher
-                        .segment_reader(addr.segment_ord)
-                        .fast_fields()
-                        .u64("granule")
-                        .map_err(|e| StoreError::index("reading granule numbers", e))?,
-                ),
-            };
-            if let Some(g) = column.first(addr.doc_id) {
-                granules.push(g as u32);
-            }
-        }
-        granules.sort_unstable();
-        granules.dedup();
-        Ok(granules)
+        searcher
+            .search(&*query, &GranuleCollector)
+            .map_err(|e| StoreError::index("searching a segment index", e))
     }
 
     /// Every `series` term starting with `prefix` (see [`series_term`]).
@@ -620,6 +628,64 @@ impl SegmentIndex {
     }
 }
 
+/// Collects the granule numbers of the documents a query matches, ascending: straight from
+/// the `granule` fast column, in document order (a row-level index of logs matches millions of
+/// documents for a common word; no set of document addresses is built).
+struct GranuleCollector;
+
+impl Collector for GranuleCollector {
+    type Fruit = Vec<u32>;
+    type Child = GranuleSegmentCollector;
+
+    fn for_segment(
+        &self,
+        _segment_ord: SegmentOrdinal,
+        segment: &SegmentReader,
+    ) -> tantivy::Result<GranuleSegmentCollector> {
+        Ok(GranuleSegmentCollector {
+            granules: segment.fast_fields().u64("granule")?,
+            hits: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<u32>>) -> tantivy::Result<Vec<u32>> {
+        let mut all: Vec<u32> = match fruits.len() {
+            1 => fruits.into_iter().flatten().collect(),
+            _ => fruits.concat(),
+        };
+        // One index segment yields granules in document order, which is granule order; the
+        // sort is for indexes a writer flushed in several pieces.
+        if !all.is_sorted() {
+            all.sort_unstable();
+        }
+        all.dedup();
+        Ok(all)
+    }
+}
+
+struct GranuleSegmentCollector {
+    granules: tantivy::columnar::Column<u64>,
+    hits: Vec<u32>,
+}
+
+impl SegmentCollector for GranuleSegmentCollector {
+    type Fruit = Vec<u32>;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        if let Some(g) = self.granules.first(doc) {
+            self.hits.push(u32::try_from(g).unwrap_or(u32::MAX));
+        }
+    }
+
+    fn harvest(self) -> Vec<u32> {
+        self.hits
+    }
+}
+
 // ---- full-text queries ----
 
 /// A parsed full-text query (tantivy's query syntax: words, `"phrases"`, `prefix*`, `AND`, `OR`,
@@ -639,6 +705,18 @@ enum TextAst {
     Or(Vec<TextAst>),
     Not(Box<TextAst>),
     All,
+}
+
+impl TextAst {
+    fn exact_per_row(&self) -> bool {
+        match self {
+            TextAst::Term(_) | TextAst::Prefix(_) => true,
+            TextAst::Phrase(_) | TextAst::Not(_) | TextAst::All => false,
+            TextAst::And(c) | TextAst::Or(c) => {
+                !c.is_empty() && c.iter().all(TextAst::exact_per_row)
+            }
+        }
+    }
 }
 
 fn analyzer() -> TextAnalyzer {
@@ -908,6 +986,56 @@ mod tests {
             .search(&IndexPredicate::Text(TextQuery::parse("fin*").unwrap()))
             .unwrap();
         assert_eq!(prefix, vec![1]);
+    }
+
+    #[test]
+    fn a_row_level_index_finds_exactly_the_matching_lines_for_exact_queries() {
+        let dir = tempfile::tempdir().unwrap();
+        let bodies = [
+            "DB timeout after 30s",
+            "timeout talking to cache",
+            "",
+            "db.query: timeout",
+            "talking to db",
+            "timeouts everywhere",
+            "talking; timeout; db",
+            "Connection refused",
+        ];
+        let logs = logs_batch_with_bodies(&bodies).batch;
+        let bundle = build(Signal::Logs, &logs, 1, dir.path()).unwrap();
+        let index = SegmentIndex::open(bundle).unwrap();
+        for (text, exact) in [
+            ("timeout AND db", true),
+            ("timeout db", true),
+            ("timeout OR refused", true),
+            ("timeout*", true),
+            ("talking AND (db OR cache)", true),
+            ("\"talking to db\"", false),
+            ("timeout -db", false),
+            ("*", false),
+        ] {
+            let query = TextQuery::parse(text).unwrap();
+            let predicate = IndexPredicate::Text(query.clone());
+            assert_eq!(predicate.exact_per_row(), exact, "{text}");
+            let found = index.search(&predicate).unwrap();
+            let matching: Vec<u32> = (0..bodies.len() as u32)
+                .filter(|i| query.matches(bodies[*i as usize]))
+                .collect();
+            if exact {
+                assert_eq!(found, matching, "{text}");
+            } else {
+                assert!(
+                    matching.iter().all(|row| found.contains(row)),
+                    "{text}: {found:?} must hold {matching:?}"
+                );
+            }
+        }
+        let both = IndexPredicate::And(vec![
+            IndexPredicate::Service("api".into()),
+            IndexPredicate::Text(TextQuery::parse("db").unwrap()),
+        ]);
+        assert!(both.requires(&IndexPredicate::Text(TextQuery::parse("db").unwrap())));
+        assert!(!both.requires(&IndexPredicate::Text(TextQuery::parse("talking").unwrap())));
     }
 
     #[test]

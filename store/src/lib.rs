@@ -602,6 +602,7 @@ impl Store {
             batch_size,
             &self.inner.storage,
             &self.inner.caches,
+            &self.inner.metrics,
         )
         .await
     }

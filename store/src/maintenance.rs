@@ -277,6 +277,7 @@ async fn merge(inner: &Inner, signal: Signal, inputs: Vec<SegmentRef>) -> Result
             64 * 1024,
             &inner.storage,
             &inner.caches,
+            &inner.metrics,
         )
         .await?;
         let mut got: Vec<_> = stream.try_collect().await?;

@@ -44,6 +44,7 @@ pub struct StoreMetrics {
     pub index_cache_bytes: Gauge,
     pub scan_segments_pruned: Counter,
     pub scan_segments_read: Counter,
+    pub rows_counted_unread: Counter,
     pub snapshots: Counter,
     pub snapshot_rows: Counter,
     pub snapshot_pins: Gauge,
@@ -82,6 +83,7 @@ impl Default for StoreMetrics {
             index_cache_bytes: Gauge::default(),
             scan_segments_pruned: Counter::default(),
             scan_segments_read: Counter::default(),
+            rows_counted_unread: Counter::default(),
             snapshots: Counter::default(),
             shard_leader: Family::default(),
             lease_takeovers: Counter::default(),
@@ -219,6 +221,12 @@ impl StoreMetrics {
             "scan_segments_read",
             "Segments read by scans",
             m.scan_segments_read.clone(),
+        );
+        r.register(
+            "scan_rows_counted_unread",
+            "Segment rows scans counted without reading a page (a count of what the index or \
+             the row groups select)",
+            m.rows_counted_unread.clone(),
         );
         r.register(
             "snapshots",

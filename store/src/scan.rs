@@ -107,6 +107,13 @@ pub struct RowFilterStage {
     /// [`crate::remote::RowFilterCompiler`]), so their snapshots leave out rows it rejects;
     /// `None` when the stage cannot travel.
     pub wire: Option<String>,
+    /// An index predicate that, searched in a row-level index (one row per granule), finds
+    /// exactly the rows this stage keeps: a segment read whose rows came from that search
+    /// need not evaluate the stage (see [`IndexPredicate::exact_per_row`]).
+    pub exact_index: Option<IndexPredicate>,
+    /// The reader relies on this stage: its filter is not applied again above the scan, so
+    /// every read must apply it (or select exactly its rows through the index).
+    pub relied_on: bool,
 }
 
 impl std::fmt::Debug for RowFilterStage {
@@ -337,7 +344,14 @@ fn plan_row_groups(
                             local.push(RowSelector::skip(s - pos));
                         }
                         if g_end > s {
-                            local.push(RowSelector::select(g_end - s));
+                            // Adjacent granules make one run (a row-level index may select
+                            // millions of rows).
+                            match local.last_mut() {
+                                Some(last) if !last.skip && s == pos && pos > first_row => {
+                                    last.row_count += g_end - s;
+                                }
+                                _ => local.push(RowSelector::select(g_end - s)),
+                            }
                             pos = g_end;
                         }
                         if g_start + granule_rows <= last_row {
@@ -553,10 +567,12 @@ pub(crate) async fn plan(
         let pieces = (granules.len() * granule_rows / MIN_ROWS_PER_PART)
             .clamp(1, request.parallelism.max(1));
         if pieces == 1 {
+            // Granules the index found stay, even all of them: a row-level index's search may
+            // answer a filter exactly, which a read of the whole segment would not know.
             let whole = granules.len() as u64 * granule_rows as u64 >= meta.rows;
             parts.push(ScanPart::Segment {
                 meta,
-                granules: (!whole).then(|| Arc::new(granules)),
+                granules: (!whole || request.index.is_some()).then(|| Arc::new(granules)),
                 row_groups: None,
             });
             continue;
@@ -592,6 +608,7 @@ pub(crate) async fn read_part(
     batch_size: usize,
     storage: &Storage,
     caches: &Caches,
+    metrics: &crate::metrics::StoreMetrics,
 ) -> Result<BoxStream<'static, Result<RecordBatch, StoreError>>, StoreError> {
     match part {
         ScanPart::Memory { batches } => {
@@ -625,6 +642,19 @@ pub(crate) async fn read_part(
             if groups.is_empty() {
                 return Ok(stream::empty().boxed());
             }
+            // Stages the index already answered exactly for these rows are not evaluated.
+            let stages: Vec<&RowFilterStage> = request
+                .filter
+                .iter()
+                .filter(|stage| !answered_by_index(stage, request, meta, granules.is_some()))
+                .collect();
+            // No column to read and nothing to test: the selection's size is the answer
+            // (`count(*)` of what the index or the row groups select), no page is read.
+            if projection.as_ref().is_some_and(|p| p.is_empty()) && stages.is_empty() {
+                let rows = selection.row_count();
+                metrics.rows_counted_unread.inc_by(rows as u64);
+                return Ok(stream::iter(counted_batches(rows, batch_size).map(Ok)).boxed());
+            }
             let footer = if request.attribute_values_as_dictionary {
                 footer
                     .dictionary_values
@@ -646,10 +676,9 @@ pub(crate) async fn read_part(
                 let mask = ProjectionMask::roots(builder.parquet_schema(), p);
                 builder = builder.with_projection(mask);
             }
-            if !request.filter.is_empty() {
-                let predicates = request
-                    .filter
-                    .iter()
+            if !stages.is_empty() {
+                let predicates = stages
+                    .into_iter()
                     .map(|stage| {
                         let mask =
                             ProjectionMask::roots(builder.parquet_schema(), stage.columns.clone());
@@ -670,6 +699,34 @@ pub(crate) async fn read_part(
                 .boxed())
         }
     }
+}
+
+/// Batches of no columns holding `rows` rows in all, at most `batch_size` each.
+fn counted_batches(rows: usize, batch_size: usize) -> impl Iterator<Item = RecordBatch> {
+    let batch_size = batch_size.max(1);
+    let schema = Arc::new(arrow::datatypes::Schema::empty());
+    (0..rows.div_ceil(batch_size)).filter_map(move |i| {
+        let n = batch_size.min(rows - i * batch_size);
+        let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n));
+        RecordBatch::try_new_with_options(schema.clone(), vec![], &options).ok()
+    })
+}
+
+/// Whether the rows a read of `meta` selects through the index (`from_index`) all pass `stage`
+/// already: the segment's index has a document per row, the scan's index predicate requires
+/// the stage's own predicate, and that predicate is exact per row.
+fn answered_by_index(
+    stage: &RowFilterStage,
+    request: &ScanRequest,
+    meta: &SegmentRef,
+    from_index: bool,
+) -> bool {
+    from_index
+        && meta.granule_rows == 1
+        && match (&stage.exact_index, &request.index) {
+            (Some(own), Some(searched)) => own.exact_per_row() && searched.requires(own),
+            _ => false,
+        }
 }
 
 /// The schema a projection of `signal` produces.

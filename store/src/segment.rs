@@ -177,16 +177,14 @@ pub struct Layout {
 
 impl Layout {
     /// Logs are indexed row by row: a word in 2% of lines is in nearly every 1024-row granule,
-    /// so only a row-level index prunes for it. Other signals index granules of whole pages.
+    /// so only a row-level index prunes for it, and with one row per granule a full-text
+    /// search finds exactly the matching lines (a count needs no Parquet read). Other signals
+    /// index granules of whole pages.
     pub fn for_signal(signal: Signal, page_rows: usize, row_group_rows: usize) -> Layout {
         let page_rows = page_rows.max(1);
         Layout {
             page_rows,
-            granule_rows: if signal == Signal::Logs {
-                8.min(page_rows)
-            } else {
-                page_rows
-            },
+            granule_rows: if signal == Signal::Logs { 1 } else { page_rows },
             row_group_rows: row_group_rows.max(page_rows),
         }
     }

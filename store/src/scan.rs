@@ -506,35 +506,35 @@ pub(crate) async fn plan(
         .filter(|meta| meta.overlaps(request.start, request.end))
         .collect();
     stats.segments_pruned_by_time = stats.segments_total - in_range.len();
-    // Index searches and footer reads of different segments are independent: run a few at
-    // once, so a lookup over many segments is not a chain of thread hops and fetches.
-    let looked_up: Vec<(SegmentRef, Option<Vec<u32>>, Footer)> = futures::stream::iter(in_range)
-        .map(|meta| {
-            let predicate = request.index.clone();
-            async move {
-                let granules = match predicate {
-                    None => None,
-                    Some(predicate) => {
-                        let index = caches.index(storage, &meta).await?;
-                        let hits = tokio::task::spawn_blocking(move || index.search(&predicate))
-                            .await
-                            .map_err(|e| StoreError::index("searching an index", e))??;
-                        Some(hits)
-                    }
-                };
-                let footer = match &granules {
-                    Some(hits) if hits.is_empty() => None,
-                    _ => Some(caches.footer(storage, &meta).await?),
-                };
+    let hits: Vec<Option<Vec<u32>>> = match &request.index {
+        None => vec![None; in_range.len()],
+        Some(predicate) => {
+            // Indexes not in memory yet are fetched a few at once.
+            let indexes: Vec<Arc<SegmentIndex>> = futures::stream::iter(in_range.clone())
+                .map(|meta| async move { caches.index(storage, &meta).await })
+                .buffered(PLAN_CONCURRENCY)
+                .try_collect()
+                .await?;
+            search_indexes(indexes, predicate, request.parallelism)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+    };
+    // Footers of the segments with hits; those not in memory are fetched a few at once.
+    let looked_up: Vec<(SegmentRef, Option<Vec<u32>>, Footer)> =
+        futures::stream::iter(in_range.into_iter().zip(hits))
+            .filter(|(_, granules)| {
+                futures::future::ready(granules.as_ref().is_none_or(|g| !g.is_empty()))
+            })
+            .map(|(meta, granules)| async move {
+                let footer = caches.footer(storage, &meta).await?;
                 Ok::<_, StoreError>((meta, granules, footer))
-            }
-        })
-        .buffered(PLAN_CONCURRENCY)
-        .try_filter_map(|(meta, granules, footer)| async move {
-            Ok(footer.map(|footer| (meta, granules, footer)))
-        })
-        .try_collect()
-        .await?;
+            })
+            .buffered(PLAN_CONCURRENCY)
+            .try_collect()
+            .await?;
     if request.index.is_some() {
         stats.segments_pruned_by_index =
             stats.segments_total - stats.segments_pruned_by_time - looked_up.len();
@@ -598,6 +598,41 @@ pub(crate) async fn plan(
         parts,
         stats,
     })
+}
+
+/// Granules of each index that `predicate` finds, in order. The searches run off the async
+/// runtime in at most `parallelism` tasks: a trace lookup over many segments is a term lookup
+/// per segment, cheaper than a thread hop each.
+async fn search_indexes(
+    indexes: Vec<Arc<SegmentIndex>>,
+    predicate: &IndexPredicate,
+    parallelism: usize,
+) -> Result<Vec<Vec<u32>>, StoreError> {
+    if indexes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let per_task = indexes.len().div_ceil(parallelism.max(1));
+    let tasks: Vec<_> = indexes
+        .chunks(per_task)
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            let predicate = predicate.clone();
+            tokio::task::spawn_blocking(move || {
+                chunk
+                    .iter()
+                    .map(|index| index.search(&predicate))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(indexes.len());
+    for task in tasks {
+        let found = task
+            .await
+            .map_err(|e| StoreError::index("searching indexes", e))??;
+        out.extend(found);
+    }
+    Ok(out)
 }
 
 /// Reads one part. `projection` holds column indices of the signal's storage schema.

@@ -120,6 +120,8 @@ async fn lease_round(
     holder: &str,
     renewed: &mut BTreeMap<u32, std::time::Instant>,
 ) {
+    // Shards another replica's lease holds.
+    let mut held_elsewhere = Vec::new();
     {
         for shard in store.shard_ids() {
             if store.leads(shard) {
@@ -148,20 +150,108 @@ async fn lease_round(
             match meta.take_shard_lease(shard, holder, LEASE_TTL).await {
                 Ok(Some(flushed)) => {
                     renewed.insert(shard, std::time::Instant::now());
-                    match store.lead(shard, flushed).await {
-                        Ok(rows) => tracing::info!(shard, rows, "leading the shard"),
-                        Err(e) => {
-                            tracing::error!(shard, error = %e, "cannot take the shard over; giving its lease up");
-                            if let Err(e) = meta.release_shard_lease(shard, holder).await {
-                                tracing::warn!(shard, error = %e, "cannot give up the shard's lease");
-                            }
-                        }
-                    }
+                    lead(meta, store, holder, shard, flushed).await;
                 }
-                Ok(None) => {}
+                Ok(None) => held_elsewhere.push(shard),
                 Err(e) => tracing::warn!(shard, error = %e, "cannot try to take the shard's lease"),
             }
         }
+    }
+    if !held_elsewhere.is_empty() {
+        take_over_from_gone_leaders(meta, store, holder, &held_elsewhere, renewed).await;
+    }
+}
+
+/// Starts leading `shard`, whose lease this node just took; gives the lease up if it cannot.
+async fn lead(
+    meta: &PgMetastore,
+    store: &oxeye_store::Store,
+    holder: &str,
+    shard: u32,
+    flushed: oxeye_store::delivery::Delivered,
+) {
+    match store.lead(shard, flushed).await {
+        Ok(rows) => tracing::info!(shard, rows, "leading the shard"),
+        Err(e) => {
+            tracing::error!(shard, error = %e, "cannot take the shard over; giving its lease up");
+            if let Err(e) = meta.release_shard_lease(shard, holder).await {
+                tracing::warn!(shard, error = %e, "cannot give up the shard's lease");
+            }
+        }
+    }
+}
+
+/// How long a probe of a leader's Flight port may take before it counts as unanswered (which
+/// proves nothing: only a refused connection shows the process is gone).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Takes over the shards among `shards` whose leader's process is gone (killed, crashed):
+/// nothing listens on its Flight port any more, so nothing renews its lease. Waiting for the
+/// lease to run out would leave the shard without a leader, and its unflushed rows out of
+/// queries, for up to [`LEASE_TTL`]. A leader that is only unreachable (a network cut) does not
+/// refuse connections, and keeps its lease until it expires.
+async fn take_over_from_gone_leaders(
+    meta: &PgMetastore,
+    store: &oxeye_store::Store,
+    holder: &str,
+    shards: &[u32],
+    renewed: &mut BTreeMap<u32, std::time::Instant>,
+) {
+    let holders = match meta.shard_lease_holders().await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read who leads the shards");
+            return;
+        }
+    };
+    let mut gone: BTreeMap<String, bool> = BTreeMap::new();
+    for (shard, leader, flight) in holders {
+        if !shards.contains(&shard) || leader == holder {
+            continue;
+        }
+        let Some(flight) = flight else { continue };
+        let is_gone = match gone.get(&leader) {
+            Some(g) => *g,
+            None => {
+                let g = refuses_connections(&flight).await;
+                gone.insert(leader.clone(), g);
+                g
+            }
+        };
+        if !is_gone {
+            continue;
+        }
+        match meta
+            .take_shard_lease_from_gone(shard, holder, &leader, LEASE_TTL)
+            .await
+        {
+            Ok(Some(flushed)) => {
+                tracing::warn!(
+                    shard,
+                    leader,
+                    "the shard's leader is gone (its Flight port refuses connections); taking the shard over before its lease runs out"
+                );
+                renewed.insert(shard, std::time::Instant::now());
+                lead(meta, store, holder, shard, flushed).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "cannot take over the shard of a gone leader")
+            }
+        }
+    }
+}
+
+/// Whether nothing listens at a Flight URL's address (`http://host:port`): a connection there
+/// is refused.
+async fn refuses_connections(url: &str) -> bool {
+    let address = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        Ok(Ok(_)) | Err(_) => false,
     }
 }
 

@@ -85,6 +85,9 @@ struct SnapshotHeader {
     /// The unflushed rows were set aside rather than sent.
     #[serde(default)]
     pinned: Option<PinnedHeader>,
+    /// Every shard the node holds a replica of, led or not.
+    #[serde(default)]
+    serves: Vec<u32>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

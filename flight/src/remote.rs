@@ -1,7 +1,7 @@
 //! A query node's view of the store nodes' shards: `DoGet` snapshots (see
 //! `oxeye_store::remote`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -150,6 +150,7 @@ impl FlightRemoteShards {
             shards: header.shards,
             segments: header.segments.into_iter().map(Arc::new).collect(),
             batches,
+            serves: header.serves,
         })
     }
 
@@ -263,15 +264,71 @@ impl RemoteShards for FlightRemoteShards {
             ..ticket_for(scan)
         };
         let ticket = encode_ticket(&ticket)?;
+        // A shard whose leader just went has none until a replica takes it over (at once when
+        // the leader's process is gone, when its lease runs out otherwise): its newest rows are
+        // only in that replica's WAL meanwhile. Rather than answer without them, the query
+        // waits for the new leader, up to a bound.
+        let deadline = tokio::time::Instant::now() + LEADERLESS_WAIT;
+        // Nodes that did not answer are not asked again while the query waits.
+        let mut silent = BTreeSet::new();
+        loop {
+            let snapshots = self.snapshot_round(&ticket, &mut silent).await?;
+            let covered: BTreeSet<u32> = snapshots
+                .iter()
+                .flat_map(|s| s.shards.iter().copied())
+                .collect();
+            let leaderless: BTreeSet<u32> = snapshots
+                .iter()
+                .flat_map(|s| s.serves.iter().copied())
+                .filter(|s| !covered.contains(s))
+                .collect();
+            if leaderless.is_empty() {
+                return Ok(snapshots);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(shards = ?leaderless, "no replica leads these shards yet; they are read from the catalog, without their unflushed rows");
+                return Ok(snapshots);
+            }
+            tracing::debug!(shards = ?leaderless, "waiting for a replica to lead shards whose leader went");
+            drop(snapshots);
+            tokio::time::sleep(LEADERLESS_RETRY).await;
+        }
+    }
+
+    async fn fetch(
+        &self,
+        pinned: &PinnedRows,
+        scan: &ScanRequest,
+        partial: Option<Arc<Vec<u8>>>,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, StoreError>>, StoreError> {
+        self.fetch_pinned(pinned, scan, partial).await
+    }
+}
+
+/// Longest a query waits for a replica to lead a shard that lost its leader (a lease runs out
+/// after 10 s, and replicas look every 2 s).
+const LEADERLESS_WAIT: Duration = Duration::from_secs(15);
+/// How often a waiting query asks again.
+const LEADERLESS_RETRY: Duration = Duration::from_millis(250);
+
+impl FlightRemoteShards {
+    /// One snapshot of every live store node for `ticket`, but those in `silent`, which gets
+    /// the nodes that do not answer.
+    async fn snapshot_round(
+        &self,
+        ticket: &[u8],
+        silent: &mut BTreeSet<String>,
+    ) -> Result<Vec<ShardSnapshot>, StoreError> {
         let nodes: Vec<(String, Channel)> = self
             .nodes
             .read()
             .iter()
+            .filter(|(u, _)| !silent.contains(*u))
             .map(|(u, c)| (u.clone(), c.clone()))
             .collect();
         let budget = Arc::new(AtomicUsize::new(self.max_bytes));
         let asks = nodes.into_iter().map(|(url, channel)| {
-            let ticket = ticket.clone();
+            let ticket = ticket.to_vec();
             let budget = budget.clone();
             async move {
                 let answer = tokio::time::timeout(
@@ -280,15 +337,15 @@ impl RemoteShards for FlightRemoteShards {
                 )
                 .await;
                 match answer {
-                    Ok(Ok(snapshot)) => Ok(Some(snapshot)),
+                    Ok(Ok(snapshot)) => Ok(Ok(snapshot)),
                     Ok(Err(SnapshotFailure::TooLarge)) => Err(url),
                     Ok(Err(SnapshotFailure::Unavailable(e))) => {
-                        tracing::warn!(node = %url, error = %e, "no snapshot from a store node; its shards are read from the catalog, without unflushed rows");
-                        Ok(None)
+                        tracing::warn!(node = %url, error = %e, "no snapshot from a store node; the shards only it leads are read from the catalog, without unflushed rows");
+                        Ok(Err(url))
                     }
                     Err(_) => {
-                        tracing::warn!(node = %url, "a store node's snapshot timed out; its shards are read from the catalog, without unflushed rows");
-                        Ok(None)
+                        tracing::warn!(node = %url, "a store node's snapshot timed out; the shards only it leads are read from the catalog, without unflushed rows");
+                        Ok(Err(url))
                     }
                 }
             }
@@ -296,15 +353,17 @@ impl RemoteShards for FlightRemoteShards {
         let mut snapshots = Vec::new();
         for answer in futures::future::join_all(asks).await {
             match answer {
-                Ok(Some(s)) => snapshots.push(s),
-                Ok(None) => {}
+                Ok(Ok(s)) => snapshots.push(s),
+                Ok(Err(url)) => {
+                    silent.insert(url);
+                }
                 Err(url) => return Err(self.too_large(&url)),
             }
         }
         Ok(snapshots)
     }
 
-    async fn fetch(
+    async fn fetch_pinned(
         &self,
         pinned: &PinnedRows,
         scan: &ScanRequest,

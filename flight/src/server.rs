@@ -434,6 +434,7 @@ impl FlightService for IngestFlightService {
                 id: p.id,
                 rows: p.rows,
             }),
+            serves: snapshot.serves,
         };
         let header = serde_json::to_vec(&header)
             .map_err(|e| Status::internal(format!("cannot encode a snapshot: {e}")))?;

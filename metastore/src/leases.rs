@@ -110,6 +110,51 @@ impl PgMetastore {
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<Delivered>, StoreError> {
+        self.take_lease(shard, holder, None, ttl).await
+    }
+
+    /// [`PgMetastore::take_shard_lease`], also while the lease is still `gone`'s: a leader
+    /// whose process is known to be gone (its Flight port refuses connections) need not be
+    /// waited for. Its epoch fences any commit it could still attempt.
+    pub async fn take_shard_lease_from_gone(
+        &self,
+        shard: u32,
+        holder: &str,
+        gone: &str,
+        ttl: Duration,
+    ) -> Result<Option<Delivered>, StoreError> {
+        self.take_lease(shard, holder, Some(gone), ttl).await
+    }
+
+    /// Every shard lease that has not expired: `(shard, holder, the holder's Flight address)`
+    /// (no address when the holder is not a known node).
+    pub async fn shard_lease_holders(
+        &self,
+    ) -> Result<Vec<(u32, String, Option<String>)>, StoreError> {
+        let guard = self.client().await?;
+        let client = self.connected(&guard)?;
+        let rows = client
+            .query(
+                "SELECT l.shard, l.holder, n.flight_addr FROM oxeye_shard_leases l
+                 LEFT JOIN oxeye_nodes n ON n.id = l.holder
+                 WHERE l.expires_at >= now() ORDER BY l.shard",
+                &[],
+            )
+            .await
+            .map_err(|e| query_err("reading the shard lease holders", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get::<_, i32>(0) as u32, r.get(1), r.get(2)))
+            .collect())
+    }
+
+    async fn take_lease(
+        &self,
+        shard: u32,
+        holder: &str,
+        gone: Option<&str>,
+        ttl: Duration,
+    ) -> Result<Option<Delivered>, StoreError> {
         let mut guard = self.client().await?;
         let client = guard
             .as_mut()
@@ -125,8 +170,9 @@ impl PgMetastore {
                        expires_at = excluded.expires_at
                    WHERE oxeye_shard_leases.holder = excluded.holder
                       OR oxeye_shard_leases.expires_at < now()
+                      OR oxeye_shard_leases.holder = $4
                  RETURNING epoch",
-                &[&(shard as i32), &holder, &ttl_secs(ttl)],
+                &[&(shard as i32), &holder, &ttl_secs(ttl), &gone],
             )
             .await
             .map_err(|e| query_err("taking a shard lease", e))?;

@@ -23,10 +23,10 @@ const WORDS: [&str; 6] = ["alpha", "beta", "gamma", "delta", "alphabet", "omega"
 /// Line i: the words whose bit is set in i's pattern, in an order that varies with i; every
 /// 13th line is empty and every 17th has no body at all.
 fn body(i: u64) -> Option<String> {
-    if i % 17 == 0 {
+    if i.is_multiple_of(17) {
         return None;
     }
-    if i % 13 == 0 {
+    if i.is_multiple_of(13) {
         return Some(String::new());
     }
     let pattern = (i * 7919) % 64;

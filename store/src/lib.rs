@@ -356,6 +356,7 @@ impl Store {
                             shards,
                             segments,
                             batches: Vec::new(),
+                            serves: self.shard_ids(),
                         });
                     }
                     Err(batches) => {
@@ -376,6 +377,7 @@ impl Store {
             segments,
             batches,
             pinned: None,
+            serves: self.shard_ids(),
         })
     }
 

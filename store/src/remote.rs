@@ -48,6 +48,9 @@ pub struct ShardSnapshot {
     pub batches: Vec<RecordBatch>,
     /// Unflushed rows the node set aside for the query instead of sending them now.
     pub pinned: Option<PinnedRows>,
+    /// Every shard the node holds a replica of, led or not: a shard here that no snapshot
+    /// covers has no leader at the moment (its leader just went), and will have one soon.
+    pub serves: Vec<u32>,
 }
 
 /// Unflushed rows a store node set aside for one query when it answered the query's snapshot
@@ -598,6 +601,7 @@ mod tests {
             segments: vec![seg("new-0", 0), seg("a-1", 1)],
             batches: vec![],
             pinned: None,
+            serves: vec![],
         };
         let (segments, batches, _) = merge_snapshots(Signal::Spans, catalog, vec![node]);
         assert_eq!(ids(&segments), vec!["a-1", "b-2", "new-0"]);
@@ -612,6 +616,7 @@ mod tests {
             segments: vec![seg("x-0", 0)],
             batches: vec![],
             pinned: None,
+            serves: vec![],
         };
         let second = ShardSnapshot {
             node: "n1".into(),
@@ -619,6 +624,7 @@ mod tests {
             segments: vec![seg("y-0", 0), seg("y-1", 1)],
             batches: vec![],
             pinned: None,
+            serves: vec![],
         };
         let (segments, _, _) =
             merge_snapshots(Signal::Spans, vec![seg("c-1", 1)], vec![first, second]);

@@ -571,3 +571,45 @@ def test_rows_held_by_two_replicas_are_read_once_from_the_leader(metastore, s3, 
 
     assert q.span_count(where) == (len(want), len(want))
     assert segments(q, "spans") == [], "the spans were flushed: the unflushed path was not tested"
+
+
+def test_a_query_right_after_a_leader_is_killed_sees_every_acknowledged_span(metastore, s3, oxeye_factory):
+    """Two store nodes hold both replicas of shards 0-3 (write quorum 2). The node that leads
+    shards is killed (`kill -9`) while its shards' rows are unflushed: a query asked at that
+    very moment answers with every acknowledged span, not without the dead leader's unflushed
+    rows. The other replica sees that nothing listens on the dead leader's Flight port and takes
+    its shards over at its next lease round, well before the leases run out (10 s); the query
+    waits for it rather than answering from the catalog alone. The same holds for a query that
+    aggregates on the store nodes, and for a trace lookup."""
+    ports = free_ports(2)
+    stores = [_store(oxeye_factory, metastore, s3, "0,1,2,3", p) for p in ports]
+    shards_of = {n: {0, 1, 2, 3} for n in stores}
+    c = _collector(oxeye_factory, metastore, ports, write_quorum=2, write_quorum_timeout="5s")
+    q = oxeye_factory(**s3.flags(metastore=metastore.url, role="query"))
+    leaders = _wait_leaders(shards_of, "one leader for each of shards 0-3", timeout=30)
+
+    service = unique("gap")
+    sent = _post_traces(c, service, traces=2500, per_request=100)
+    want = sum(len(v) for v in sent.values())
+    count = f"SELECT count(*) AS n FROM spans WHERE service_name = '{service}'"
+    by_name = f"SELECT name, count(*) AS n FROM spans WHERE service_name = '{service}' GROUP BY 1 ORDER BY 1"
+    wait_until(lambda: q.sql_value(count) == want or None, timeout=30, what="every span on the query node")
+    _wait_queues_empty([c])  # both replicas hold every span
+    assert all(segments(n, "spans") == [] for n in stores), "nothing may be flushed yet"
+
+    victim = max(stores, key=lambda n: sum(1 for leader in leaders.values() if leader is n))
+    survivor = next(n for n in stores if n is not victim)
+    led = sorted(s for s, n in leaders.items() if n is victim)
+    assert led
+    victim.kill9()
+    killed_at = time.monotonic()
+    assert q.sql_value(count) == want, "a query right after the kill missed the dead leader's unflushed rows"
+    answered_in = time.monotonic() - killed_at
+    assert answered_in < 10, f"the query waited {answered_in:.1f}s for a new leader, as long as a lease lives"
+    rows = q.sql_dicts(by_name)
+    assert [(r["name"], int(r["n"])) for r in rows] == [(f"op {j}", want // 4) for j in range(4)], rows
+    one_trace, its_spans = next(iter(sent.items()))
+    got = {r["span_id"] for r in q.sql_dicts(f"SELECT span_id FROM spans WHERE trace_id = '{one_trace}'")}
+    assert got == its_spans
+    assert "taking the shard over before its lease runs out" in survivor.log()
+    assert _leaders({survivor: {0, 1, 2, 3}}) is not None, "the survivor leads every shard"

@@ -442,3 +442,20 @@ impl Ingest for ClusterRouter {
         router.ingest(batches).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[tokio::test]
+    async fn only_a_port_nothing_listens_on_counts_as_gone() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        assert!(
+            !super::refuses_connections(&url).await,
+            "a listening leader"
+        );
+        drop(listener);
+        assert!(super::refuses_connections(&url).await, "a gone leader");
+    }
+}
